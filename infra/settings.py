@@ -1,0 +1,221 @@
+"""Stave's settings: one pydantic-settings class, one profile per environment.
+
+`STAVE_ENV` picks a profile (dev / stage / prod) whose values fill in whatever the environment
+and `.env` did not set; every field can be overridden with `STAVE_<FIELD>`. With no database URL
+and no object-store endpoint, Stave runs on its embedded default under `STAVE_HOME/<env>/`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Env = Literal["dev", "stage", "prod"]
+
+# Profile defaults, keyed by STAVE_ENV: the one place where environments differ. Values set in
+# the environment or `.env` always win over these.
+PROFILES: dict[str, dict[str, Any]] = {
+    "dev": {
+        "log_level": "INFO",
+        "db_pool_size": 5,
+        "s3_secure": False,
+        "require_external_services": False,
+    },
+    "stage": {
+        "log_level": "INFO",
+        "db_pool_size": 10,
+        "s3_secure": True,
+        "require_external_services": True,
+    },
+    "prod": {
+        "log_level": "WARNING",
+        "db_pool_size": 20,
+        "s3_secure": True,
+        "require_external_services": True,
+    },
+}
+
+# Values that mean "nobody set this": refused as secrets outside dev.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "changethis", "password", "secret", "minioadmin", "postgres",
+     "admin", "test", "example", "xxx"}
+)
+
+
+def normalise_pg_url(url: str) -> str:
+    """Point plain `postgres(ql)://` URLs at the psycopg 3 driver SQLAlchemy should use."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+class Settings(BaseSettings):
+    """Every setting Stave reads; `stave env` prints them with secrets masked."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAVE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Env = "dev"
+    home: Path = Path(".stave")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # stage/prod: an external PostgreSQL and object store are mandatory, with real secrets.
+    require_external_services: bool = False
+
+    # PostgreSQL. Unset: the embedded pgserver cluster under <home>/<env>/data/pg.
+    database_url: SecretStr | None = None
+    database_name: str = Field(default="stave", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
+    db_connect_timeout_s: int = Field(default=5, ge=1, le=300)
+    # 0: pick a free loopback port the first time and keep it.
+    embedded_pg_port: int = Field(default=0, ge=0, le=65535)
+
+    # Object store. Unset endpoint: a filesystem store under <home>/<env>/data/objects.
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = False
+    s3_region: str | None = None
+    bucket: str = Field(default="stave", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_part_size_mb: int = Field(default=16, ge=5, le=5120)
+    s3_max_retries: int = Field(default=4, ge=0, le=20)
+    s3_retry_backoff_s: float = Field(default=0.5, ge=0)
+
+    # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
+    prefect_api_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        env = str(data.get("env", "dev")).lower()
+        for key, value in PROFILES.get(env, {}).items():
+            data.setdefault(key, value)
+        return data
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _normalise_database_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return normalise_pg_url(value.strip()) if value.strip() else None
+        return value
+
+    @field_validator("s3_endpoint", "prefect_api_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Resolved once, so a command that changes directory still finds the same data.
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if not self.require_external_services:
+            return self
+        problems: list[str] = []
+        if self.database_url is None:
+            problems.append("STAVE_DATABASE_URL is not set (the embedded database is dev-only)")
+        else:
+            password = urlsplit(self.database_url.get_secret_value()).password
+            if (password or "").lower() in PLACEHOLDER_SECRETS:
+                problems.append("STAVE_DATABASE_URL has an empty or placeholder password")
+        if self.s3_endpoint is None:
+            problems.append("STAVE_S3_ENDPOINT is not set (the filesystem store is dev-only)")
+        for name in ("s3_access_key", "s3_secret_key"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is None or secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                problems.append(f"STAVE_{name.upper()} is empty or a placeholder")
+        if problems:
+            raise ValueError(f"STAVE_ENV={self.env} refuses to start: " + "; ".join(problems))
+        return self
+
+    # Derived locations: data, logs and temporary files never share a directory.
+    @property
+    def env_dir(self) -> Path:
+        return self.home / self.env
+
+    @property
+    def data_dir(self) -> Path:
+        return self.env_dir / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.env_dir / "log"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.env_dir / "tmp"
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def object_root(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def uses_embedded_db(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.s3_endpoint is not None
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.log_dir, self.tmp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in clear, for log redaction only."""
+        values: list[str] = []
+        if self.database_url is not None:
+            password = urlsplit(self.database_url.get_secret_value()).password
+            if password:
+                values.append(password)
+        for secret in (self.s3_access_key, self.s3_secret_key):
+            if secret is not None and secret.get_secret_value():
+                values.append(secret.get_secret_value())
+        return values
+
+    def public_view(self) -> dict[str, Any]:
+        """Effective settings as `stave env` shows them: secrets masked, URLs without passwords."""
+        view: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url" and value is not None:
+                value = mask_url(value.get_secret_value())
+            elif isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
+            view[name] = value
+        return view
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

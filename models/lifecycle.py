@@ -1,0 +1,77 @@
+"""Lifecycle policies: each table declares, beside its class, how long its rows stay hot.
+
+The archival flow reads these through `lifecycle_policies()`; nothing else decides what ages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from sqlmodel import SQLModel
+
+# archive:   rows older than `hot_days` move to Parquet, with the tables in `travels_with`.
+# follow:    never selected on their own; archived together with the row of `follows`.
+# keep:      hot forever (configuration, catalogues, manifests of what was archived).
+# retention: aged out by their own retention rules (backups: daily / weekly / monthly).
+Action = Literal["archive", "follow", "keep", "retention"]
+
+GENERATION_HOT_DAYS = 183
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    action: Action
+    hot_days: int | None = None
+    timestamp_column: str = "created_at"
+    travels_with: tuple[str, ...] = ()
+    follows: str | None = None
+    table: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.action == "archive" and not self.hot_days:
+            raise ValueError("an archive policy needs hot_days")
+        if self.action == "follow" and not self.follows:
+            raise ValueError("a follow policy names the table it follows")
+
+
+_POLICIES: dict[str, LifecyclePolicy] = {}
+
+M = TypeVar("M", bound=type[SQLModel])
+
+
+def lifecycle(policy: LifecyclePolicy) -> Callable[[M], M]:
+    """Class decorator: attach `policy` to a table model and register it by table name."""
+
+    def attach(model: M) -> M:
+        name = str(model.__tablename__)
+        bound = LifecyclePolicy(
+            action=policy.action,
+            hot_days=policy.hot_days,
+            timestamp_column=policy.timestamp_column,
+            travels_with=policy.travels_with,
+            follows=policy.follows,
+            table=name,
+        )
+        if bound.timestamp_column not in model.model_fields:
+            raise ValueError(f"{name}: lifecycle column {bound.timestamp_column!r} does not exist")
+        model.__lifecycle__ = bound  # type: ignore[attr-defined]
+        _POLICIES[name] = bound
+        return model
+
+    return attach
+
+
+def lifecycle_policies() -> dict[str, LifecyclePolicy]:
+    """Every declared policy, keyed by table name (importing `models` declares them all)."""
+    import models  # noqa: F401  (registers every table)
+
+    return dict(_POLICIES)
+
+
+def policy_for(table: str) -> LifecyclePolicy:
+    policies = lifecycle_policies()
+    if table not in policies:
+        raise KeyError(f"table {table!r} declares no lifecycle policy")
+    return policies[table]

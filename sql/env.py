@@ -1,0 +1,97 @@
+"""Alembic environment: Stave's models as the target, the URL from Stave's settings.
+
+Migrations run as the `stave_migrator` role whenever the connecting user is a member of it, so
+every object is owned by the migrator whoever runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel
+
+import models  # noqa: F401  (registers every table on SQLModel.metadata)
+from sql.roles import MIGRATOR
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    # Staging tables (`tmp_*`) that flows create and drop are not schema drift.
+    return not (type_ == "table" and reflected and compare_to is None and str(name).startswith("tmp_"))
+
+
+def _url() -> str:
+    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+    if url:
+        return str(url)
+    from infra.db import database_url
+
+    return database_url()
+
+
+def _assume_migrator(connection: Connection) -> None:
+    # Roles are cluster-wide, grants per database: in a database the first migration has not
+    # reached yet, the migrator exists but may not create anything, so stay the session user.
+    ready = connection.execute(
+        text(
+            "SELECT pg_has_role(session_user, oid, 'MEMBER')"
+            " AND has_schema_privilege(oid, 'public', 'CREATE')"
+            " FROM pg_roles WHERE rolname = :r"
+        ),
+        {"r": MIGRATOR},
+    ).scalar()
+    if ready:
+        connection.execute(text(f"SET ROLE {MIGRATOR}"))
+    connection.commit()  # SET ROLE is session state; it outlives this transaction
+
+
+def _configure(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_object=include_object,
+        transaction_per_migration=True,
+    )
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(_url(), poolclass=NullPool)
+    with engine.connect() as conn:
+        _assume_migrator(conn)
+        _configure(conn)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
