@@ -137,6 +137,19 @@ def check_connection(url: str, *, timeout_s: int = 5) -> str:
         engine.dispose()
 
 
+def translate_db_error(err: BaseException) -> DatabaseUnavailable | None:
+    """A one-line DatabaseUnavailable for a connection-level failure, else None."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return DatabaseUnavailable(f"database connection lost: {first_line(err.orig)}")
+    if isinstance(err, OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {first_line(err.orig)}")
+    if isinstance(err, psycopg.OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {first_line(err)}")
+    return None
+
+
 def describe_url(url: str) -> str:
     parsed: URL = make_url(url)
     return mask_url(f"postgresql://{parsed.username or ''}@{parsed.host}:{parsed.port}/{parsed.database}")

@@ -9,6 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "sql"
@@ -34,10 +35,14 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
-def current_revision(url: str) -> str | None:
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def current_revision_at(url: str) -> str | None:
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return current_revision(conn)
     finally:
         engine.dispose()

@@ -215,7 +215,24 @@ class Settings(BaseSettings):
         return view
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation failures into one ConfigError line per problem."""
+    from pydantic import ValidationError
+
+    from infra.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            where = "STAVE_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once."""
-    return Settings()
+    return load_settings()

@@ -1,0 +1,59 @@
+"""The `stave` command line. Every failure ends in one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from infra.cli import db, doctor, env
+from infra.errors import StaveError
+
+app = typer.Typer(
+    name="stave",
+    help="Stave: the data platform behind a text-to-music diffusion model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db.app, name="db")
+app.command("doctor")(doctor.doctor)
+app.command("env")(env.env)
+
+log = logging.getLogger("stave.cli")
+
+
+def main() -> None:
+    """Console entry point: run the app and turn any failure into one line and an exit code."""
+    try:
+        app()
+    except StaveError as err:
+        typer.echo(f"stave: error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stave: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # the last line of defence: log the traceback, print one line
+        translated = _known_failure(err)
+        if translated is not None:
+            log.info("command failed", exc_info=err)
+            typer.echo(f"stave: error: {translated}", err=True)
+            sys.exit(1)
+        log.exception("unexpected error")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        typer.echo(
+            f"stave: internal error: {type(err).__name__}: {first} (traceback in the log file)",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _known_failure(err: Exception) -> StaveError | None:
+    # Only consult the database layer if it was loaded: a command that never touched the
+    # database cannot have failed in it, and importing it costs start-up time.
+    if "infra.db" in sys.modules:
+        from infra.db import translate_db_error
+
+        return translate_db_error(err)
+    return None

@@ -1,0 +1,129 @@
+"""`stave doctor`: check every configured dependency, one line each with the cause and the fix."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from infra.errors import StaveError
+from infra.settings import Settings
+
+Outcome = Literal["ok", "fail", "skip"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    outcome: Outcome
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [_directories(settings)]
+    db_checks = _database(settings)
+    checks.extend(db_checks)
+    checks.append(_object_store(settings))
+    if settings.prefect_api_url:
+        checks.append(_prefect(settings.prefect_api_url))
+    return checks
+
+
+def _directories(settings: Settings) -> Check:
+    try:
+        settings.ensure_dirs()
+        for folder in (settings.data_dir, settings.log_dir, settings.tmp_dir):
+            probe = folder / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as err:
+        return Check(
+            "directories",
+            "fail",
+            f"{err.filename or settings.env_dir} is not writable: {err.strerror}",
+            "set STAVE_HOME to a writable folder",
+        )
+    return Check("directories", "ok", f"data, log and tmp under {settings.env_dir}")
+
+
+def _database(settings: Settings) -> list[Check]:
+    from infra import migrate
+    from infra.db import check_connection, database_url, describe_url, first_line, make_engine
+    from infra.db_status import database_status
+
+    fix = (
+        "check STAVE_DATABASE_URL (host, port, credentials) and that the server is running"
+        if not settings.uses_embedded_db
+        else f"see {settings.log_dir / 'postgres.log'}; `stave db stop` then retry"
+    )
+    try:
+        url = database_url(settings)
+        version = check_connection(url, timeout_s=settings.db_connect_timeout_s)
+    except StaveError as err:
+        skipped = [Check(name, "skip", "database unreachable") for name in ("pgvector", "schema")]
+        return [Check("database", "fail", str(err), fix), *skipped]
+    where = "embedded" if settings.uses_embedded_db else "external"
+    checks = [Check("database", "ok", f"PostgreSQL {version} ({where}) at {describe_url(url)}")]
+    engine = make_engine(url, settings, pool_size=1, max_overflow=0)
+    try:
+        status = database_status(engine)
+    except Exception as err:  # reported, not raised: doctor must finish its list
+        return [*checks, Check("schema", "fail", first_line(err), "run `stave db upgrade`")]
+    finally:
+        engine.dispose()
+    if status["pgvector_version"]:
+        checks.append(Check("pgvector", "ok", f"pgvector {status['pgvector_version']} installed"))
+    elif status["pgvector_available"]:
+        checks.append(
+            Check("pgvector", "fail", "pgvector is available but not installed in this database",
+                  "run `stave db upgrade` (creates the extension)")
+        )
+    else:
+        checks.append(
+            Check("pgvector", "fail", "the server has no pgvector extension",
+                  "install pgvector on the PostgreSQL server")
+        )
+    head = migrate.head_revision()
+    if status["up_to_date"]:
+        checks.append(Check("schema", "ok", f"at head revision {head}"))
+    else:
+        checks.append(
+            Check("schema", "fail", f"at revision {status['revision'] or 'none'}, head is {head}",
+                  "run `stave db upgrade`")
+        )
+    return checks
+
+
+def _object_store(settings: Settings) -> Check:
+    from infra.objectstore import make_object_store
+
+    store = make_object_store(settings)
+    fix = (
+        "check STAVE_S3_ENDPOINT, STAVE_S3_ACCESS_KEY, STAVE_S3_SECRET_KEY and STAVE_S3_SECURE"
+        if settings.uses_s3
+        else "set STAVE_HOME to a writable folder"
+    )
+    try:
+        store.check()
+    except StaveError as err:
+        return Check("object store", "fail", str(err), fix)
+    return Check("object store", "ok", f"{store.describe()} is readable and writable")
+
+
+def _prefect(api_url: str) -> Check:
+    import httpx
+
+    url = api_url.rstrip("/") + "/health"
+    try:
+        response = httpx.get(url, timeout=5.0)
+    except httpx.HTTPError as err:
+        return Check("prefect", "fail", f"cannot reach {url}: {type(err).__name__}: {err}",
+                     "start the Prefect server or fix STAVE_PREFECT_API_URL")
+    if response.status_code != 200:
+        return Check("prefect", "fail", f"{url} answered HTTP {response.status_code}",
+                     "check the Prefect server's logs")
+    return Check("prefect", "ok", f"Prefect API healthy at {api_url}")
