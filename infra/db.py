@@ -152,7 +152,9 @@ def translate_db_error(err: BaseException) -> DatabaseUnavailable | None:
 
 def describe_url(url: str) -> str:
     parsed: URL = make_url(url)
-    return mask_url(f"postgresql://{parsed.username or ''}@{parsed.host}:{parsed.port}/{parsed.database}")
+    return mask_url(
+        f"postgresql://{parsed.username or ''}@{parsed.host}:{parsed.port}/{parsed.database}"
+    )
 
 
 def first_line(err: BaseException | None) -> str:

@@ -79,21 +79,33 @@ def _database(settings: Settings) -> list[Check]:
         checks.append(Check("pgvector", "ok", f"pgvector {status['pgvector_version']} installed"))
     elif status["pgvector_available"]:
         checks.append(
-            Check("pgvector", "fail", "pgvector is available but not installed in this database",
-                  "run `stave db upgrade` (creates the extension)")
+            Check(
+                "pgvector",
+                "fail",
+                "pgvector is available but not installed in this database",
+                "run `stave db upgrade` (creates the extension)",
+            )
         )
     else:
         checks.append(
-            Check("pgvector", "fail", "the server has no pgvector extension",
-                  "install pgvector on the PostgreSQL server")
+            Check(
+                "pgvector",
+                "fail",
+                "the server has no pgvector extension",
+                "install pgvector on the PostgreSQL server",
+            )
         )
     head = migrate.head_revision()
     if status["up_to_date"]:
         checks.append(Check("schema", "ok", f"at head revision {head}"))
     else:
         checks.append(
-            Check("schema", "fail", f"at revision {status['revision'] or 'none'}, head is {head}",
-                  "run `stave db upgrade`")
+            Check(
+                "schema",
+                "fail",
+                f"at revision {status['revision'] or 'none'}, head is {head}",
+                "run `stave db upgrade`",
+            )
         )
     return checks
 
@@ -121,9 +133,17 @@ def _prefect(api_url: str) -> Check:
     try:
         response = httpx.get(url, timeout=5.0)
     except httpx.HTTPError as err:
-        return Check("prefect", "fail", f"cannot reach {url}: {type(err).__name__}: {err}",
-                     "start the Prefect server or fix STAVE_PREFECT_API_URL")
+        return Check(
+            "prefect",
+            "fail",
+            f"cannot reach {url}: {type(err).__name__}: {err}",
+            "start the Prefect server or fix STAVE_PREFECT_API_URL",
+        )
     if response.status_code != 200:
-        return Check("prefect", "fail", f"{url} answered HTTP {response.status_code}",
-                     "check the Prefect server's logs")
+        return Check(
+            "prefect",
+            "fail",
+            f"{url} answered HTTP {response.status_code}",
+            "check the Prefect server's logs",
+        )
     return Check("prefect", "ok", f"Prefect API healthy at {api_url}")

@@ -126,7 +126,16 @@ class EmbeddedPostgres:
             os.chown(self.log_file, entry.pw_uid, entry.pw_gid)
         try:
             self._pg_ctl(
-                ["-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_file), "-o", options, "start"],
+                [
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
+                    "start",
+                ],
                 timeout=START_TIMEOUT_S + 10,
             )
         except DatabaseUnavailable as err:
@@ -242,6 +251,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As postgres binds: SO_REUSEADDR, so connections in TIME_WAIT don't count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

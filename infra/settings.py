@@ -42,8 +42,20 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # Values that mean "nobody set this": refused as secrets outside dev.
 PLACEHOLDER_SECRETS = frozenset(
-    {"", "changeme", "change-me", "changethis", "password", "secret", "minioadmin", "postgres",
-     "admin", "test", "example", "xxx"}
+    {
+        "",
+        "changeme",
+        "change-me",
+        "changethis",
+        "password",
+        "secret",
+        "minioadmin",
+        "postgres",
+        "admin",
+        "test",
+        "example",
+        "xxx",
+    }
 )
 
 
@@ -226,7 +238,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as err:
         problems = []
         for error in err.errors():
-            where = "STAVE_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
+            where = (
+                "STAVE_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else ""
+            )
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

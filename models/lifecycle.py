@@ -6,9 +6,10 @@ The archival flow reads these through `lifecycle_policies()`; nothing else decid
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import SQLModel
 
 # archive:   rows older than `hot_days` move to Parquet, with the tables in `travels_with`.
@@ -46,17 +47,10 @@ def lifecycle(policy: LifecyclePolicy) -> Callable[[M], M]:
 
     def attach(model: M) -> M:
         name = str(model.__tablename__)
-        bound = LifecyclePolicy(
-            action=policy.action,
-            hot_days=policy.hot_days,
-            timestamp_column=policy.timestamp_column,
-            travels_with=policy.travels_with,
-            follows=policy.follows,
-            table=name,
-        )
-        if bound.timestamp_column not in model.model_fields:
+        bound = replace(policy, table=name)
+        if bound.timestamp_column not in sa_inspect(model).columns:
             raise ValueError(f"{name}: lifecycle column {bound.timestamp_column!r} does not exist")
-        model.__lifecycle__ = bound  # type: ignore[attr-defined]
+        model.__lifecycle__ = bound
         _POLICIES[name] = bound
         return model
 

@@ -6,8 +6,6 @@ every object is owned by the migrator whoever runs them.
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
@@ -15,17 +13,11 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on SQLModel.metadata)
+from sql.autogen import include_object
 from sql.roles import MIGRATOR
 
 config = context.config
 target_metadata = SQLModel.metadata
-
-
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    # Staging tables (`tmp_*`) that flows create and drop are not schema drift.
-    return not (type_ == "table" and reflected and compare_to is None and str(name).startswith("tmp_"))
 
 
 def _url() -> str:

@@ -19,7 +19,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     try:
         current = get_settings()
     except ConfigError as err:
-        checks = [Check("settings", "fail", str(err), "fix the variable in the environment or .env")]
+        checks = [
+            Check("settings", "fail", str(err), "fix the variable in the environment or .env")
+        ]
     else:
         configure_logging(current)
         checks = [Check("settings", "ok", f"STAVE_ENV={current.env}, home {current.home}")]

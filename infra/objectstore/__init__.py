@@ -14,8 +14,12 @@ def make_object_store(settings: Settings) -> ObjectStore:
 
         return MinioStore(
             endpoint=settings.s3_endpoint,
-            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            access_key=settings.s3_access_key.get_secret_value()
+            if settings.s3_access_key
+            else None,
+            secret_key=settings.s3_secret_key.get_secret_value()
+            if settings.s3_secret_key
+            else None,
             bucket=settings.bucket,
             secure=settings.s3_secure,
             region=settings.s3_region,

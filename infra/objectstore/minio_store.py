@@ -31,7 +31,7 @@ from infra.objectstore.keys import validate_key, validate_prefix
 
 T = TypeVar("T")
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
-_MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+_MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound", "ResourceNotFound"}
 
 
 class MinioStore(ObjectStore):
@@ -137,7 +137,9 @@ class MinioStore(ObjectStore):
                 metadata_directive=REPLACE,
             ),
         )
-        return ObjectInfo(key=key, size=reader.size, sha256=reader.sha256, content_type=content_type)
+        return ObjectInfo(
+            key=key, size=reader.size, sha256=reader.sha256, content_type=content_type
+        )
 
     def copy(self, source: str, destination: str) -> ObjectInfo:
         validate_key(source)
@@ -145,7 +147,9 @@ class MinioStore(ObjectStore):
         self.stat(source)  # a clear ObjectNotFound before the copy
         self._call(
             f"copy {source} to {destination}",
-            lambda: self.client.copy_object(self.bucket, destination, CopySource(self.bucket, source)),
+            lambda: self.client.copy_object(
+                self.bucket, destination, CopySource(self.bucket, source)
+            ),
         )
         return self.stat(destination)
 

@@ -1,0 +1,105 @@
+"""Test fixtures: one real PostgreSQL (pgserver) per session migrated to head, one S3 server.
+
+Nothing is mocked: the database is the embedded cluster Stave itself starts, and the S3 server
+is moto's HTTP server on loopback, spoken to through the real `minio` SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from infra import migrate
+from infra.db import ensure_database, make_engine
+from infra.embedded_pg import EmbeddedPostgres, RunningServer
+from infra.settings import Settings, get_settings
+
+TEST_DATABASE = "stave_test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stave_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point STAVE_HOME at a temporary folder and clear STAVE_* variables from the caller."""
+    home = tmp_path_factory.mktemp("stave-home")
+    saved = {k: v for k, v in os.environ.items() if k.startswith("STAVE_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ["STAVE_HOME"] = str(home)
+    get_settings.cache_clear()
+    yield home
+    for key in [k for k in os.environ if k.startswith("STAVE_")]:
+        del os.environ[key]
+    os.environ.update(saved)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    base = tmp_path_factory.mktemp("pg")
+    server = EmbeddedPostgres(base / "data", log_file=base / "postgres.log")
+    running = server.ensure_running()
+    yield running
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: RunningServer) -> Iterator[str]:
+    """The session database, migrated to head, and set as STAVE_DATABASE_URL."""
+    ensure_database(pg_server.url("postgres"), TEST_DATABASE)
+    url = pg_server.url(TEST_DATABASE)
+    migrate.upgrade(url)
+    os.environ["STAVE_DATABASE_URL"] = url
+    get_settings.cache_clear()
+    yield url
+    os.environ.pop("STAVE_DATABASE_URL", None)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str, settings: Settings) -> Iterator[Engine]:
+    eng = make_engine(database_url, settings)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP server on loopback (moto's server mode), as host:port."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests where no CUDA device is present (CI never has one)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)

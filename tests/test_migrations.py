@@ -1,0 +1,133 @@
+"""Migrations: upgrade/downgrade round-trip, no drift between models and migrations, roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import SQLModel
+
+import models  # noqa: F401
+from infra import migrate
+from infra.db import ensure_database, make_engine, psycopg_dsn
+from infra.embedded_pg import RunningServer
+from sql.autogen import include_object
+from sql.roles import APP, REPORTING
+
+pytestmark = pytest.mark.integration
+
+
+def test_upgrade_downgrade_upgrade_round_trip(pg_server: RunningServer, database_url: str) -> None:
+    # A database of its own: the session database stays at head for the other tests.
+    ensure_database(pg_server.url("postgres"), "roundtrip")
+    url = pg_server.url("roundtrip")
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        migrate.upgrade(url)
+        assert migrate.current_revision_at(url) == migrate.head_revision()
+        assert set(SQLModel.metadata.tables) <= set(inspect(engine).get_table_names())
+        migrate.downgrade(url, "base")
+        engine.dispose()
+        assert migrate.current_revision_at(url) is None
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        migrate.upgrade(url)
+        engine.dispose()
+        assert migrate.current_revision_at(url) == migrate.head_revision()
+        assert set(SQLModel.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_autogenerate_finds_no_drift(engine: Engine) -> None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": include_object}
+        )
+        diffs = compare_metadata(context, SQLModel.metadata)
+    assert diffs == []
+
+
+def test_objects_are_owned_by_the_migrator(engine: Engine) -> None:
+    with engine.connect() as conn:
+        owners = {
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+    assert owners == {"stave_migrator"}
+
+
+@pytest.fixture(scope="module")
+def login_as(pg_server: RunningServer, database_url: str) -> Iterator[object]:
+    """Connect as a fresh LOGIN user that is a member of one of Stave's group roles."""
+    admin = psycopg.connect(psycopg_dsn(database_url), autocommit=True)
+    made: list[str] = []
+
+    def connect(group: str) -> psycopg.Connection[tuple[object, ...]]:
+        user = f"{group}_login"
+        if user not in made:
+            admin.execute(f"DROP ROLE IF EXISTS {user}")
+            admin.execute(f"CREATE ROLE {user} LOGIN IN ROLE {group}")
+            made.append(user)
+        dsn = psycopg_dsn(make_url(database_url).set(username=user).render_as_string())
+        conn = psycopg.connect(dsn, autocommit=True)
+        assert conn.execute("SELECT current_user").fetchone() == (user,)
+        return conn
+
+    yield connect
+    for user in made:
+        admin.execute(f"DROP OWNED BY {user}")
+        admin.execute(f"DROP ROLE {user}")
+    admin.close()
+
+
+DDL = [
+    "CREATE TABLE app_made (id int)",
+    "ALTER TABLE generation_job ADD COLUMN sneaky int",
+    "DROP TABLE style_template",
+    "CREATE INDEX ix_sneaky ON generation_job (finished_at)",
+    "TRUNCATE task_event",
+]
+
+
+@pytest.mark.parametrize("statement", DDL)
+def test_app_role_cannot_run_ddl(login_as, statement: str) -> None:  # type: ignore[no-untyped-def]
+    with login_as(APP) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
+
+
+def test_app_role_reads_and_writes_rows(login_as) -> None:  # type: ignore[no-untyped-def]
+    with login_as(APP) as conn:
+        conn.execute(
+            "INSERT INTO style_template (id, name, description)"
+            " VALUES (gen_random_uuid(), 'app-ok', '')"
+        )
+        conn.execute("UPDATE style_template SET description = 'x' WHERE name = 'app-ok'")
+        assert conn.execute(
+            "SELECT count(*) FROM style_template WHERE name = 'app-ok'"
+        ).fetchone() == (1,)
+        conn.execute("DELETE FROM style_template WHERE name = 'app-ok'")
+        # task_event's id comes from a sequence: the app needs USAGE on it.
+        conn.execute("SELECT nextval(pg_get_serial_sequence('task_event', 'id'))")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO style_template (id, name, description) VALUES (gen_random_uuid(), 'no', '')",
+        "UPDATE generation_task SET status = 'failed'",
+        "DELETE FROM audio_asset",
+        "CREATE TABLE reporting_made (id int)",
+    ],
+)
+def test_reporting_role_cannot_write(login_as, statement: str) -> None:  # type: ignore[no-untyped-def]
+    with login_as(REPORTING) as conn:
+        assert conn.execute("SELECT count(*) FROM generation_task").fetchone() is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
