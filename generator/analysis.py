@@ -45,7 +45,7 @@ def estimate_key(audio: np.ndarray, sample_rate: int) -> tuple[int, str]:
     return best[1], best[2]
 
 
-def onset_envelope(audio: np.ndarray, sample_rate: int, hop: int = 128) -> np.ndarray:
+def onset_envelope(audio: np.ndarray, hop: int = 128) -> np.ndarray:
     """Half-wave rectified spectral flux of log magnitude, one value per hop."""
     mag = _stft_mag(audio, 1024, hop)
     log_mag = np.log1p(100 * mag)
@@ -54,10 +54,12 @@ def onset_envelope(audio: np.ndarray, sample_rate: int, hop: int = 128) -> np.nd
     return flux / (flux.std() + 1e-9)
 
 
-def estimate_tempo(audio: np.ndarray, sample_rate: int, low: float = 55, high: float = 190) -> float:
+def estimate_tempo(
+    audio: np.ndarray, sample_rate: int, low: float = 55, high: float = 190
+) -> float:
     """Beats per minute: the period whose autocorrelation, with its multiples, is strongest."""
     hop = 128
-    env = onset_envelope(audio, sample_rate, hop)
+    env = onset_envelope(audio, hop)
     rate = sample_rate / hop
     acf = np.correlate(env, env, mode="full")[len(env) - 1 :]
     acf /= acf[0] + 1e-9
@@ -91,10 +93,12 @@ def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
     if len(audio) < block:
         power = float(np.mean(audio.astype(np.float64) ** 2))
         return -0.691 + 10 * np.log10(power + 1e-12)
-    powers = np.array([
-        np.mean(audio[i : i + block].astype(np.float64) ** 2)
-        for i in range(0, len(audio) - block + 1, step)
-    ])
+    powers = np.array(
+        [
+            np.mean(audio[i : i + block].astype(np.float64) ** 2)
+            for i in range(0, len(audio) - block + 1, step)
+        ]
+    )
     loud = -0.691 + 10 * np.log10(powers + 1e-12)
     gated = powers[loud > -70]
     if gated.size == 0:

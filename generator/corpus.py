@@ -45,13 +45,23 @@ class Timbre:
 
 # 12 log2(k) rounded: harmonics 1..10 -> 0 12 19 24 28 31 34 36 38 40.
 TIMBRE_SPECS = {
-    "pluck": Timbre((0, 12, 19, 24, 28, 31, 34, 36), (1, .5, .33, .25, .2, .17, .14, .12),
-                    0.004, (3, 4.5, 6, 7.5, 9, 10.5, 12, 13.5), False),
-    "organ": Timbre((0, 12, 19, 24, 31, 36), (1, .7, .5, .35, .25, .15), 0.02, (0,) * 6, True),
-    "bell": Timbre((0, 18, 29, 38, 44), (1, .6, .4, .25, .15), 0.002, (1.2, 2, 3, 4.5, 6), False),
-    "square": Timbre((0, 19, 28, 34, 38, 42), (1, .33, .2, .14, .11, .09), 0.01, (.4,) * 6, True),
-    "bass": Timbre((0, 12, 19, 24, 28, 31), (1, .5, .33, .25, .2, .17), 0.006,
-                   (2, 3, 4, 5, 6, 7), False),
+    "pluck": Timbre(
+        (0, 12, 19, 24, 28, 31, 34, 36),
+        (1, 0.5, 0.33, 0.25, 0.2, 0.17, 0.14, 0.12),
+        0.004,
+        (3, 4.5, 6, 7.5, 9, 10.5, 12, 13.5),
+        False,
+    ),
+    "organ": Timbre((0, 12, 19, 24, 31, 36), (1, 0.7, 0.5, 0.35, 0.25, 0.15), 0.02, (0,) * 6, True),
+    "bell": Timbre(
+        (0, 18, 29, 38, 44), (1, 0.6, 0.4, 0.25, 0.15), 0.002, (1.2, 2, 3, 4.5, 6), False
+    ),
+    "square": Timbre(
+        (0, 19, 28, 34, 38, 42), (1, 0.33, 0.2, 0.14, 0.11, 0.09), 0.01, (0.4,) * 6, True
+    ),
+    "bass": Timbre(
+        (0, 12, 19, 24, 28, 31), (1, 0.5, 0.33, 0.25, 0.2, 0.17), 0.006, (2, 3, 4, 5, 6, 7), False
+    ),
 }
 
 
@@ -153,7 +163,9 @@ def notes_for(labels: ClipLabels, seconds: float) -> list[Note]:
             up = [chord[0], chord[1], chord[2], chord[0] + 12]
             for half in (0, 1):
                 m = up[(2 * pos + half) % 4]
-                notes.append(Note((b + half / 2) * beat, beat / 2, m, accent * (1 if half == 0 else .55)))
+                notes.append(
+                    Note((b + half / 2) * beat, beat / 2, m, accent * (1 if half == 0 else 0.55))
+                )
         else:  # melody: chord tones on the beat, scale steps between
             on = rng.choice(chord) + 12
             off_idx = (scale.index((on - base) % 12) + rng.choice((-1, 1))) % 7
@@ -165,31 +177,35 @@ def notes_for(labels: ClipLabels, seconds: float) -> list[Note]:
     return [n for n in notes if n.start_s < seconds]
 
 
-def _envelope(frames: int, start: int, attack: int, decay: float, hold: int | None) -> tuple[int, np.ndarray]:
+def _envelope(
+    frames: int, start: int, attack: int, decay: float, hold: int | None
+) -> tuple[int, np.ndarray]:
     length = frames - start
     t = np.arange(length, dtype=np.float32) / FRAME_RATE
     env = np.exp(-decay * t, dtype=np.float32)
     if attack > 0:
-        env[: attack] *= np.linspace(0, 1, attack, endpoint=False, dtype=np.float32)
+        env[:attack] *= np.linspace(0, 1, attack, endpoint=False, dtype=np.float32)
     if hold is not None:  # sustained: release over 40 ms after the note's end
         release = int(0.04 * FRAME_RATE)
         tail = np.clip(1 - (np.arange(length) - hold) / release, 0, 1).astype(np.float32)
         env *= np.where(np.arange(length) < hold, 1.0, tail).astype(np.float32)
     else:  # let it ring, but never past 1.5 s
-        env[int(1.5 * FRAME_RATE):] = 0
+        env[int(1.5 * FRAME_RATE) :] = 0
     return start, env
 
 
 def controls_for(labels: ClipLabels, seconds: float) -> np.ndarray:
     """(N_OSC + N_NOISE, frames) synth amplitudes for the clip (before loudness scaling)."""
-    frames = int(round(seconds * FRAME_RATE))
+    frames = round(seconds * FRAME_RATE)
     controls = np.zeros((N_OSC + N_NOISE, frames), dtype=np.float32)
     spec = TIMBRE_SPECS[labels.timbre]
     tilt = 0.0 if labels.tone == "bright" else 1.2
     for note in notes_for(labels, seconds):
         start = int(note.start_s * FRAME_RATE)
         hold = int(note.length_s * FRAME_RATE) if spec.sustain else None
-        for i, (offset, amp, decay) in enumerate(zip(spec.offsets, spec.amps, spec.decay, strict=True)):
+        for i, (offset, amp, decay) in enumerate(
+            zip(spec.offsets, spec.amps, spec.decay, strict=True)
+        ):
             k = note.midi + offset - LOWEST_MIDI
             if not 0 <= k < N_OSC:
                 continue

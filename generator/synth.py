@@ -10,6 +10,7 @@ exactly by a decoder that predicts the controls (DDSP, Engel et al. 2020).
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
 
@@ -34,7 +35,7 @@ def oscillator_hz() -> torch.Tensor:
 
 def noise_band_edges() -> list[tuple[float, float]]:
     edges = torch.logspace(math.log10(60.0), math.log10(SAMPLE_RATE / 2), N_NOISE + 1).tolist()
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 @lru_cache(maxsize=8)

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     s3_max_retries: int = Field(default=4, ge=0, le=20)
     s3_retry_backoff_s: float = Field(default=0.5, ge=0)
 
+    # Generator: the built-in model (its shipped checkpoint unless one is named) or ACE-Step.
+    generator: Literal["builtin", "acestep"] = "builtin"
+    checkpoint: Path | None = None
+    acestep_checkpoint_dir: Path | None = None
+
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import db, doctor, env
+from infra.cli import db, doctor, env, generator
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.command("doctor")(doctor.doctor)
 app.command("env")(env.env)
+app.command("train")(generator.train)
+app.command("eval")(generator.evaluate)
 
 log = logging.getLogger("stave.cli")
 
@@ -36,6 +38,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as err:  # the last line of defence: log the traceback, print one line
         translated = _known_failure(err)
+        if translated is None and type(err).__module__.startswith("generator"):
+            translated = err  # generator errors are one-line by construction
         if translated is not None:
             log.info("command failed", exc_info=err)
             typer.echo(f"stave: error: {translated}", err=True)
@@ -49,7 +53,7 @@ def main() -> None:
         sys.exit(2)
 
 
-def _known_failure(err: Exception) -> StaveError | None:
+def _known_failure(err: Exception) -> Exception | None:
     # Only consult the database layer if it was loaded: a command that never touched the
     # database cannot have failed in it, and importing it costs start-up time.
     if "infra.db" in sys.modules:

@@ -1,0 +1,165 @@
+"""The denoiser: a transformer over latent frames whose self-attention is linear in length.
+
+Self-attention uses the kernel feature map phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, as
+ACE-Step's linear transformer does): softmax(QK^T)V becomes phi(Q)(phi(K)^T V), so cost grows
+with the number of frames, not its square. Position comes from a depthwise convolution in each
+feed-forward block (no fixed length). The timestep and the pooled prompt modulate every block
+(adaptive layer norm, as in DiT); cross-attention reads the prompt's tokens (a handful, so
+softmax there is still linear in the number of frames).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generator.text import TextEncoder, Tokens
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    latent_channels: int = 16
+    dim: int = 128
+    depth: int = 6
+    heads: int = 4
+    text_dim: int = 128
+    ff_mult: int = 2
+    attention: Literal["linear", "softmax"] = "linear"
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
+    args = t[:, None].float() * 1000 * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, kind: str) -> None:
+        super().__init__()
+        self.heads, self.kind = heads, kind
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.kind == "softmax":
+            attn_mask = None if mask is None else mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            q, k = F.elu(q) + 1, F.elu(k) + 1
+            if mask is not None:  # padded frames contribute nothing
+                k = k * mask[:, None, :, None].to(k.dtype)
+            kv = torch.einsum("bhnd,bhne->bhde", k, v)
+            norm = torch.einsum("bhnd,bhd->bhn", q, k.sum(dim=2)).clamp_min(1e-6)
+            out = torch.einsum("bhnd,bhde->bhne", q, kv) / norm[..., None]
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, text_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(text_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(text).view(b, text.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int) -> None:
+        super().__init__()
+        hidden = dim * mult
+        self.up = nn.Linear(dim, 2 * hidden)
+        self.conv = nn.Conv1d(hidden, hidden, 5, padding=2, groups=hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.up(x).chunk(2, dim=-1)
+        h = a * F.gelu(gate)
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
+        return self.down(F.gelu(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.attn = SelfAttention(d, cfg.heads, cfg.attention)
+        self.norm2 = nn.LayerNorm(d)
+        self.cross = CrossAttention(d, cfg.text_dim, cfg.heads)
+        self.norm3 = nn.LayerNorm(d, elementwise_affine=False)
+        self.ff = FeedForward(d, cfg.ff_mult)
+        self.modulation = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        s1, c1, g1, s2, c2, g2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
+        x = x + (1 + g1) * self.attn(self.norm1(x) * (1 + c1) + s1, mask)
+        x = x + self.cross(self.norm2(x), text, text_mask)
+        return x + (1 + g2) * self.ff(self.norm3(x) * (1 + c2) + s2)
+
+
+class Denoiser(nn.Module):
+    """Predicts the flow-matching velocity of normalised latents given time and prompt."""
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text = TextEncoder(cfg.text_dim)
+        self.inp = nn.Linear(cfg.latent_channels, cfg.dim)
+        self.time = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.pooled = nn.Linear(cfg.text_dim, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
+        self.final_mod = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.latent_channels)
+        for layer in (self.final_mod, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def encode_text(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.text(tokens)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, C, T), t (B,), encoded text -> velocity (B, C, T)."""
+        tokens, token_mask, pooled = text
+        h = self.inp(x.transpose(1, 2))
+        cond = F.silu(self.time(timestep_embedding(t, self.cfg.dim)) + self.pooled(pooled))
+        for block in self.blocks:
+            h = block(h, cond, tokens, token_mask, mask)
+        shift, scale = self.final_mod(cond)[:, None].chunk(2, dim=-1)
+        return self.out(self.final_norm(h) * (1 + scale) + shift).transpose(1, 2)

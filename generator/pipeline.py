@@ -1,0 +1,282 @@
+"""The inference API: `StaveGenerator.generate(requests) -> list[Clip]`.
+
+Requests are grouped by length (so no clip is padded by another's), batched to fit the device,
+and run through text conditioning, flow-matching diffusion and decoding. CUDA runs under bf16
+autocast; the CPU in float32. The same request, seed, checkpoint, device and dtype give the same
+samples.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.autoencoder import EMBEDDING_DIM, Autoencoder, AutoencoderConfig
+from generator.checkpoint import PACKAGED, load_checkpoint
+from generator.denoiser import Denoiser, DenoiserConfig
+from generator.errors import InvalidRequest, ResourceExhausted
+from generator.sampler import SCHEDULERS, guided, initial_noise, sample
+from generator.synth import SAMPLE_RATE
+from generator.text import tokenize
+
+DEFAULT_STEPS = 16
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_SCHEDULER = "euler"
+MAX_SEED = 2**63 - 1
+CPU_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    duration_s: float = 10.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    scheduler: str = DEFAULT_SCHEDULER
+    seed: int | None = None
+    lyrics: str | None = None  # carried for the record; the built-in model sings no words
+
+    def validate(self) -> None:
+        checks = [
+            (
+                bool(self.prompt.strip()) and len(self.prompt) <= 512,
+                "prompt",
+                "must be 1-512 characters",
+            ),
+            (
+                self.lyrics is None or len(self.lyrics) <= 4096,
+                "lyrics",
+                "must be at most 4096 characters",
+            ),
+            (
+                math.isfinite(self.duration_s) and 1 <= self.duration_s <= 600,
+                "duration_s",
+                "must be 1-600 seconds",
+            ),
+            (1 <= self.steps <= 200, "steps", "must be 1-200"),
+            (
+                math.isfinite(self.guidance) and 0 <= self.guidance <= 30,
+                "guidance",
+                "must be a finite number 0-30",
+            ),
+            (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
+            (
+                self.seed is None or 0 <= self.seed <= MAX_SEED,
+                "seed",
+                "must be a 63-bit non-negative integer",
+            ),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise InvalidRequest(f"request field {name} {rule} (got {getattr(self, name)!r})")
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # (samples,) float32 in [-1, 1]
+    sample_rate: int
+    embedding: np.ndarray  # (512,) float32, unit norm
+    seed: int
+    timings: dict[str, float]  # seconds per stage for the batch this clip was made in
+    device: str
+    dtype: str
+    request: GenerationRequest
+    latents: np.ndarray = field(repr=False)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+class StaveGenerator:
+    """The built-in model, loaded once and reused for every batch."""
+
+    name = "stave-small"
+
+    def __init__(self, payload: dict[str, Any], device: str = "auto") -> None:
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.sha256: str = payload["sha256"]
+        self.meta: dict[str, Any] = payload.get("meta", {})
+        self.ae = Autoencoder(AutoencoderConfig(**_tuples(payload["autoencoder_config"])))
+        self.ae.load_state_dict(payload["autoencoder"])
+        self.denoiser = Denoiser(DenoiserConfig(**payload["denoiser_config"]))
+        self.denoiser.load_state_dict(payload["denoiser"])
+        self.latent_mean = payload["latent_mean"].to(self.device)
+        self.latent_std = payload["latent_std"].to(self.device)
+        for module in (self.ae, self.denoiser):
+            module.to(self.device).eval()
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str | None = None,
+        *,
+        device: str = "auto",
+        expected_sha256: str | None = None,
+    ) -> StaveGenerator:
+        return cls(load_checkpoint(Path(path) if path else PACKAGED, expected_sha256), device)
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.ae.cfg.compression
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
+        for request in requests:
+            request.validate()
+        seeds = [
+            r.seed if r.seed is not None else secrets.randbelow(MAX_SEED + 1) for r in requests
+        ]
+        by_length: dict[tuple[int, int, float, str], list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            key = (
+                self._frames(request.duration_s),
+                request.steps,
+                request.guidance,
+                request.scheduler,
+            )
+            by_length[key].append(i)
+        clips: list[Clip | None] = [None] * len(requests)
+        for (frames, _, _, _), members in by_length.items():
+            size = self.batch_size(frames)
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                made = self._with_oom_fallback(
+                    [requests[i] for i in chunk], [seeds[i] for i in chunk], frames
+                )
+                for i, clip in zip(chunk, made, strict=True):
+                    clips[i] = clip
+        return [c for c in clips if c is not None]
+
+    def _frames(self, duration_s: float) -> int:
+        return max(1, math.ceil(duration_s * self.frame_rate))
+
+    def batch_size(self, frames: int) -> int:
+        """Clips per batch: from free memory on CUDA, a fixed bound on the CPU."""
+        if self.device.type != "cuda":
+            return CPU_MAX_BATCH
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_clip = frames * self.ae.cfg.compression * 4 * 600  # decode dominates; 600x headroom
+        return max(1, min(64, int(free * 0.7 // per_clip)))
+
+    def _with_oom_fallback(
+        self, requests: list[GenerationRequest], seeds: list[int], frames: int
+    ) -> list[Clip]:
+        try:
+            return self._run(requests, seeds, frames)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(requests) == 1:
+                raise ResourceExhausted(
+                    f"out of device memory generating one {frames}-frame clip"
+                ) from None
+        half = len(requests) // 2
+        try:
+            return self._run(requests[:half], seeds[:half], frames) + self._run(
+                requests[half:], seeds[half:], frames
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise ResourceExhausted(
+                f"out of device memory even at batch {half} for {frames}-frame clips"
+            ) from None
+
+    @torch.no_grad()
+    def _run(self, requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[Clip]:
+        first = requests[0]
+        timings: dict[str, float] = {}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            started = time.perf_counter()
+            cond = self.denoiser.encode_text(tokenize([r.prompt for r in requests]).to(self.device))
+            null = self.denoiser.encode_text(tokenize([""] * len(requests)).to(self.device))
+            timings["conditioning"] = self._lap(started)
+
+            def model(x: torch.Tensor, t: torch.Tensor, conditional: bool) -> torch.Tensor:
+                return self.denoiser(x, t, cond if conditional else null).float()
+
+            started = time.perf_counter()
+            noise = initial_noise(seeds, self.ae.cfg.latent_channels, frames).to(self.device)
+            guidance = torch.tensor([r.guidance for r in requests], device=self.device)
+            latents = sample(guided(model, guidance), noise, first.steps, first.scheduler)  # type: ignore[arg-type]
+            timings["diffusion"] = self._lap(started)
+
+            started = time.perf_counter()
+            raw = (
+                latents * self.latent_std[None, :, None] + self.latent_mean[None, :, None]
+            ).float()
+            # One clip at a time: the decoder's convolutions pick kernels by batch size, and a
+            # clip must not change with the company it was generated in (the denoiser's
+            # matrix products do not: its latents are identical alone or batched).
+            audio = torch.cat([self.ae.decode(raw[i : i + 1]) for i in range(len(requests))])
+            audio = audio.float().clamp(-1, 1)
+            embeddings = torch.cat(
+                [self.ae.embed(raw[i : i + 1]) for i in range(len(requests))]
+            ).float()
+            timings["decode"] = self._lap(started)
+        clips = []
+        for row, (request, seed) in enumerate(zip(requests, seeds, strict=True)):
+            samples = round(request.duration_s * SAMPLE_RATE)
+            clips.append(
+                Clip(
+                    audio=audio[row, :samples].cpu().numpy(),
+                    sample_rate=SAMPLE_RATE,
+                    embedding=embeddings[row].cpu().numpy(),
+                    seed=seed,
+                    timings=dict(timings),
+                    device=str(self.device),
+                    dtype=str(self.dtype).removeprefix("torch."),
+                    request=request,
+                    latents=raw[row].float().cpu().numpy(),
+                )
+            )
+        return clips
+
+    def _lap(self, started: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    # -- embeddings of any audio -------------------------------------------------------------
+    @torch.no_grad()
+    def embed_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """A 512-d unit vector for any audio (mono or (samples, channels)), at any rate."""
+        mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+        if sample_rate != SAMPLE_RATE:
+            from scipy.signal import resample_poly
+
+            g = math.gcd(SAMPLE_RATE, sample_rate)
+            mono = resample_poly(mono, SAMPLE_RATE // g, sample_rate // g)
+        minimum = self.ae.cfg.compression
+        if len(mono) < minimum:
+            mono = np.pad(mono, (0, minimum - len(mono)))
+        x = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None].to(self.device)
+        vector = self.ae.embed(self.ae.encode(x))[0].float().cpu().numpy()
+        assert vector.shape == (EMBEDDING_DIM,)
+        return vector
+
+    def embed_file(self, path: Path | str) -> np.ndarray:
+        import soundfile
+
+        try:
+            audio, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise InvalidRequest(f"cannot read audio file {path}: {err}") from err
+        return self.embed_audio(audio, int(rate))
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON/torch round trips turn tuples into lists; dataclass configs want tuples back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}

@@ -1,0 +1,75 @@
+"""Autoencoder training steps: reconstruction, then the embedding head on frozen latents."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.autoencoder import Autoencoder
+from generator.losses import multi_resolution_stft_loss, waveform_loss
+from generator.pool import CorpusPool
+
+CONTROL_WEIGHT = 100.0
+
+
+def autoencoder_step(
+    ae: Autoencoder,
+    optimizer: torch.optim.Optimizer,
+    pool: CorpusPool,
+    rng: np.random.Generator,
+    *,
+    batch: int,
+    frames: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimisation step on random crops; returns the loss terms."""
+    align = ae.cfg.compression // 64
+    _, audio, controls = pool.crops(rng, batch, frames, align)
+    audio, controls = audio.to(device), controls.to(device)
+    latents = ae.encode(audio)
+    predicted = ae.decoder.controls(latents)
+    from generator.synth import synthesize
+
+    out = synthesize(predicted)
+    terms = {
+        "wave": waveform_loss(out, audio),
+        "stft": multi_resolution_stft_loss(out, audio),
+        # MSE on square roots: mean-seeking on sparse amplitudes (L1 would pull them all to
+        # their median, zero) with quiet partials still counted.
+        "controls": F.mse_loss(predicted.add(1e-6).sqrt(), controls.add(1e-6).sqrt())
+        * CONTROL_WEIGHT,
+        # Keep latents near unit scale so the denoiser sees a well-conditioned space.
+        "latent_l2": latents.pow(2).mean() * 1e-3,
+    }
+    loss = sum(terms.values(), torch.zeros((), device=device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def embedding_step(
+    ae: Autoencoder,
+    optimizer: torch.optim.Optimizer,
+    pool: CorpusPool,
+    rng: np.random.Generator,
+    *,
+    batch: int,
+    frames: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Train the embedding head to separate timbres, on latents of the frozen encoder."""
+    align = ae.cfg.compression // 64
+    index, audio, _ = pool.crops(rng, batch, frames, align)
+    with torch.no_grad():
+        latents = ae.encode(audio.to(device))
+    embedding = ae.embed(latents)
+    logits = ae.embedder.classify(embedding * 10)
+    loss = F.cross_entropy(logits, pool.timbre_ids(index).to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    accuracy = (logits.argmax(-1).cpu() == pool.timbre_ids(index)).float().mean()
+    return {"ce": float(loss), "acc": float(accuracy)}

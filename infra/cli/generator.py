@@ -1,0 +1,83 @@
+"""`stave train` and `stave eval`: the built-in generator, trained and measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from infra.cli.common import print_json, settings
+
+
+def train(
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: <home>/<env>/data/models)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    clips: int = typer.Option(320, min=8, help="Corpus clips rendered for training."),
+    ae_steps: int = typer.Option(1400, min=1, help="Autoencoder steps."),
+    embedding_steps: int = typer.Option(300, min=1, help="Embedding-head steps."),
+    denoiser_steps: int = typer.Option(2000, min=1, help="Denoiser steps."),
+    seed: int = typer.Option(0, help="Corpus and initialisation seed."),
+) -> None:
+    """Train the built-in generator (autoencoder, then denoiser); resumes an interrupted run."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from generator.train import TrainConfig
+    from generator.train import train as run_training
+
+    current = settings()
+    folder = out or current.data_dir / "models"
+    cfg = TrainConfig(
+        corpus_clips=clips,
+        ae_steps=ae_steps,
+        embedding_steps=embedding_steps,
+        denoiser_steps=denoiser_steps,
+        corpus_seed=seed,
+        seed=seed,
+    )
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(phase: str, step: int, total: int, losses: dict[str, float]) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total, loss="")
+            shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            bar.update(tasks[phase], completed=step, loss=shown)  # type: ignore[arg-type]
+
+        checkpoint = run_training(folder, cfg, device=device, progress=progress)
+    typer.echo(f"checkpoint {checkpoint}")
+    typer.echo(f"model card {checkpoint.with_suffix('.json')}")
+
+
+def evaluate(
+    quick: bool = typer.Option(
+        False, "--quick", help="A small sample (under two minutes on a CPU)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    checkpoint: Path | None = typer.Option(
+        None, help="Checkpoint (default: STAVE_CHECKPOINT or the shipped one)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Generate for held-out prompts and report key, tempo, sounds-alike precision and RTF."""
+    from generator.evaluate import evaluate as run_evaluation
+    from generator.pipeline import StaveGenerator
+
+    current = settings()
+    generator = StaveGenerator.load(checkpoint or current.checkpoint, device=device)
+    report = run_evaluation(
+        generator, quick=quick, progress=None if as_json else lambda msg: typer.echo(msg, err=True)
+    )
+    if as_json:
+        print_json(report)
+        return
+    for key, value in report.items():
+        typer.echo(f"{key:<30} {value}")

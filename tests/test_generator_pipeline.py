@@ -1,0 +1,176 @@
+"""The inference API on a tiny random checkpoint: shapes, determinism, verification, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generator.acestep import AceStepGenerator, acestep_params
+from generator.autoencoder import Autoencoder, AutoencoderConfig
+from generator.checkpoint import model_card_path, save_checkpoint
+from generator.denoiser import Denoiser, DenoiserConfig
+from generator.errors import CheckpointError, GeneratorError, InvalidRequest
+from generator.pipeline import GenerationRequest, StaveGenerator
+
+TINY_AE = AutoencoderConfig(width=8)
+TINY_DENOISER = DenoiserConfig(
+    latent_channels=TINY_AE.latent_channels, dim=32, depth=1, heads=2, text_dim=32
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    ae, denoiser = Autoencoder(TINY_AE), Denoiser(TINY_DENOISER)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    sha = save_checkpoint(
+        path,
+        {
+            "autoencoder_config": TINY_AE.as_dict(),
+            "denoiser_config": TINY_DENOISER.as_dict(),
+            "autoencoder": ae.state_dict(),
+            "denoiser": denoiser.state_dict(),
+            "latent_mean": torch.zeros(TINY_AE.latent_channels),
+            "latent_std": torch.ones(TINY_AE.latent_channels),
+            "meta": {"name": "tiny"},
+        },
+    )
+    model_card_path(path).write_text(json.dumps({"sha256": sha}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_checkpoint: Path) -> StaveGenerator:
+    return StaveGenerator.load(tiny_checkpoint, device="cpu")
+
+
+def request(seed: int | None = 5, **overrides: object) -> GenerationRequest:
+    fields: dict[str, object] = {
+        "prompt": "warm organ chords in A minor, 90 bpm",
+        "duration_s": 1.0,
+        "steps": 2,
+        "seed": seed,
+        **overrides,
+    }
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_generate_returns_clips_with_unit_embeddings(generator: StaveGenerator) -> None:
+    clips = generator.generate([request(1), request(2, duration_s=1.5), request(None)])
+    assert [len(c.audio) for c in clips] == [16_000, 24_000, 16_000]
+    for clip in clips:
+        assert clip.sample_rate == 16_000 and clip.audio.dtype == np.float32
+        assert clip.embedding.shape == (512,) and np.isclose(
+            np.linalg.norm(clip.embedding), 1, atol=1e-5
+        )
+        assert set(clip.timings) == {"conditioning", "diffusion", "decode"}
+        assert (clip.device, clip.dtype) == ("cpu", "float32")
+    assert clips[0].seed == 1 and 0 <= clips[2].seed < 2**63
+
+
+def test_same_request_gives_identical_bytes(generator: StaveGenerator) -> None:
+    first = generator.generate([request(11, scheduler="heun")])[0]
+    again = generator.generate([request(11, scheduler="heun")])[0]
+    assert first.audio.tobytes() == again.audio.tobytes()
+    assert first.embedding.tobytes() == again.embedding.tobytes()
+    other = generator.generate([request(12, scheduler="heun")])[0]
+    assert other.audio.tobytes() != first.audio.tobytes()
+
+
+def test_a_clip_does_not_depend_on_its_batch(generator: StaveGenerator) -> None:
+    alone = generator.generate([request(21)])[0]
+    batch = generator.generate([request(20), request(21), request(22)])[1]
+    assert np.array_equal(alone.audio, batch.audio)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("prompt", ""),
+        ("prompt", "x" * 513),
+        ("duration_s", 0.5),
+        ("duration_s", float("nan")),
+        ("steps", 0),
+        ("steps", 201),
+        ("guidance", 31.0),
+        ("guidance", float("inf")),
+        ("scheduler", "ddim"),
+        ("seed", -1),
+        ("seed", 2**63),
+        ("lyrics", "l" * 4097),
+    ],
+)
+def test_invalid_requests_name_the_field(
+    generator: StaveGenerator, field: str, value: object
+) -> None:
+    fields = {"prompt": "a bell", "duration_s": 1.0, "steps": 2, field: value}
+    with pytest.raises(InvalidRequest, match=f"field {field} "):
+        generator.generate([GenerationRequest(**fields)])  # type: ignore[arg-type]
+
+
+def test_embed_audio_at_any_rate_and_layout(generator: StaveGenerator, tmp_path: Path) -> None:
+    import soundfile
+
+    stereo = np.random.default_rng(0).standard_normal((44_100, 2)).astype(np.float32) * 0.1
+    vector = generator.embed_audio(stereo, 44_100)
+    assert vector.shape == (512,) and np.isclose(np.linalg.norm(vector), 1, atol=1e-5)
+    soundfile.write(tmp_path / "clip.flac", stereo, 44_100)
+    assert np.allclose(generator.embed_file(tmp_path / "clip.flac"), vector, atol=1e-3)
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    with pytest.raises(InvalidRequest, match=r"bad\.wav"):
+        generator.embed_file(tmp_path / "bad.wav")
+
+
+def test_checkpoint_is_verified(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        StaveGenerator.load(tmp_path / "missing.pt")
+    corrupted = tmp_path / "tiny.pt"
+    data = bytearray(tiny_checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupted.write_bytes(bytes(data))
+    model_card_path(corrupted).write_text(model_card_path(tiny_checkpoint).read_text())
+    with pytest.raises(CheckpointError, match="corrupted"):
+        StaveGenerator.load(corrupted)
+    model_card_path(corrupted).unlink()
+    with pytest.raises(CheckpointError, match="no model card"):
+        StaveGenerator.load(corrupted)
+
+
+def test_acestep_mapping() -> None:
+    req = GenerationRequest(
+        prompt="lofi piano",
+        lyrics="[verse] la la",
+        duration_s=30,
+        steps=60,
+        guidance=15.0,
+        scheduler="heun",
+        seed=3,
+    )
+    assert acestep_params(req, 3) == {
+        "prompt": "lofi piano",
+        "lyrics": "[verse] la la",
+        "audio_duration": 30.0,
+        "infer_step": 60,
+        "guidance_scale": 15.0,
+        "scheduler_type": "heun",
+        "manual_seeds": [3],
+    }
+    assert acestep_params(GenerationRequest(prompt="x"), 1)["lyrics"] == ""
+
+
+def test_acestep_without_package_or_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        AceStepGenerator(tmp_path / "nope", embedder=None)
+    with pytest.raises(GeneratorError, match=r"pip install 'stave\[acestep\]'"):
+        AceStepGenerator(tmp_path, embedder=None)
+
+
+@pytest.mark.gpu
+def test_cuda_generation_is_deterministic_in_bf16(tiny_checkpoint: Path) -> None:
+    gen = StaveGenerator.load(tiny_checkpoint, device="cuda")
+    a, b = gen.generate([request(3)])[0], gen.generate([request(3)])[0]
+    assert a.dtype == "bfloat16" and a.audio.tobytes() == b.audio.tobytes()

@@ -1,0 +1,129 @@
+"""The generator's parts on tiny inputs: synth, corpus, analysis, text, attention, sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from generator.analysis import estimate_key, estimate_tempo, loudness_lufs, peak_dbfs, tempo_matches
+from generator.corpus import (
+    MODES,
+    NOTE_NAMES,
+    TIMBRES,
+    parse_prompt,
+    prompt_for,
+    render,
+    sample_labels,
+)
+from generator.denoiser import SelfAttention
+from generator.sampler import initial_noise, sample
+from generator.synth import HOP, N_NOISE, N_OSC, SAMPLE_RATE, synthesize
+from generator.text import tokenize
+
+
+def test_synth_is_linear_and_deterministic() -> None:
+    controls = torch.rand(2, N_OSC + N_NOISE, 40) * 0.01
+    a, b = synthesize(controls), synthesize(controls)
+    assert a.shape == (2, 40 * HOP) and torch.equal(a, b)
+    assert torch.allclose(synthesize(controls * 3), a * 3, atol=1e-5)
+
+
+def test_corpus_is_deterministic_and_labelled() -> None:
+    labels = sample_labels(42)
+    audio1, controls1 = render(labels, 2.0)
+    audio2, _ = render(sample_labels(42), 2.0)
+    assert np.array_equal(audio1, audio2)
+    assert audio1.shape == (2 * SAMPLE_RATE,) and np.isclose(np.abs(audio1).max(), 0.8)
+    # The corpus is exactly what the synth makes of its controls: a decoder can reproduce it.
+    resynth = synthesize(torch.from_numpy(controls1)[None])[0].numpy()
+    assert np.allclose(resynth, audio1, atol=1e-5)
+    prompt = prompt_for(labels)
+    assert f"{labels.bpm} bpm" in prompt and labels.key_name in prompt
+
+
+def test_corpus_covers_every_label() -> None:
+    seen = [sample_labels(s) for s in range(600)]
+    assert {lab.timbre for lab in seen} == set(TIMBRES)
+    assert {(lab.tonic, lab.mode) for lab in seen} == {(t, m) for t in range(12) for m in MODES}
+    assert {lab.drums for lab in seen} == {True, False}
+    assert min(lab.bpm for lab in seen) >= 60 and max(lab.bpm for lab in seen) <= 180
+
+
+def test_parse_prompt() -> None:
+    found = parse_prompt("bright bell arpeggio in D# minor, 96 bpm, with drums")
+    assert found == {"tonic": NOTE_NAMES.index("D#"), "mode": "minor", "bpm": 96, "timbre": "bell"}
+    assert parse_prompt("something ambient") == {}
+
+
+def test_estimators_recover_corpus_labels() -> None:
+    labels = [sample_labels(700_000 + i) for i in range(12)]
+    keys = tempos = 0
+    for lab in labels:
+        audio, _ = render(lab, 8.0)
+        keys += estimate_key(audio, SAMPLE_RATE) == (lab.tonic, lab.mode)
+        tempos += tempo_matches(estimate_tempo(audio, SAMPLE_RATE), lab.bpm)
+    assert keys >= 10 and tempos >= 10
+
+
+def test_tempo_octave_errors_are_wrong() -> None:
+    assert tempo_matches(100, 104) and not tempo_matches(200, 100) and not tempo_matches(50, 100)
+
+
+def test_loudness_and_peak() -> None:
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE)).astype(
+        np.float32
+    )
+    assert np.isclose(peak_dbfs(tone), 20 * np.log10(0.5), atol=0.01)
+    assert -10 < loudness_lufs(tone, SAMPLE_RATE) < -8  # sine at -6 dBFS peak: about -9 LUFS
+    assert loudness_lufs(np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE) == -70.0
+
+
+def test_tokenizer_numbers_keys_and_unknown_words() -> None:
+    tokens = tokenize(["Bright bell in C# minor, 96 bpm", "", "zither solo"])
+    assert (
+        tokens.mask[0].sum() == 7 and tokens.values[0].max() == 96
+    )  # bright bell in c# minor 96 bpm
+    assert tokens.mask[1].sum() == 1  # the <null> token
+    assert (tokens.ids[2][tokens.mask[2]] >= 60).all()  # unknown words hash into buckets
+    assert torch.equal(tokenize(["zither solo"]).ids, tokenize(["zither solo"]).ids)
+
+
+def test_linear_attention_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, "linear")
+    x = torch.randn(2, 7, 16)
+    q, k, v = attn.qkv(x).view(2, 7, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    weights = q @ k.transpose(-1, -2)  # (B, H, N, N): the quadratic form it avoids
+    naive = (weights / weights.sum(-1, keepdim=True)) @ v
+    expected = attn.out(naive.transpose(1, 2).reshape(2, 7, 16))
+    assert torch.allclose(attn(x, None), expected, atol=1e-5)
+
+
+def test_padding_mask_hides_padded_frames() -> None:
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, "linear")
+    x = torch.randn(1, 5, 16)
+    padded = torch.cat([x, torch.randn(1, 3, 16)], dim=1)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    assert torch.allclose(attn(padded, mask)[:, :5], attn(x, None), atol=1e-5)
+
+
+def test_noise_depends_only_on_each_seed() -> None:
+    alone = initial_noise([7], 4, 10)
+    batch = initial_noise([3, 7, 9], 4, 10)
+    assert torch.equal(alone[0], batch[1])
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "heun"])
+def test_sampler_integrates_a_known_flow(scheduler: str) -> None:
+    target = torch.full((1, 2, 3), 2.0)
+    noise = torch.zeros(1, 2, 3)
+    # Straight-line flow to `target`: v = (target - x) / (1 - t), exact for both solvers.
+    result = sample(
+        lambda x, t: (target - x) / (1 - t[:, None, None]).clamp_min(1e-3), noise, 8, scheduler
+    )  # type: ignore[arg-type]
+    assert torch.allclose(result, target, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        sample(lambda x, t: x, noise, 4, "ddim")  # type: ignore[arg-type]
