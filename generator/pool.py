@@ -50,6 +50,7 @@ class CorpusPool:
         `align` frames, so crops line up with latent frames."""
         index = torch.from_numpy(rng.integers(0, len(self), batch))
         total = self.controls.shape[-1]
+        frames = min(frames, total // align * align)  # never longer than the clips
         starts = rng.integers(0, (total - frames) // align + 1, batch) * align
         audio = torch.stack(
             [
