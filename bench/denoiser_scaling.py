@@ -37,9 +37,8 @@ def main() -> None:
         kind: Denoiser(DenoiserConfig(latent_channels=64, attention=kind)).eval()
         for kind in ("linear", "softmax")
     }
-    print(
-        f"{'frames':>7} {'linear s':>9} {'growth':>7} {'softmax s':>10} {'growth':>7} {'softmax/linear':>15}"
-    )
+    header = ("frames", "linear s", "growth", "softmax s", "growth", "softmax/linear")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (7, 9, 7, 10, 7, 15), strict=True)))
     base: dict[str, float] = {}
     for factor in (1, 2, 4, 8):
         frames = BASE_FRAMES * factor

@@ -10,7 +10,7 @@ import pytest
 
 from generator.pipeline import GenerationRequest, StaveGenerator
 from generator.pool import CorpusPool
-from generator.train import Trainer, TrainConfig, pick_device, train
+from generator.train import TrainConfig, Trainer, pick_device, train
 
 pytestmark = pytest.mark.slow
 
