@@ -109,7 +109,7 @@ class StaveGenerator:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.sha256: str = payload["sha256"]
         self.meta: dict[str, Any] = payload.get("meta", {})
-        self.ae = Autoencoder(AutoencoderConfig(**_tuples(payload["autoencoder_config"])))
+        self.ae = Autoencoder(AutoencoderConfig(**payload["autoencoder_config"]))
         self.ae.load_state_dict(payload["autoencoder"])
         self.denoiser = Denoiser(DenoiserConfig(**payload["denoiser_config"]))
         self.denoiser.load_state_dict(payload["denoiser"])
@@ -139,17 +139,17 @@ class StaveGenerator:
         seeds = [
             r.seed if r.seed is not None else secrets.randbelow(MAX_SEED + 1) for r in requests
         ]
-        by_length: dict[tuple[int, int, float, str], list[int]] = defaultdict(list)
+        # Batches share length, steps and scheduler; guidance is applied per clip.
+        by_length: dict[tuple[int, int, str], list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             key = (
                 self._frames(request.duration_s),
                 request.steps,
-                request.guidance,
                 request.scheduler,
             )
             by_length[key].append(i)
         clips: list[Clip | None] = [None] * len(requests)
-        for (frames, _, _, _), members in by_length.items():
+        for (frames, _, _), members in by_length.items():
             size = self.batch_size(frames)
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
@@ -276,7 +276,3 @@ class StaveGenerator:
             raise InvalidRequest(f"cannot read audio file {path}: {err}") from err
         return self.embed_audio(audio, int(rate))
 
-
-def _tuples(config: dict[str, Any]) -> dict[str, Any]:
-    """JSON/torch round trips turn tuples into lists; dataclass configs want tuples back."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
