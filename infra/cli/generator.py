@@ -66,6 +66,7 @@ def evaluate(
         None, help="Checkpoint (default: STAVE_CHECKPOINT or the shipped one)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    record: bool = typer.Option(False, "--record", help="Write the figures into the model card."),
 ) -> None:
     """Generate for held-out prompts and report key, tempo, sounds-alike precision and RTF."""
     from generator.evaluate import evaluate as run_evaluation
@@ -76,6 +77,16 @@ def evaluate(
     report = run_evaluation(
         generator, quick=quick, progress=None if as_json else lambda msg: typer.echo(msg, err=True)
     )
+    if record:
+        import json
+
+        from generator.checkpoint import PACKAGED, model_card_path
+        from generator.train import write_json
+
+        card_path = model_card_path(Path(checkpoint or current.checkpoint or PACKAGED))
+        card = json.loads(card_path.read_text())
+        card["evaluation"] = report
+        write_json(card_path, card)
     if as_json:
         print_json(report)
         return
