@@ -36,7 +36,7 @@ class TrainConfig:
     ae_frames: int = 512  # control frames per crop: 2.05 s
     ae_lr: float = 2e-3
     embedding_steps: int = 300
-    denoiser_steps: int = 2000
+    denoiser_steps: int = 4000
     denoiser_batch: int = 32
     denoiser_frames: int = 128  # latent frames per crop: 4.1 s
     denoiser_lr: float = 1e-3

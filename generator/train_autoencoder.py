@@ -72,4 +72,4 @@ def embedding_step(
     loss.backward()
     optimizer.step()
     accuracy = (logits.argmax(-1).cpu() == pool.timbre_ids(index)).float().mean()
-    return {"ce": float(loss), "acc": float(accuracy)}
+    return {"ce": float(loss.detach()), "acc": float(accuracy)}

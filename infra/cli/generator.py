@@ -17,7 +17,7 @@ def train(
     clips: int = typer.Option(320, min=8, help="Corpus clips rendered for training."),
     ae_steps: int = typer.Option(1400, min=1, help="Autoencoder steps."),
     embedding_steps: int = typer.Option(300, min=1, help="Embedding-head steps."),
-    denoiser_steps: int = typer.Option(2000, min=1, help="Denoiser steps."),
+    denoiser_steps: int = typer.Option(4000, min=1, help="Denoiser steps."),
     seed: int = typer.Option(0, help="Corpus and initialisation seed."),
 ) -> None:
     """Train the built-in generator (autoencoder, then denoiser); resumes an interrupted run."""
