@@ -275,4 +275,3 @@ class StaveGenerator:
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise InvalidRequest(f"cannot read audio file {path}: {err}") from err
         return self.embed_audio(audio, int(rate))
-
