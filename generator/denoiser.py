@@ -30,6 +30,8 @@ class DenoiserConfig:
     text_dim: int = 128
     ff_mult: int = 2
     attention: Literal["linear", "softmax"] = "linear"
+    # Rotary positions in self-attention (off in checkpoints trained before it existed).
+    rope: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -42,10 +44,20 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def rotate(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al.) over the last dim of (B, H, N, D) features."""
+    half = x.shape[-1] // 2
+    freqs = 10_000 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * freqs
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, kind: str) -> None:
+    def __init__(self, dim: int, heads: int, kind: str, rope: bool = False) -> None:
         super().__init__()
-        self.heads, self.kind = heads, kind
+        self.heads, self.kind, self.rope = heads, kind, rope
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -53,15 +65,20 @@ class SelfAttention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.kind == "softmax":
+            if self.rope:
+                q, k = rotate(q), rotate(k)
             attn_mask = None if mask is None else mask[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         else:
             q, k = F.elu(q) + 1, F.elu(k) + 1
             if mask is not None:  # padded frames contribute nothing
                 k = k * mask[:, None, :, None].to(k.dtype)
-            kv = torch.einsum("bhnd,bhne->bhde", k, v)
+            # With rotary positions the numerator uses rotated features and the normaliser the
+            # plain (positive) ones, as RoFormer does for linear attention; still linear in N.
+            qn, kn = (rotate(q), rotate(k)) if self.rope else (q, k)
+            kv = torch.einsum("bhnd,bhne->bhde", kn, v)
             norm = torch.einsum("bhnd,bhd->bhn", q, k.sum(dim=2)).clamp_min(1e-6)
-            out = torch.einsum("bhnd,bhde->bhne", q, kv) / norm[..., None]
+            out = torch.einsum("bhnd,bhde->bhne", qn, kv) / norm[..., None]
         return self.out(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -102,7 +119,7 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.dim
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
-        self.attn = SelfAttention(d, cfg.heads, cfg.attention)
+        self.attn = SelfAttention(d, cfg.heads, cfg.attention, cfg.rope)
         self.norm2 = nn.LayerNorm(d)
         self.cross = CrossAttention(d, cfg.text_dim, cfg.heads)
         self.norm3 = nn.LayerNorm(d, elementwise_affine=False)

@@ -40,6 +40,7 @@ class TrainConfig:
     denoiser_batch: int = 32
     denoiser_frames: int = 128  # latent frames per crop: 4.1 s
     denoiser_lr: float = 1e-3
+    rope: bool = False  # rotary positions in the denoiser's self-attention
     checkpoint_every: int = 250
     seed: int = 0
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

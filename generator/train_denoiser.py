@@ -44,7 +44,9 @@ class DenoiserData:
 
 
 def make_denoiser(cfg: TrainConfig, device: torch.device) -> tuple[Denoiser, torch.optim.Optimizer]:
-    model = Denoiser(DenoiserConfig(latent_channels=cfg.autoencoder.latent_channels)).to(device)
+    model = Denoiser(
+        DenoiserConfig(latent_channels=cfg.autoencoder.latent_channels, rope=cfg.rope)
+    ).to(device)
     return model, torch.optim.AdamW(model.parameters(), cfg.denoiser_lr, weight_decay=0.01)
 
 

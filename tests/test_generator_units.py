@@ -127,3 +127,20 @@ def test_sampler_integrates_a_known_flow(scheduler: str) -> None:
     assert torch.allclose(result, target, atol=1e-4)
     with pytest.raises(ValueError, match="unknown scheduler"):
         sample(lambda x, t: x, noise, 4, "ddim")  # type: ignore[arg-type]
+
+
+def test_rotary_linear_attention_matches_its_definition() -> None:
+    from generator.denoiser import rotate
+
+    torch.manual_seed(1)
+    attn = SelfAttention(16, 2, "linear", rope=True)
+    x = torch.randn(2, 9, 16)
+    q, k, v = attn.qkv(x).view(2, 9, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    numerator = rotate(q) @ rotate(k).transpose(-1, -2)
+    denominator = (q @ k.transpose(-1, -2)).sum(-1, keepdim=True)
+    expected = attn.out(((numerator @ v) / denominator).transpose(1, 2).reshape(2, 9, 16))
+    assert torch.allclose(attn(x, None), expected, atol=1e-5)
+    # Rotation preserves norms, and position 0 is left as it is.
+    assert torch.allclose(rotate(q).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(rotate(q)[..., 0, :], q[..., 0, :])
