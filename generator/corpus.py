@@ -149,7 +149,6 @@ def notes_for(labels: ClipLabels, seconds: float) -> list[Note]:
     scale = SCALES[labels.mode]
     notes: list[Note] = []
     n_beats = int(seconds / beat) + 1
-    previous = base + 12
     for b in range(n_beats):
         bar, pos = divmod(b, 4)
         chord = _chord(labels, bar, base)
@@ -172,14 +171,11 @@ def notes_for(labels: ClipLabels, seconds: float) -> list[Note]:
             off = base + 12 + scale[off_idx]
             notes.append(Note(b * beat, beat / 2, on, accent))
             notes.append(Note((b + 0.5) * beat, beat / 2, off, 0.55))
-            previous = off
-    del previous
     return [n for n in notes if n.start_s < seconds]
 
 
-def _envelope(
-    frames: int, start: int, attack: int, decay: float, hold: int | None
-) -> tuple[int, np.ndarray]:
+def _envelope(frames: int, start: int, attack: int, decay: float, hold: int | None) -> np.ndarray:
+    """Amplitude from frame `start` to the clip's end: attack ramp, decay, release or cut."""
     length = frames - start
     t = np.arange(length, dtype=np.float32) / FRAME_RATE
     env = np.exp(-decay * t, dtype=np.float32)
@@ -191,7 +187,7 @@ def _envelope(
         env *= np.where(np.arange(length) < hold, 1.0, tail).astype(np.float32)
     else:  # let it ring, but never past 1.5 s
         env[int(1.5 * FRAME_RATE) :] = 0
-    return start, env
+    return env
 
 
 def controls_for(labels: ClipLabels, seconds: float) -> np.ndarray:
@@ -209,8 +205,8 @@ def controls_for(labels: ClipLabels, seconds: float) -> np.ndarray:
             k = note.midi + offset - LOWEST_MIDI
             if not 0 <= k < N_OSC:
                 continue
-            s, env = _envelope(frames, start, int(spec.attack_s * FRAME_RATE), decay, hold)
-            controls[k, s:] += note.velocity * amp * (i + 1) ** -tilt * env
+            env = _envelope(frames, start, int(spec.attack_s * FRAME_RATE), decay, hold)
+            controls[k, start:] += note.velocity * amp * (i + 1) ** -tilt * env
     if labels.drums:
         _add_drums(controls, labels, frames)
     return controls
@@ -225,16 +221,16 @@ def _add_drums(controls: np.ndarray, labels: ClipLabels, frames: int) -> None:
             break
         pos = (e // 2) % 4
         if e % 2 == 0 and pos in (0, 2):  # kick
+            env = _envelope(frames, start, 1, 22.0, None)
             for k, amp in ((33 - LOWEST_MIDI, 1.2), (40 - LOWEST_MIDI, 0.4)):
-                s, env = _envelope(frames, start, 1, 22.0, None)
-                controls[k, s:] += amp * env
-            s, env = _envelope(frames, start, 0, 60.0, None)
-            controls[N_OSC + 0 : N_OSC + 3, s:] += 0.15 * env
+                controls[k, start:] += amp * env
+            env = _envelope(frames, start, 0, 60.0, None)
+            controls[N_OSC + 0 : N_OSC + 3, start:] += 0.15 * env
         if e % 2 == 0 and pos in (1, 3):  # snare
-            s, env = _envelope(frames, start, 0, 16.0, None)
-            controls[N_OSC + 6 : N_OSC + 13, s:] += 0.09 * env
-        s, env = _envelope(frames, start, 0, 55.0, None)  # hat on every eighth
-        controls[N_OSC + 13 : N_OSC + 16, s:] += 0.05 * env
+            env = _envelope(frames, start, 0, 16.0, None)
+            controls[N_OSC + 6 : N_OSC + 13, start:] += 0.09 * env
+        env = _envelope(frames, start, 0, 55.0, None)  # hat on every eighth
+        controls[N_OSC + 13 : N_OSC + 16, start:] += 0.05 * env
 
 
 def render(labels: ClipLabels, seconds: float) -> tuple[np.ndarray, np.ndarray]:
