@@ -160,6 +160,8 @@ class Trainer:
         else:
             from generator.train_denoiser import DenoiserData, denoiser_step
 
+            if self.step >= cfg.denoiser_steps and self.latent_stats is not None:
+                return  # finished before: nothing to encode again
             if self.denoiser is None:
                 self._make_denoiser()
             assert self.denoiser is not None and self.den_opt is not None
