@@ -158,3 +158,21 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("db", "doctor", "env"):
         assert command in result.stdout
+
+
+def test_eval_with_a_missing_or_corrupted_checkpoint_is_one_line(tmp_path: Path) -> None:
+    missing = stave(
+        "eval", "--quick", cwd=tmp_path, env={"STAVE_CHECKPOINT": str(tmp_path / "x.pt")}
+    )
+    assert missing.returncode == 1
+    assert "checkpoint not found" in assert_one_line_error(missing)
+    from generator.checkpoint import PACKAGED, model_card_path
+
+    bad = tmp_path / "bad.pt"
+    data = bytearray(PACKAGED.read_bytes())
+    data[5000] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    model_card_path(bad).write_text(model_card_path(PACKAGED).read_text())
+    corrupted = stave("eval", "--quick", "--checkpoint", str(bad), cwd=tmp_path)
+    assert corrupted.returncode == 1
+    assert "is corrupted: sha256" in assert_one_line_error(corrupted)
