@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from generator.autoencoder import Autoencoder
 from generator.losses import multi_resolution_stft_loss, waveform_loss
 from generator.pool import CorpusPool
+from generator.synth import synthesize
 
 CONTROL_WEIGHT = 100.0
 
@@ -24,13 +25,11 @@ def autoencoder_step(
     device: torch.device,
 ) -> dict[str, float]:
     """One optimisation step on random crops; returns the loss terms."""
-    align = ae.cfg.compression // 64
-    _, audio, controls = pool.crops(rng, batch, frames, align)
+    # Crops start on latent-frame boundaries (in control frames).
+    _, audio, controls = pool.crops(rng, batch, frames, ae.cfg.time_downsample)
     audio, controls = audio.to(device), controls.to(device)
     latents = ae.encode(audio)
     predicted = ae.decoder.controls(latents)
-    from generator.synth import synthesize
-
     out = synthesize(predicted)
     terms = {
         "wave": waveform_loss(out, audio),
@@ -61,15 +60,15 @@ def embedding_step(
     device: torch.device,
 ) -> dict[str, float]:
     """Train the embedding head to separate timbres, on latents of the frozen encoder."""
-    align = ae.cfg.compression // 64
-    index, audio, _ = pool.crops(rng, batch, frames, align)
+    index, audio, _ = pool.crops(rng, batch, frames, ae.cfg.time_downsample)
+    labels = pool.timbre_ids(index)
     with torch.no_grad():
         latents = ae.encode(audio.to(device))
     embedding = ae.embed(latents)
     logits = ae.embedder.classify(embedding * 10)
-    loss = F.cross_entropy(logits, pool.timbre_ids(index).to(device))
+    loss = F.cross_entropy(logits, labels.to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    accuracy = (logits.argmax(-1).cpu() == pool.timbre_ids(index)).float().mean()
+    accuracy = (logits.argmax(-1).cpu() == labels).float().mean()
     return {"ce": float(loss.detach()), "acc": float(accuracy)}
