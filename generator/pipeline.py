@@ -8,6 +8,7 @@ samples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import time
@@ -91,6 +92,11 @@ class Clip:
     dtype: str
     request: GenerationRequest
     latents: np.ndarray = field(repr=False)
+    # The requests (seeds resolved) this clip was computed together with, and its place among
+    # them: a matrix product's rounding depends on the batch, so making the same bytes again
+    # means running the same batch again (`run_batch`).
+    batch: tuple[GenerationRequest, ...] = field(default=(), repr=False)
+    batch_position: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -160,6 +166,23 @@ class StaveGenerator:
                     clips[i] = clip
         return [c for c in clips if c is not None]
 
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
+        """Run `requests` (seeded, same length, steps and scheduler) as exactly one batch."""
+        for request in requests:
+            request.validate()
+        first = requests[0]
+        frames = self._frames(first.duration_s)
+        for request in requests:
+            if request.seed is None:
+                raise InvalidRequest("run_batch needs a seed on every request")
+            if (self._frames(request.duration_s), request.steps, request.scheduler) != (
+                frames,
+                first.steps,
+                first.scheduler,
+            ):
+                raise InvalidRequest("run_batch needs one length, step count and scheduler")
+        return self._run(list(requests), [int(r.seed) for r in requests], frames)  # type: ignore[arg-type]
+
     def _frames(self, duration_s: float) -> int:
         return max(1, math.ceil(duration_s * self.frame_rate))
 
@@ -227,6 +250,9 @@ class StaveGenerator:
             ).float()
             timings["decode"] = self._lap(started)
         clips = []
+        members = tuple(
+            dataclasses.replace(r, seed=seed) for r, seed in zip(requests, seeds, strict=True)
+        )
         for row, (request, seed) in enumerate(zip(requests, seeds, strict=True)):
             samples = round(request.duration_s * SAMPLE_RATE)
             clips.append(
@@ -240,6 +266,8 @@ class StaveGenerator:
                     dtype=str(self.dtype).removeprefix("torch."),
                     request=request,
                     latents=raw[row].float().cpu().numpy(),
+                    batch=members,
+                    batch_position=row,
                 )
             )
         return clips

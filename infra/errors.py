@@ -46,6 +46,18 @@ class StorageUnavailable(StaveError):
     retryable = True
 
 
+class InvalidInput(StaveError, ValueError):
+    """An input file or parameter that cannot be read as what it claims to be."""
+
+    error_class = "input_invalid"
+
+
+class NotFound(StaveError, LookupError):
+    """A job, task or asset id that has no record."""
+
+    error_class = "input_invalid"
+
+
 class InvalidKey(StaveError, ValueError):
     """An object key that is not made only of server ids and safe separators."""
 

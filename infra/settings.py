@@ -114,7 +114,31 @@ class Settings(BaseSettings):
     # Generator: the built-in model (its shipped checkpoint unless one is named) or ACE-Step.
     generator: Literal["builtin", "acestep"] = "builtin"
     checkpoint: Path | None = None
+    # auto: CUDA (bf16) when present, else the CPU (float32).
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     acestep_checkpoint_dir: Path | None = None
+
+    # Generation defaults. A row's own value wins, then its style template, then the user's
+    # preferences, then these.
+    default_user: str = Field(default="default", pattern=r"^[A-Za-z0-9_.@-]{1,128}$")
+    default_duration_s: float = Field(default=10.0, ge=1, le=600)
+    default_steps: int = Field(default=16, ge=1, le=200)
+    default_guidance: float = Field(default=3.0, ge=0, le=30)
+    default_scheduler: Literal["euler", "heun"] = "euler"
+
+    # The generation queue: leases, retries with backoff, batch sizes.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    lease_s: float = Field(default=600.0, gt=0)
+    retry_backoff_s: float = Field(default=5.0, ge=0)
+    # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA).
+    batch_size: int = Field(default=0, ge=0, le=256)
+    # The Prefect global concurrency limit inference holds one slot of (one slot per GPU).
+    gpu_concurrency_limit: str = "gpu"
+
+    # Publishing checks on every clip (the Great Expectations suite).
+    duration_tolerance_s: float = Field(default=0.05, ge=0)
+    min_loudness_lufs: float = -60.0
+    max_peak_dbfs: float = 0.0
 
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
@@ -184,6 +208,14 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.env_dir / "tmp"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.log_dir / "data_docs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.data_dir / "prefect"
 
     @property
     def embedded_pg_dir(self) -> Path:

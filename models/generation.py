@@ -121,6 +121,8 @@ class GenerationTask(SQLModel, table=True):
     max_attempts: int = 3
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: datetime | None = timestamp_field(nullable=True)
+    # A retried task waits until then (backoff); NULL: claimable now.
+    available_at: datetime | None = timestamp_field(nullable=True)
     device: str | None = Field(default=None, max_length=64)
     error_class: str | None = Field(default=None, max_length=32)
     error_message: str | None = Field(default=None, sa_type=Text)
@@ -128,6 +130,10 @@ class GenerationTask(SQLModel, table=True):
         default=None, foreign_key="model_version.id", ondelete="RESTRICT"
     )
     timings: dict[str, Any] = jsonb_field()
+    # What made the clip, as ACE-Step records it (parameters and seeds actually used, timings
+    # per stage) plus model, checkpoint, code and library versions, device and dtype: enough
+    # to regenerate it bit for bit.
+    provenance: dict[str, Any] = jsonb_field()
     created_at: datetime = timestamp_field()
     started_at: datetime | None = timestamp_field(nullable=True)
     finished_at: datetime | None = timestamp_field(nullable=True)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import db, doctor, env, generator
+from infra.cli import db, doctor, env, generator, jobs
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -22,6 +22,15 @@ app.command("doctor")(doctor.doctor)
 app.command("env")(env.env)
 app.command("train")(generator.train)
 app.command("eval")(generator.evaluate)
+app.command("generate")(jobs.generate)
+app.command("submit")(jobs.submit)
+app.command("run-pending")(jobs.run_pending)
+app.command("jobs")(jobs.jobs)
+app.command("job")(jobs.job)
+app.command("task")(jobs.task)
+app.command("retry")(jobs.retry)
+app.command("regenerate")(jobs.regenerate)
+app.command("gc")(jobs.gc)
 
 log = logging.getLogger("stave.cli")
 

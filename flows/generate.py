@@ -1,0 +1,223 @@
+"""Bulk generation: from a prompt file (or rows from the Prefect UI) to published clips.
+
+`generate` checks and submits the rows, then drains the job's queue; `run_pending` drains
+whatever is queued (by `stave submit`, or a job whose worker died). Each batch: claim (SKIP
+LOCKED, leased) → generate (the `gpu` slot) → store → validate → publish; a failure is
+classified and recorded on the batch's tasks, and retryable classes come back after a backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from infra.db import get_engine
+from infra.settings import get_settings
+from tasks import generation, inference, queue
+from tasks.classify import classify
+from tasks.records import job_summary
+
+TERMINAL = ("published", "quarantined", "failed", "cancelled")
+
+
+@dataclass
+class DrainStats:
+    batches: int = 0
+    published: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost_lease: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger("stave.flows.generate")
+
+
+def drain(
+    job_id: uuid.UUID | None, *, wait_for_running: bool, limit: int | None = None
+) -> DrainStats:
+    """Claim and process batches until nothing is left to claim (for one job, or all)."""
+    settings = get_settings()
+    engine = get_engine()
+    log = _logger()
+    worker = worker_id()
+    stats = DrainStats()
+    start = queue.job_state(engine, job_id)
+    total = sum(start.counts.values()) if job_id else max(1, start.open)
+    progress: Any = create_progress_artifact(
+        progress=_percent(start, total, job_id, 0),
+        key=f"generation-progress-{job_id}" if job_id else "generation-progress",
+        description=f"clips settled (job {job_id})" if job_id else "queued clips processed",
+    )
+    model: inference.LoadedModel | None = None
+    model_version_id = uuid.UUID(int=0)
+    processed = 0
+    while limit is None or processed < limit:
+        if model is None:
+            size = settings.batch_size or 8
+        else:
+            size = settings.batch_size or model.batch_size(settings.default_duration_s)
+        take = size if limit is None else min(size, limit - processed)
+        claimed = generation.claim_batch(worker, take, job_id)
+        if not claimed:
+            state = queue.job_state(engine, job_id)
+            waiting = state.counts.get("pending", 0) + (
+                state.counts.get("running", 0) if wait_for_running else 0
+            )
+            if waiting == 0 or state.next_due is None:
+                break
+            # Retries wait out their backoff; a dead worker's tasks wait out its lease.
+            time.sleep(min(max(queue.seconds_until(state.next_due), 0.2), 5.0))
+            continue
+        if model is None:
+            # Loaded on the first claim, so an empty queue costs no model load; kept after.
+            model = inference.load_model(settings)
+            model_version_id = inference.register_model_version(engine, model)
+        stats.batches += 1
+        processed += len(claimed)
+        _process(claimed, worker, model, model_version_id, stats, log)
+        update_progress_artifact(
+            progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
+        )
+    return stats
+
+
+def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:
+    if job_id is None:
+        return min(100.0, 100.0 * done / max(1, total))
+    settled = sum(state.counts.get(s, 0) for s in TERMINAL)
+    return 100.0 * settled / max(1, total)
+
+
+def _process(
+    claimed: list[queue.ClaimedTask],
+    worker: str,
+    model: inference.LoadedModel,
+    model_version_id: uuid.UUID,
+    stats: DrainStats,
+    log: Any,
+) -> None:
+    settings = get_settings()
+    ids = [t.id for t in claimed]
+    batch_id = f"{claimed[0].job_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        made = generation.generate_batch(claimed, model_version_id)
+        stored = generation.store_batch(made)
+        sample_rate = made[0][1].sample_rate
+        verdict = generation.validate_batch(stored, batch_id, sample_rate)
+        outcome = generation.publish_batch(
+            worker, claimed[0].job_id, stored, verdict, model_version_id, model.encoder_version
+        )
+    except Exception as err:
+        error_class, message = classify(err)
+        stats.errors[error_class] = stats.errors.get(error_class, 0) + len(ids)
+        log.warning("batch %s failed (%s): %s", batch_id, error_class, message)
+        try:
+            statuses = queue.fail(
+                get_engine(),
+                worker,
+                ids,
+                error_class,
+                message,
+                backoff_s=settings.retry_backoff_s,
+                detail={"batch": batch_id},
+            )
+        except Exception as again:  # the database itself is gone: the leases will expire
+            log.error("could not record the failure of batch %s: %s", batch_id, classify(again)[1])
+            raise
+        stats.failed += sum(1 for s in statuses.values() if s == "failed")
+        stats.retried += sum(1 for s in statuses.values() if s == "pending")
+        return
+    stats.published += len(outcome.published)
+    stats.quarantined += len(outcome.quarantined)
+    stats.lost_lease += len(outcome.lost_lease)
+    if outcome.quarantined:
+        log.warning("batch %s: %d clip(s) quarantined", batch_id, len(outcome.quarantined))
+
+
+def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None:
+    rows = [{"measure": k, "value": str(v)} for k, v in summary.items()]
+    if stats is not None:
+        rows += [
+            {"measure": "batches this run", "value": str(stats.batches)},
+            {"measure": "retried this run", "value": str(stats.retried)},
+        ]
+        rows += [{"measure": f"errors: {k}", "value": str(v)} for k, v in stats.errors.items()]
+    key = f"generation-summary-{summary['job_id']}" if summary["job_id"] else "generation-summary"
+    create_table_artifact(table=rows, key=key, description="bulk generation summary")
+
+
+@flow(name="generate", log_prints=True)
+def generate(
+    file: str | None = None,
+    rows: list[dict[str, Any]] | None = None,
+    format: str | None = None,
+    user_id: str | None = None,
+    submitted_by: str | None = None,
+    run: bool = True,
+) -> dict[str, Any]:
+    """Check and submit a prompt file (CSV, JSONL, Parquet) or rows, then generate the clips.
+
+    Rejected rows are listed in the job record and a table artifact; they do not stop the
+    others. Re-submitting the same file (or rows) creates nothing new and reports the job.
+    `run=False` only queues (as `stave submit`).
+    """
+    log = _logger()
+    submission = generation.submit_rows(file, rows, format, user_id, submitted_by)
+    if submission.rejected:
+        create_table_artifact(
+            table=[r.to_dict() for r in submission.rejected],
+            key=f"rejected-rows-{submission.job_id}",
+            description=f"{len(submission.rejected)} rejected row(s) of {submission.total}",
+        )
+        for rejection in submission.rejected[:20]:
+            log.warning("rejected %s", rejection)
+    if not submission.created:
+        log.info("already submitted: job %s", submission.job_id)
+    stats = None
+    if run and submission.job_id is not None:
+        stats = drain(submission.job_id, wait_for_running=True)
+        generation.build_data_docs()
+    summary = job_summary(submission.job_id, rejected=len(submission.rejected))
+    summary.update(created=submission.created, total_rows=submission.total)
+    _summary_artifact(summary, stats)
+    return summary
+
+
+@flow(name="run-pending", log_prints=True)
+def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Process queued tasks (all jobs, or one) until none is left to claim."""
+    stats = drain(job_id, wait_for_running=False, limit=limit)
+    if stats.batches:
+        generation.build_data_docs()
+    summary = job_summary(job_id)
+    summary.update(
+        batches=stats.batches,
+        published_now=stats.published,
+        quarantined_now=stats.quarantined,
+        failed_now=stats.failed,
+        retried_now=stats.retried,
+    )
+    _summary_artifact(summary, stats)
+    return summary

@@ -1,0 +1,383 @@
+"""`stave generate | submit | run-pending | jobs | job | task | retry | regenerate | gc`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from infra.cli.common import print_json, settings
+from infra.errors import InvalidInput
+from infra.settings import Settings
+
+FILE_HELP = "Prompt file: .csv, .jsonl or .parquet (columns: prompt, and optional others)."
+
+
+def _ready(current: Settings) -> None:
+    """Prefect's home beside Stave's data, quiet logs, and the database migrated if behind."""
+    os.environ.setdefault("PREFECT_HOME", str(current.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    if current.prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", current.prefect_api_url)
+    from infra import migrate
+    from infra.db import database_url, dispose_engine
+
+    url = database_url(current)
+    if current.uses_embedded_db and migrate.current_revision_at(url) != migrate.head_revision():
+        migrate.upgrade(url)
+        dispose_engine()
+
+
+def _precheck(file: Path, fmt: str | None) -> None:
+    """Fail on an unreadable file before anything starts (one line, nothing written)."""
+    from tasks.intake import read_file
+
+    read_file(file, fmt)
+
+
+class _ProgressBar:
+    """A progress bar on stderr fed from the database while the flow runs in this process."""
+
+    def __init__(self, job_id: uuid.UUID | None, total: int) -> None:
+        self.job_id, self.total = job_id, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _ProgressBar:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        from infra.db import get_engine
+        from tasks.queue import job_state
+
+        with tqdm(total=self.total, unit="clip", desc="generating", leave=True) as bar:
+            while True:
+                stopping = self._stop.wait(0.5)
+                try:
+                    counts = job_state(get_engine(), self.job_id).counts
+                except Exception:
+                    counts = {}
+                done = sum(counts.get(s, 0) for s in ("published", "quarantined", "failed"))
+                if counts and (done != bar.n or stopping):
+                    bar.n = min(done, self.total)
+                    bar.set_postfix(
+                        published=counts.get("published", 0),
+                        quarantined=counts.get("quarantined", 0),
+                        failed=counts.get("failed", 0),
+                        refresh=False,
+                    )
+                    bar.refresh()
+                if stopping:
+                    return
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    verb = "submitted" if summary.get("created", True) else "already submitted; nothing new"
+    typer.echo(f"job {summary['job_id']} ({verb})")
+    for name in ("published", "quarantined", "failed", "rejected", "pending"):
+        typer.echo(f"  {name:<12}{summary.get(name, 0)}")
+    typer.echo(f"  clips in    {summary['objects']}")
+    typer.echo(f"  data docs   {summary['data_docs']}")
+    if summary.get("quarantined") or summary.get("failed"):
+        typer.echo(f"  details     stave job {summary['job_id']}")
+
+
+def _print_rejections(rejections: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json or not rejections:
+        return
+    typer.echo(f"rejected {len(rejections)} row(s):", err=True)
+    for r in rejections[:50]:
+        line = f" (line {r['line']})" if r.get("line") else ""
+        typer.echo(f"  row {r['row']}{line}, {r['field']}: {r['reason']}", err=True)
+    if len(rejections) > 50:
+        typer.echo(f"  … and {len(rejections) - 50} more (stave job ID --json)", err=True)
+
+
+def generate(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    fmt: str | None = typer.Option(None, "--format", help="csv, jsonl or parquet."),
+    user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Check, submit and generate a prompt file in this process; print a summary."""
+    current = settings()
+    _precheck(file, fmt)
+    _ready(current)
+    from infra.db import get_engine
+    from tasks import intake, submission
+    from tasks.queue import job_state
+    from tasks.records import job_summary
+
+    # Submission happens outside the flow first so the progress bar knows the job; the flow's
+    # own submission then finds every row already there and reuses the job.
+    queued = submission.submit(get_engine(), intake.read_file(file, fmt), current, user_id=user)
+    _print_rejections([r.to_dict() for r in queued.rejected], as_json)
+    if queued.job_id is None:
+        raise InvalidInput(f"{file}: no row was accepted")
+    if job_state(get_engine(), queued.job_id).open == 0:
+        # Nothing to make (a resubmission of finished work): report without starting Prefect.
+        summary = job_summary(queued.job_id)
+    else:
+        from flows.generate import generate as generate_flow
+
+        with _ProgressBar(queued.job_id, queued.accepted + queued.already_submitted):
+            summary = generate_flow(file=str(file), format=fmt, user_id=user)
+    summary["created"] = queued.created
+    summary["rejected"] = len(queued.rejected)
+    summary["rejections"] = [r.to_dict() for r in queued.rejected]
+    _print_summary(summary, as_json)
+
+
+def submit(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    fmt: str | None = typer.Option(None, "--format", help="csv, jsonl or parquet."),
+    user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check and queue a prompt file without generating; print the job id."""
+    current = settings()
+    _precheck(file, fmt)
+    _ready(current)
+    from infra.db import get_engine
+    from tasks import intake, submission
+
+    queued = submission.submit(get_engine(), intake.read_file(file, fmt), current, user_id=user)
+    if as_json:
+        print_json(queued.to_dict())
+        return
+    _print_rejections([r.to_dict() for r in queued.rejected], False)
+    state = "queued" if queued.created else "already submitted; nothing new"
+    typer.echo(
+        f"job {queued.job_id} {state}: {queued.accepted} task(s) queued, "
+        f"{len(queued.rejected)} row(s) rejected"
+    )
+
+
+def run_pending(
+    job: str | None = typer.Option(None, "--job", help="Only this job's tasks."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many tasks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Generate whatever is queued (by `stave submit`, or left by a worker that died)."""
+    current = settings()
+    _ready(current)
+    from flows.generate import run_pending as run_pending_flow
+    from infra.db import get_engine
+    from tasks.queue import job_state
+    from tasks.records import _uuid
+
+    job_id = _uuid(job, "job") if job else None
+    waiting = job_state(get_engine(), job_id).open
+    if waiting == 0:
+        if as_json:
+            print_json({"job_id": job, "batches": 0, "pending": 0})
+        else:
+            typer.echo("nothing pending")
+        return
+    with _ProgressBar(job_id, min(waiting, limit or waiting)):
+        summary = run_pending_flow(job_id=job_id, limit=limit)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(
+        f"processed {summary['batches']} batch(es): {summary['published_now']} published, "
+        f"{summary['quarantined_now']} quarantined, {summary['failed_now']} failed, "
+        f"{summary['retried_now']} to retry; {summary['pending']} still pending"
+    )
+
+
+def jobs(
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The latest jobs with their task counts."""
+    from infra.db import get_engine
+    from tasks.records import list_jobs
+
+    settings()
+    rows = list_jobs(get_engine(), limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no jobs yet: stave generate FILE")
+        return
+    typer.echo(
+        f"{'job':<36}  {'created':<19}  {'rows':>5} {'rej':>4} {'pend':>5} {'pub':>5} "
+        f"{'quar':>5} {'fail':>5}  source"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['id']!s:<36}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['total_rows']:>5} "
+            f"{r['rejected_rows']:>4} {r['pending'] + r['running']:>5} {r['published']:>5} "
+            f"{r['quarantined']:>5} {r['failed']:>5}  {r['source_uri'] or '(rows)'}"
+        )
+
+
+def job(
+    job_id: str = typer.Argument(..., help="Job id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One job: counts, rejected rows, and each task's status and clip."""
+    from infra.db import get_engine
+    from tasks.records import job_detail
+
+    settings()
+    detail = job_detail(get_engine(), job_id)
+    if as_json:
+        print_json(detail)
+        return
+    typer.echo(f"job {detail['id']}  created {detail['created_at']:%Y-%m-%d %H:%M:%S}")
+    typer.echo(
+        f"  source      {detail['source_uri'] or '(rows)'}  sha256 {detail['source_sha256']}"
+    )
+    typer.echo(
+        f"  rows        {detail['total_rows']} ({detail['accepted_rows']} accepted, "
+        f"{detail['rejected_rows']} rejected)"
+    )
+    typer.echo(
+        "  tasks       " + ", ".join(f"{k} {v}" for k, v in sorted(detail["counts"].items()))
+    )
+    for r in detail["rejections"][:20]:
+        typer.echo(f"  rejected    row {r['row']}, {r['field']}: {r['reason']}")
+    for t in detail["tasks"]:
+        where = t["object_key"] or (
+            f"{t['error_class']}: {t['error_message']}" if t["error_class"] else ""
+        )
+        typer.echo(f"  {t['id']}  {t['status']:<11}  {where}")
+
+
+def task(
+    task_id: str = typer.Argument(..., help="Task id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One task: parameters, provenance, its clip, its events and its prompt's history."""
+    from infra.db import get_engine
+    from tasks.records import task_detail
+
+    settings()
+    detail = task_detail(get_engine(), task_id)
+    if as_json:
+        print_json(detail)
+        return
+    typer.echo(f"task {detail['id']}  {detail['status']}  (job {detail['job_id']})")
+    typer.echo(f"  user        {detail['user_id']}")
+    typer.echo(f"  prompt      {detail['prompt']}")
+    typer.echo(f"  parameters  {detail['parameters']}")
+    typer.echo(f"  attempts    {detail['attempts']} of {detail['max_attempts']}")
+    if detail["error_class"]:
+        typer.echo(f"  error       {detail['error_class']}: {detail['error_message']}")
+    if detail.get("model_version"):
+        mv = detail["model_version"]
+        typer.echo(f"  model       {mv['name']} {mv['version']} (sha256 {mv['checkpoint_sha256']})")
+    prov = detail["provenance"]
+    if prov:
+        typer.echo(
+            f"  made on     {prov['device']} {prov['dtype']}, seed {prov['actual_seeds'][0]}, "
+            f"code {prov['code_version']}"
+        )
+    if detail["asset"]:
+        a = detail["asset"]
+        typer.echo(
+            f"  clip        {a['object_key']}  {a['duration_s']:.2f} s  "
+            f"{a['loudness_lufs']:.1f} LUFS  peak {a['peak_dbfs']:.1f} dBFS  sha256 {a['sha256']}"
+        )
+    for depth, rev in enumerate(detail["prompt_history"]):
+        typer.echo(f"  revision {depth}  {rev['created_at']:%Y-%m-%d %H:%M}  {rev['prompt']}")
+    for e in detail["events"]:
+        typer.echo(
+            f"  {e['created_at']:%Y-%m-%d %H:%M:%S}  {e['from_status'] or '-'} -> {e['to_status']}"
+        )
+
+
+def retry(
+    job_id: str = typer.Argument(..., help="Job id."),
+) -> None:
+    """Queue a job's failed tasks again, with fresh attempts (then `stave run-pending`)."""
+    from infra.db import get_engine
+    from tasks.queue import requeue_failed
+    from tasks.records import _uuid, job_detail
+
+    settings()
+    detail = job_detail(get_engine(), job_id)  # says "no job" for an unknown id
+    count = requeue_failed(
+        get_engine(), _uuid(detail["id"], "job"), by=os.environ.get("USER", "cli")
+    )
+    typer.echo(f"re-queued {count} failed task(s) of job {detail['id']}; run: stave run-pending")
+
+
+def regenerate(
+    task_id: str = typer.Argument(..., help="Task id of a published or quarantined clip."),
+    verify: bool = typer.Option(False, "--verify", help="Exit 1 unless the bytes match."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the FLAC here."),
+    device: str | None = typer.Option(None, "--device", help="Default: the recorded device."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Make a clip again from its record; with --verify, check it is byte-identical."""
+    from infra.db import get_engine
+    from tasks.regenerate import regenerate as remake
+
+    settings()
+    result = remake(get_engine(), task_id, device=device)
+    if output is not None:
+        output.write_bytes(result.data)
+    if as_json:
+        print_json(result.to_dict())
+    elif result.matches:
+        typer.echo(
+            f"task {result.task_id}: regenerated {result.size} bytes, sha256 {result.sha256}"
+        )
+        typer.echo("identical to the published clip")
+    else:
+        typer.echo(
+            f"task {result.task_id}: regenerated sha256 {result.sha256} differs from the record's "
+            f"{result.recorded_sha256} (made on {result.recorded_device}, now {result.device})"
+        )
+    if verify and not result.matches:
+        raise typer.Exit(1)
+
+
+def gc(
+    delete: bool = typer.Option(False, "--delete", help="Remove the orphans (default: list)."),
+    grace_minutes: int = typer.Option(60, "--grace-minutes", min=0, help="Skip younger objects."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Find (and with --delete remove) audio objects that no record points to."""
+    from infra.db import get_engine
+    from infra.objectstore import make_object_store
+    from tasks.gc import sweep
+
+    current = settings()
+    result = sweep(
+        get_engine(current),
+        make_object_store(current),
+        delete=delete,
+        grace=timedelta(minutes=grace_minutes),
+    )
+    if as_json:
+        print_json(result.__dict__)
+        return
+    action = "deleted" if delete else "would delete (dry run; --delete to remove)"
+    typer.echo(
+        f"scanned {result.scanned} object(s): {len(result.orphans)} orphan(s), "
+        f"{result.orphan_bytes} bytes, {action}; {result.too_young} too young to judge"
+    )
+    for key in result.orphans[:20]:
+        typer.echo(f"  {key}")
