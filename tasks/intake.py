@@ -187,6 +187,8 @@ def _read_csv(data: bytes, where: str) -> SourceRows:
             if not any(v.strip() for v in values):
                 continue  # blank line
             number = len(rows) + len(unreadable) + 1
+            # Missing trailing fields are empty values; extra ones mean a misquoted comma.
+            values = values + [""] * (len(header) - len(values))
             if len(values) != len(header):
                 unreadable.append(
                     Rejection(

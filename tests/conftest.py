@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,12 +40,17 @@ def stave_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """The session's embedded cluster itself (tests that restart it use this)."""
     base = tmp_path_factory.mktemp("pg")
     server = EmbeddedPostgres(base / "data", log_file=base / "postgres.log")
-    running = server.ensure_running()
-    yield running
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_cluster: EmbeddedPostgres) -> RunningServer:
+    return pg_cluster.ensure_running()
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +89,32 @@ def s3_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"{host}:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """Prefect's test harness (a throwaway server, ~13 s to start: once per session)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def stave_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """Set STAVE_* variables for one test and get fresh settings; undone afterwards."""
+
+    def apply(**values: object) -> Settings:
+        for key, value in values.items():
+            monkeypatch.setenv(f"STAVE_{key.upper()}", str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield apply
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture
