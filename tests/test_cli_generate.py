@@ -1,0 +1,125 @@
+"""`stave generate` and its companions as users run them: subprocesses on the test database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from tests.test_cli import assert_one_line_error, stave
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(database_url: str, prefect_api: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "STAVE_HOME": str(tmp_path / "home"),
+        "STAVE_DATABASE_URL": database_url,
+        "STAVE_DEFAULT_DURATION_S": "1",
+        "STAVE_DEFAULT_STEPS": "2",
+        "PREFECT_API_URL": prefect_api,
+    }
+
+
+def count_jobs(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM generation_job")).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("latin1.csv", "prompt\ncaf\xe9 bells\n".encode("latin-1"), "is not valid UTF-8"),
+        ("noprompt.csv", b"text,seed\nbells,1\n", "no 'prompt' column"),
+        ("empty.jsonl", b"", "is empty"),
+        ("table.jsonl", b"prompt,seed\nbells,1\n", "expected JSON Lines"),
+    ],
+)
+def test_unreadable_files_are_one_line_and_write_nothing(
+    env: dict[str, str], engine: Engine, tmp_path: Path, name: str, data: bytes, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    before = count_jobs(engine)
+    for command in ("generate", "submit"):
+        result = stave(command, str(path), cwd=tmp_path, env=env)
+        assert result.returncode == 1
+        line = assert_one_line_error(result)
+        assert expected in line and name in line
+    assert count_jobs(engine) == before
+
+
+def test_generate_then_inspect_regenerate_retry_and_gc(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "prompts.csv"
+    path.write_text(
+        "prompt,seed,guidance\n"
+        f"warm organ chords in F major {tag},1,\n"
+        f"bright bell melody in A minor {tag},2,\n"
+        f"too much guidance {tag},3,31\n"
+    )
+    first = stave("generate", str(path), "--json", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert {k: summary[k] for k in ("published", "quarantined", "failed", "rejected")} == {
+        "published": 2,
+        "quarantined": 0,
+        "failed": 0,
+        "rejected": 1,
+    }
+    assert summary["rejections"] == [
+        {"row": 3, "line": 4, "field": "guidance", "reason": "is 31; must be 0-30"}
+    ]
+    job = summary["job_id"]
+
+    again = stave("generate", str(path), cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"job {job} (already submitted; nothing new)" in again.stdout
+    assert "row 3 (line 4), guidance: is 31; must be 0-30" in again.stderr
+
+    detail = json.loads(stave("job", job, "--json", cwd=tmp_path, env=env).stdout)
+    assert detail["counts"] == {"published": 2}
+    task_id = detail["tasks"][0]["id"]
+    shown = stave("task", task_id, cwd=tmp_path, env=env)
+    assert shown.returncode == 0 and "published" in shown.stdout and "revision 0" in shown.stdout
+    listed = stave("jobs", cwd=tmp_path, env=env)
+    assert job in listed.stdout
+
+    remade = stave("regenerate", task_id, "--verify", cwd=tmp_path, env=env)
+    assert remade.returncode == 0, remade.stderr
+    assert "identical to the published clip" in remade.stdout
+
+    retried = stave("retry", job, cwd=tmp_path, env=env)
+    assert "re-queued 0 failed task(s)" in retried.stdout
+    swept = json.loads(stave("gc", "--json", cwd=tmp_path, env=env).stdout)
+    assert swept["orphans"] == [] and swept["scanned"] >= 2
+
+    missing = stave("task", str(uuid.uuid4()), cwd=tmp_path, env=env)
+    assert missing.returncode == 1 and "no task" in assert_one_line_error(missing)
+
+
+def test_submit_queues_and_run_pending_drains(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "queue.jsonl"
+    path.write_text(f'{{"prompt": "soft bass arpeggio {uuid.uuid4()}"}}\n')
+    queued = stave("submit", str(path), "--json", cwd=tmp_path, env=env)
+    assert queued.returncode == 0, queued.stderr
+    job = json.loads(queued.stdout)["job_id"]
+    with engine.connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM generation_task WHERE job_id = :j"), {"j": job}
+        ).scalar_one()
+    assert status == "pending"
+    ran = stave("run-pending", "--job", job, "--json", cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["published"] == 1
+    idle = stave("run-pending", "--job", job, cwd=tmp_path, env=env)
+    assert "nothing pending" in idle.stdout
