@@ -41,6 +41,12 @@ class DrainStats:
     retried: int = 0
     lost_lease: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+    def lap(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
+        return now
 
 
 def worker_id() -> str:
@@ -73,14 +79,34 @@ def drain(
     model: inference.LoadedModel | None = None
     model_version_id = uuid.UUID(int=0)
     processed = 0
+    # Storing, validating and publishing batch k runs in Prefect's thread pool while the model
+    # makes batch k+1: at most one batch is finishing at a time.
+    finishing: _Finishing | None = None
+
+    def settle() -> None:
+        nonlocal finishing
+        if finishing is not None:
+            lap = time.perf_counter()
+            finishing.settle(worker, stats, log)
+            stats.lap("wait for publish", lap)
+            finishing = None
+            update_progress_artifact(
+                progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
+            )
+
     while limit is None or processed < limit:
         if model is None:
             size = settings.batch_size or 8
         else:
             size = settings.batch_size or model.batch_size(settings.default_duration_s)
         take = size if limit is None else min(size, limit - processed)
+        lap = time.perf_counter()
         claimed = generation.claim_batch(worker, take, job_id)
+        stats.lap("claim", lap)
         if not claimed:
+            if finishing is not None:
+                settle()  # its outcome (a retry, say) may give the queue more work
+                continue
             state = queue.job_state(engine, job_id)
             waiting = state.counts.get("pending", 0) + (
                 state.counts.get("running", 0) if wait_for_running else 0
@@ -96,10 +122,15 @@ def drain(
             model_version_id = inference.register_model_version(engine, model)
         stats.batches += 1
         processed += len(claimed)
-        _process(claimed, worker, model, model_version_id, stats, log)
-        update_progress_artifact(
-            progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
-        )
+        batch = _Finishing(claimed, model_version_id, model.encoder_version)
+        lap = time.perf_counter()
+        made = batch.generate(worker, stats, log)
+        stats.lap("generate", lap)
+        settle()
+        if made:
+            batch.start(made)
+            finishing = batch
+    settle()
     return stats
 
 
@@ -110,50 +141,83 @@ def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done
     return 100.0 * settled / max(1, total)
 
 
-def _process(
-    claimed: list[queue.ClaimedTask],
-    worker: str,
-    model: inference.LoadedModel,
-    model_version_id: uuid.UUID,
-    stats: DrainStats,
-    log: Any,
-) -> None:
-    settings = get_settings()
-    ids = [t.id for t in claimed]
-    batch_id = f"{claimed[0].job_id}-{uuid.uuid4().hex[:8]}"
-    try:
-        made = generation.generate_batch(claimed, model_version_id)
-        stored = generation.store_batch(made)
-        sample_rate = made[0][1].sample_rate
-        verdict = generation.validate_batch(stored, batch_id, sample_rate)
-        outcome = generation.publish_batch(
-            worker, claimed[0].job_id, stored, verdict, model_version_id, model.encoder_version
+class _Finishing:
+    """One claimed batch: generated in the flow's thread, then stored, validated and published
+    by chained Prefect tasks in the task runner's threads."""
+
+    def __init__(
+        self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID, encoder: str
+    ) -> None:
+        self.claimed = claimed
+        self.ids = [t.id for t in claimed]
+        self.job_id = claimed[0].job_id
+        self.model_version_id = model_version_id
+        self.encoder = encoder
+        self.batch_id = f"{self.job_id}-{uuid.uuid4().hex[:8]}"
+        self.started = time.perf_counter()
+        self.futures: list[Any] = []
+
+    def generate(self, worker: str, stats: DrainStats, log: Any) -> list[Any] | None:
+        try:
+            made: list[Any] = generation.generate_batch(self.claimed, self.model_version_id)
+            return made
+        except Exception as err:
+            self.record_failure(err, worker, stats, log)
+            return None
+
+    def start(self, made: list[Any]) -> None:
+        stored = generation.store_batch.submit(made)
+        # A future as an argument: Prefect runs validation once the store task has finished.
+        verdict = generation.validate_batch.submit(
+            stored,  # type: ignore[call-overload]
+            self.batch_id,
+            made[0][1].sample_rate,
         )
-    except Exception as err:
+        self.futures = [stored, verdict]
+
+    def settle(self, worker: str, stats: DrainStats, log: Any) -> None:
+        try:
+            stored, verdict = (f.result() for f in self.futures)
+            outcome = generation.publish_batch(
+                worker, self.job_id, stored, verdict, self.model_version_id, self.encoder
+            )
+        except Exception as err:
+            self.record_failure(err, worker, stats, log)
+            return
+        stats.published += len(outcome.published)
+        stats.quarantined += len(outcome.quarantined)
+        stats.lost_lease += len(outcome.lost_lease)
+        log.info(
+            "batch %s: %d published, %d quarantined in %.2f s",
+            self.batch_id,
+            len(outcome.published),
+            len(outcome.quarantined),
+            time.perf_counter() - self.started,
+        )
+        if outcome.quarantined:
+            log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(outcome.quarantined))
+
+    def record_failure(self, err: Exception, worker: str, stats: DrainStats, log: Any) -> None:
         error_class, message = classify(err)
-        stats.errors[error_class] = stats.errors.get(error_class, 0) + len(ids)
-        log.warning("batch %s failed (%s): %s", batch_id, error_class, message)
+        stats.errors[error_class] = stats.errors.get(error_class, 0) + len(self.ids)
+        log.warning("batch %s failed (%s): %s", self.batch_id, error_class, message)
         try:
             statuses = queue.fail(
                 get_engine(),
                 worker,
-                ids,
+                self.ids,
                 error_class,
                 message,
-                backoff_s=settings.retry_backoff_s,
-                detail={"batch": batch_id},
+                backoff_s=get_settings().retry_backoff_s,
+                detail={"batch": self.batch_id},
             )
         except Exception as again:  # the database itself is gone: the leases will expire
-            log.error("could not record the failure of batch %s: %s", batch_id, classify(again)[1])
+            log.error(
+                "could not record the failure of batch %s: %s", self.batch_id, classify(again)[1]
+            )
             raise
         stats.failed += sum(1 for s in statuses.values() if s == "failed")
         stats.retried += sum(1 for s in statuses.values() if s == "pending")
-        return
-    stats.published += len(outcome.published)
-    stats.quarantined += len(outcome.quarantined)
-    stats.lost_lease += len(outcome.lost_lease)
-    if outcome.quarantined:
-        log.warning("batch %s: %d clip(s) quarantined", batch_id, len(outcome.quarantined))
 
 
 def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None:
@@ -164,6 +228,9 @@ def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None
             {"measure": "retried this run", "value": str(stats.retried)},
         ]
         rows += [{"measure": f"errors: {k}", "value": str(v)} for k, v in stats.errors.items()]
+        rows += [
+            {"measure": f"seconds: {k}", "value": f"{v:.2f}"} for k, v in stats.seconds.items()
+        ]
     key = f"generation-summary-{summary['job_id']}" if summary["job_id"] else "generation-summary"
     create_table_artifact(table=rows, key=key, description="bulk generation summary")
 
@@ -201,6 +268,8 @@ def generate(
         generation.build_data_docs()
     summary = job_summary(submission.job_id, rejected=len(submission.rejected))
     summary.update(created=submission.created, total_rows=submission.total)
+    if stats is not None:
+        summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
     _summary_artifact(summary, stats)
     return summary
 

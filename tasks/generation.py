@@ -11,10 +11,11 @@ leases), so they survive the worker process dying.
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from infra.db import get_engine
@@ -51,18 +52,43 @@ def claim_batch(worker: str, limit: int, job_id: uuid.UUID | None) -> list[queue
     return queue.claim(get_engine(), worker, limit, get_settings().lease_s, job_id)
 
 
-@task(name="generate-batch", cache_policy=NO_CACHE, tags=["gpu"])
+_limits: dict[str, bool] = {}
+
+
+def _gpu_slot(name: str) -> AbstractContextManager[None]:
+    """One slot of the global concurrency limit `name`, or nothing if no such limit exists.
+
+    Looked up once per process: without `stave pools setup` (the embedded default) inference is
+    not throttled, and that is said once, not on every batch.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectNotFound
+
+    if name not in _limits:
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_global_concurrency_limit_by_name(name)
+            _limits[name] = True
+        except ObjectNotFound:
+            _limits[name] = False
+            get_run_logger().info(
+                "no global concurrency limit %r: inference is not throttled in this process", name
+            )
+    return concurrency(name, occupy=1, strict=True) if _limits[name] else nullcontext()
+
+
+# No task tags: in Prefect 3.8 a tag makes every run look up a tag concurrency limit (about
+# 2 s per batch here); the `gpu` slot is taken explicitly below instead.
+@task(name="generate-batch", cache_policy=NO_CACHE)
 def generate_batch(
     claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID
 ) -> list[tuple[uuid.UUID, Any, dict[str, Any]]]:
-    from prefect.concurrency.sync import concurrency
-
     settings = get_settings()
     model = inference.load_model(settings)
     requests = inference.requests_for(claimed)
-    # One slot per GPU: a worker waits here rather than oversubscribing a device. A missing
-    # limit (no `stave pools setup` yet, the embedded default) does not block.
-    with concurrency(settings.gpu_concurrency_limit, occupy=1, strict=False):
+    # One slot per GPU: a worker waits here rather than oversubscribing a device.
+    with _gpu_slot(settings.gpu_concurrency_limit):
         clips = model.generator.generate(requests)
     return [
         (t.id, clip, inference.provenance(clip, model, model_version_id))

@@ -118,8 +118,9 @@ def test_progress_and_summary_artifacts_are_written(
 
     from flows.generate import generate
 
-    stave_env(**TINY)
-    summary = generate(rows=[*unique_rows(2), {"prompt": "x", "guidance": 99}])
+    stave_env(**{**TINY, "batch_size": 2})
+    state = generate(rows=[*unique_rows(5), {"prompt": "x", "guidance": 99}], return_state=True)
+    summary = state.result()
     job = summary["job_id"]
     with get_client(sync_client=True) as client:
         found = {
@@ -143,6 +144,19 @@ def test_progress_and_summary_artifacts_are_written(
     }
     assert found[f"generation-progress-{job}"].data == 100.0
     assert "guidance" in str(found[f"rejected-rows-{job}"].data)
+    # Task runs grow with batches (3 of 2 clips here), not clips: 5 per batch, plus submit,
+    # the final empty claim and the Data Docs build.
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
+    assert names.count("generate-batch") == 3
+    assert len(runs) <= 3 * 5 + 4
 
 
 def test_clips_failing_the_suite_are_quarantined_with_the_failed_expectations(
