@@ -349,3 +349,42 @@ def test_database_restart_mid_run_leaves_no_half_written_records(
         else:
             assert task.asset is None
     assert summary["published"] + summary["running"] + summary["pending"] == 6
+
+
+def test_inference_waits_for_a_slot_of_the_gpu_concurrency_limit(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from flows.generate import generate
+    from tasks import generation
+
+    stave_env(**TINY)
+    generate(rows=unique_rows(1))  # model and suite loaded: the timed run below is ~1 s
+    name = f"gpu-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    stave_env(**TINY, gpu_concurrency_limit=name)
+    generation._limits.clear()
+    held, released = threading.Event(), threading.Event()
+
+    def occupy_the_only_slot() -> None:
+        with concurrency(name, occupy=1, strict=True):
+            held.set()
+            time.sleep(4)
+            released.set()
+
+    holder = threading.Thread(target=occupy_the_only_slot)
+    holder.start()
+    assert held.wait(30)
+    summary = generate(rows=unique_rows(2))
+    # The flow alone takes about a second: returning after the 4 s hold means it waited.
+    waited = released.is_set()
+    holder.join()
+    assert summary["published"] == 2
+    assert waited
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    assert limit.active_slots == 0
