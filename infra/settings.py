@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     min_loudness_lufs: float = -60.0
     max_peak_dbfs: float = 0.0
 
+    # Backups: how many of the newest daily, weekly and monthly dumps to keep (the newest
+    # verified one is always kept).
+    backup_keep_daily: int = Field(default=7, ge=1, le=365)
+    backup_keep_weekly: int = Field(default=4, ge=0, le=520)
+    backup_keep_monthly: int = Field(default=6, ge=0, le=1200)
+
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
 

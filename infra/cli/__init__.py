@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import db, doctor, env, generator, jobs
+from infra.cli import backup, db, doctor, env, generator, jobs
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(backup.app, name="backup")
 app.command("doctor")(doctor.doctor)
 app.command("env")(env.env)
 app.command("train")(generator.train)

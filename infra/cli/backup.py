@@ -1,0 +1,120 @@
+"""`stave backup run | list | verify | restore`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import typer
+
+from infra.cli.common import print_json, settings
+
+app = typer.Typer(help="Backups: dump, list, verify by restoring, restore.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    drill: bool = typer.Option(True, "--drill/--no-drill", help="Restore-test it afterwards."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Dump the database to the object store (pg_dump custom format) with a manifest."""
+    from infra.db import database_url, get_engine
+    from infra.objectstore import make_object_store
+    from tasks import backup
+
+    current = settings()
+    store = make_object_store(current)
+    engine = get_engine(current)
+    url = database_url(current)
+    backup.mark_interrupted(engine, store, older_than=timedelta(hours=12))
+    result = backup.run_backup(engine, store, url=url, env_name=current.env)
+    report: dict[str, object] = {
+        "id": str(result.id),
+        "object_key": result.object_key,
+        "bytes": result.bytes,
+        "sha256": result.sha256,
+        "seconds": round(result.seconds, 2),
+        "tables": result.manifest["tables"],
+    }
+    if drill:
+        report["drill"] = backup.drill(
+            engine, store, backup.get_backup(engine, str(result.id)), url=url
+        )
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(
+        f"backup {result.id}: {result.bytes} bytes in {result.seconds:.1f} s to {result.object_key}"
+    )
+    if drill:
+        typer.echo(f"restore drill passed in {report['drill']['seconds']} s")  # type: ignore[index]
+
+
+@app.command("list")
+def list_(
+    limit: int = typer.Option(50, "--limit", min=1, max=10000),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Backups, newest first, with status and when each was last verified."""
+    from infra.db import get_engine
+    from tasks.backup import list_backups
+
+    settings()
+    rows = list_backups(get_engine(), limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no backups yet: stave backup run")
+        return
+    for r in rows:
+        verified = (
+            f"verified {r['verified_at']:%Y-%m-%d %H:%M}" if r["verified_at"] else "unverified"
+        )
+        size = f"{r['bytes']} bytes" if r["bytes"] is not None else ""
+        typer.echo(
+            f"{r['id']}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['status']:<9}  {verified:<27} "
+            f"{size}  {r['error'] or ''}".rstrip()
+        )
+
+
+@app.command()
+def verify(
+    backup_id: str | None = typer.Argument(None, help="Backup id (default: the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Restore drill: check the sha256, restore into a scratch database, compare row counts."""
+    from infra.db import database_url, get_engine
+    from infra.objectstore import make_object_store
+    from tasks import backup
+
+    current = settings()
+    engine = get_engine(current)
+    record = backup.get_backup(engine, backup_id)
+    report = backup.drill(engine, make_object_store(current), record, url=database_url(current))
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(
+        f"backup {report['backup_id']} restores: {report['tables']} tables, {report['rows']} rows "
+        f"match the manifest ({report['seconds']} s)"
+    )
+
+
+@app.command()
+def restore(
+    backup_id: str = typer.Argument(..., help="Backup id."),
+    into: str = typer.Option(..., "--into", help="Database to restore into (created if missing)."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty one."),
+) -> None:
+    """Restore a backup into a database on the same server (never over a non-empty one
+    unless --force)."""
+    from infra.db import database_url, get_engine
+    from infra.objectstore import make_object_store
+    from tasks import backup
+
+    current = settings()
+    record = backup.get_backup(get_engine(current), backup_id)
+    counts = backup.restore(
+        make_object_store(current), record, url=database_url(current), database=into, force=force
+    )
+    typer.echo(f"restored backup {record['id']} into {into}: {sum(counts.values())} rows")
