@@ -110,7 +110,8 @@ def test_a_corrupted_backup_is_refused_and_never_restored(
     with engine.connect() as conn:
         made = conn.execute(
             text(
-                "SELECT count(*) FROM pg_database WHERE datname = :d OR datname LIKE 'stave_drill_%'"
+                "SELECT count(*) FROM pg_database "
+                "WHERE datname = :d OR datname LIKE 'stave_drill_%'"
             ),
             {"d": target},
         ).scalar_one()
@@ -176,7 +177,8 @@ def test_retention_deletes_objects_and_records_but_keeps_the_newest_verified(
         for age, result in zip((40, 20, 0), made, strict=True):
             conn.execute(
                 text(
-                    "UPDATE backup_record SET created_at = now() - make_interval(days => :d) WHERE id = :id"
+                    "UPDATE backup_record SET created_at = now() - make_interval(days => :d) "
+                    "WHERE id = :id"
                 ),
                 {"d": age, "id": result.id},
             )
