@@ -60,15 +60,54 @@ def apply_retention() -> list[str]:
     )
 
 
+@task(name="ship-wal", cache_policy=NO_CACHE)
+def ship_wal() -> int:
+    from tasks import pitr
+
+    settings = get_settings()
+    pitr.switch_wal(database_url(settings))
+    return pitr.ship_wal(
+        make_object_store(settings), pitr.wal_spool(settings), env_name=settings.env
+    )
+
+
+@task(name="base-backup", cache_policy=NO_CACHE)
+def base_backup() -> str:
+    from tasks import pitr
+
+    settings = get_settings()
+    return pitr.take_base_backup(
+        get_engine(), make_object_store(settings), url=database_url(settings), env_name=settings.env
+    )
+
+
 @flow(name="backup")
-def nightly_backup(drill: bool = True, retention: bool = True) -> dict[str, Any]:
-    """Dump the database to the object store, prove it restores, then apply retention."""
+def nightly_backup(
+    drill: bool = True, retention: bool = True, base: bool = True, wal: bool = True
+) -> dict[str, Any]:
+    """Dump the database to the object store, prove it restores, then apply retention; take a
+    base backup and ship archived WAL for point-in-time recovery."""
     log = get_run_logger()
     made = dump_database()
     log.info("backup %s: %s bytes in %s s", made["id"], made["bytes"], made["seconds"])
     checked = restore_drill(made["id"]) if drill else None
     removed = apply_retention() if retention and checked is not None else []
-    summary = {"backup": made, "drill": checked, "deleted": removed}
+    settings = get_settings()
+    archiving = settings.uses_embedded_db or settings.wal_spool_dir is not None
+    if (base or wal) and not archiving:
+        log.warning(
+            "point-in-time recovery is not configured (STAVE_WAL_SPOOL_DIR unset for an "
+            "external database): skipping the base backup and WAL shipping"
+        )
+    base_id = base_backup() if base and archiving else None
+    shipped = ship_wal() if wal and archiving else 0
+    summary = {
+        "backup": made,
+        "drill": checked,
+        "deleted": removed,
+        "base_backup": base_id,
+        "wal_shipped": shipped,
+    }
     create_table_artifact(
         table=[
             {"measure": "backup id", "value": made["id"]},
@@ -79,6 +118,8 @@ def nightly_backup(drill: bool = True, retention: bool = True) -> dict[str, Any]
             {"measure": "drill", "value": "passed" if checked else "skipped"},
             {"measure": "drill seconds", "value": str(checked["seconds"]) if checked else "-"},
             {"measure": "deleted by retention", "value": str(len(removed))},
+            {"measure": "base backup", "value": base_id or "skipped"},
+            {"measure": "WAL files shipped", "value": str(shipped)},
         ],
         key="backup-summary",
         description="nightly backup",

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_USER_WHEN_ROOT = "pgserver"
 SUPERUSER = "postgres"
+ARCHIVE_CONF = "stave_archive.conf"
 START_TIMEOUT_S = 60
 
 
@@ -61,6 +62,9 @@ class EmbeddedPostgres:
         self.log_file = log_file.resolve()
         self.requested_port = port
         self._state_file = self.pgdata.parent / f"{self.pgdata.name}.json"
+        # Completed WAL segments land here (archive_command) until `stave backup ship-wal`
+        # moves them to the object store: continuous archiving for point-in-time recovery.
+        self.wal_spool = self.pgdata.parent / f"{self.pgdata.name}_wal"
         self._lock_file = self.pgdata.parent / f"{self.pgdata.name}.lock"
         self._run_as = SYSTEM_USER_WHEN_ROOT if os.geteuid() == 0 else None
 
@@ -76,6 +80,7 @@ class EmbeddedPostgres:
             self._prepare_permissions()
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
+            self._configure_archiving()
             return self._start()
 
     def status(self) -> RunningServer | None:
@@ -113,6 +118,32 @@ class EmbeddedPostgres:
             ],
             timeout=120,
         )
+
+    def _configure_archiving(self) -> None:
+        """archive_command copies each finished segment into the spool (never over a file that
+        is there: a second copy of a name means two clusters share a spool, which is an error).
+
+        Written to its own file on every start, so a restored copy of this cluster archives into
+        its own spool, not the original's.
+        """
+        self.wal_spool.mkdir(mode=0o700, exist_ok=True)
+        spool = str(self.wal_spool).replace("'", "''")
+        conf = self.pgdata / ARCHIVE_CONF
+        conf.write_text(
+            "# Written by Stave on every start of the embedded server.\n"
+            "wal_level = replica\n"
+            "archive_mode = on\n"
+            f'archive_command = \'test ! -f "{spool}/%f" && cp "%p" "{spool}/%f"\'\n'
+        )
+        main = self.pgdata / "postgresql.conf"
+        include = f"include_if_exists = '{ARCHIVE_CONF}'"
+        if include not in main.read_text():
+            with main.open("a") as handle:
+                handle.write(f"\n{include}\n")
+        if self._run_as is not None:
+            entry = pwd.getpwnam(self._run_as)
+            for path in (self.wal_spool, conf):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _start(self) -> RunningServer:
         port = self._choose_port()

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     backup_keep_daily: int = Field(default=7, ge=1, le=365)
     backup_keep_weekly: int = Field(default=4, ge=0, le=520)
     backup_keep_monthly: int = Field(default=6, ge=0, le=1200)
+    # Where the server's archive_command leaves WAL segments (external PostgreSQL); unset: the
+    # embedded server's own spool beside its data directory.
+    wal_spool_dir: Path | None = None
 
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None

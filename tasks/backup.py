@@ -276,6 +276,10 @@ def get_backup(engine: Engine, backup_id: str | None) -> dict[str, Any]:
         raise NotFound(f"no backup {ident}")
     if row["status"] != "succeeded":
         raise InvalidInput(f"backup {ident} is {row['status']}, not a usable backup")
+    if row["kind"] != "dump":
+        raise InvalidInput(
+            f"backup {ident} is a base backup: use it with stave backup pitr, not restore/verify"
+        )
     return dict(row)
 
 

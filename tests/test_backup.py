@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from infra.embedded_pg import EmbeddedPostgres
 from infra.errors import InvalidInput, ObjectCorrupted, StorageUnavailable
 from infra.objectstore import make_object_store
 from infra.settings import Settings
@@ -192,11 +193,17 @@ def test_retention_deletes_objects_and_records_but_keeps_the_newest_verified(
 
 
 def test_the_nightly_flow_dumps_drills_and_reports(
-    prefect_api: str, engine: Engine, database_url: str
+    prefect_api: str,
+    engine: Engine,
+    database_url: str,
+    pg_cluster: EmbeddedPostgres,
+    stave_env: Callable[..., Settings],
 ) -> None:
     from flows.backup import nightly_backup
 
+    stave_env(wal_spool_dir=pg_cluster.wal_spool)
     summary = nightly_backup()
+    assert summary["base_backup"] and summary["wal_shipped"] >= 1
     assert summary["drill"]["tables"] == summary["backup"]["tables"]
     record = backup.get_backup(engine, summary["backup"]["id"])
     assert record["verified_at"] is not None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import typer
 
@@ -72,7 +74,8 @@ def list_(
         )
         size = f"{r['bytes']} bytes" if r["bytes"] is not None else ""
         typer.echo(
-            f"{r['id']}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['status']:<9}  {verified:<27} "
+            f"{r['id']}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<4}  {r['status']:<9}  "
+            f"{verified:<27} "
             f"{size}  {r['error'] or ''}".rstrip()
         )
 
@@ -118,3 +121,60 @@ def restore(
         make_object_store(current), record, url=database_url(current), database=into, force=force
     )
     typer.echo(f"restored backup {record['id']} into {into}: {sum(counts.values())} rows")
+
+
+@app.command()
+def base() -> None:
+    """Take a base backup (pg_basebackup, tar) into the object store, for point-in-time recovery."""
+    from infra.db import database_url, get_engine
+    from infra.objectstore import make_object_store
+    from tasks import pitr
+
+    current = settings()
+    backup_id = pitr.take_base_backup(
+        get_engine(current),
+        make_object_store(current),
+        url=database_url(current),
+        env_name=current.env,
+    )
+    typer.echo(f"base backup {backup_id} stored")
+
+
+@app.command("ship-wal")
+def ship_wal() -> None:
+    """Close the current WAL segment and move every archived segment to the object store."""
+    from infra.db import database_url
+    from infra.objectstore import make_object_store
+    from tasks import pitr
+
+    current = settings()
+    pitr.switch_wal(database_url(current))
+    time.sleep(1)  # archive_command runs asynchronously
+    count = pitr.ship_wal(make_object_store(current), pitr.wal_spool(current), env_name=current.env)
+    typer.echo(f"shipped {count} WAL file(s)")
+
+
+@app.command()
+def pitr(
+    to: datetime = typer.Option(
+        ..., "--to", help="Target time with zone, e.g. 2026-11-24T01:30:00+00:00."
+    ),
+    into: Path = typer.Option(
+        ..., "--into", help="New, empty directory for the recovered cluster."
+    ),
+) -> None:
+    """Restore the newest base backup before TIME, replay WAL to TIME, start it on a free port."""
+    from infra.db import get_engine
+    from infra.objectstore import make_object_store
+    from tasks import pitr as recovery
+
+    current = settings()
+    recovered = recovery.recover(
+        get_engine(current), make_object_store(current), env_name=current.env, target=to, into=into
+    )
+    typer.echo(
+        f"recovered to {to.isoformat()} from base backup {recovered.base_backup_id} and "
+        f"{recovered.wal_files} WAL file(s)"
+    )
+    typer.echo(f"running at {recovered.url(current.database_name)}")
+    typer.echo(f"stop it with: {recovery.stop_command(recovered)}")
