@@ -226,3 +226,25 @@ def test_cli_backup_run_verify_list_and_restore(database_url: str, tmp_path: Pat
     assert "is not empty" in assert_one_line_error(refused)
     missing = stave("backup", "verify", str(uuid.uuid4()), cwd=tmp_path, env=env)
     assert "no backup" in assert_one_line_error(missing)
+
+
+def test_a_failed_backup_fails_the_flow_run_with_the_cause(
+    prefect_api: str,
+    database_url: str,
+    s3_endpoint: str,
+    bucket_name: str,
+    stave_env: Callable[..., Settings],
+) -> None:
+    from flows.backup import nightly_backup
+
+    with FlakyProxy(s3_endpoint, failures=10**9) as proxy:
+        stave_env(
+            s3_endpoint=proxy.endpoint,
+            s3_access_key="test-access",
+            s3_secret_key="test-secret",
+            s3_max_retries=0,
+            bucket=bucket_name,
+        )
+        state = nightly_backup(return_state=True)
+    assert state.is_failed()
+    assert "503" in (state.message or "") or "storage" in (state.message or "").lower()
