@@ -19,7 +19,7 @@ import os
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -83,8 +83,18 @@ def _count_rows(conn: Any, tables: Iterable[str]) -> dict[str, int]:
     return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in tables}
 
 
-def run_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: str) -> BackupResult:
-    """Dump the database at `url` into the store; the record says how it went."""
+def run_backup(
+    engine: Engine,
+    store: ObjectStore,
+    *,
+    url: str,
+    env_name: str,
+    progress: Callable[[int], None] | None = None,
+) -> BackupResult:
+    """Dump the database at `url` into the store; the record says how it went.
+
+    `progress`, if given, is called with the number of bytes each time a chunk is streamed.
+    """
     backup_id = new_id()
     started = utcnow()
     key = backup_key(env_name, "dump", backup_id, started)
@@ -97,7 +107,9 @@ def run_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: str) -
             {"id": backup_id, "env": env_name, "key": key, "at": started},
         )
     try:
-        result = _dump(store, url=url, key=key, backup_id=backup_id, started=started)
+        result = _dump(
+            store, url=url, key=key, backup_id=backup_id, started=started, progress=progress
+        )
     except BaseException as err:
         # The record first: whatever happens to the cleanup, nothing claims success.
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -141,7 +153,13 @@ def manifest_key(key: str) -> str:
 
 
 def _dump(
-    store: ObjectStore, *, url: str, key: str, backup_id: uuid.UUID, started: datetime
+    store: ObjectStore,
+    *,
+    url: str,
+    key: str,
+    backup_id: uuid.UUID,
+    started: datetime,
+    progress: Callable[[int], None] | None,
 ) -> BackupResult:
     target, env = _libpq(url)
     snapshot_engine = create_engine(url, poolclass=NullPool)
@@ -165,7 +183,8 @@ def _dump(
             )
             errors = _drain(proc.stderr)
             try:
-                info = store.put_stream(key, proc.stdout, content_type=CONTENT_TYPE)  # type: ignore[arg-type]
+                source: Any = proc.stdout if progress is None else _Counted(proc.stdout, progress)
+                info = store.put_stream(key, source, content_type=CONTENT_TYPE)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -199,6 +218,19 @@ def _dump(
     return BackupResult(
         backup_id, key, info.size, info.sha256, manifest, (finished - started).total_seconds()
     )
+
+
+class _Counted:
+    """A read-through wrapper that reports how many bytes went by (for a progress bar)."""
+
+    def __init__(self, stream: Any, report: Callable[[int], None]) -> None:
+        self.stream, self.report = stream, report
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.stream.read(size)
+        if data:
+            self.report(len(data))
+        return data
 
 
 class _drain(threading.Thread):

@@ -54,8 +54,12 @@ def test_backup_streams_a_dump_that_the_drill_restores(
     engine: Engine, database_url: str, settings: Settings
 ) -> None:
     store = make_object_store(settings)
-    result = backup.run_backup(engine, store, url=database_url, env_name="dev")
+    streamed: list[int] = []
+    result = backup.run_backup(
+        engine, store, url=database_url, env_name="dev", progress=streamed.append
+    )
     assert result.object_key.startswith("backups/dev/dump/") and result.bytes > 0
+    assert sum(streamed) == result.bytes  # the progress bar saw every byte
     assert store.stat(result.object_key).sha256 == result.sha256
     manifest = result.manifest
     assert manifest["server_version"].startswith("16.")

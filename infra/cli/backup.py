@@ -28,7 +28,13 @@ def run(
     engine = get_engine(current)
     url = database_url(current)
     backup.mark_interrupted(engine, store, older_than=timedelta(hours=12))
-    result = backup.run_backup(engine, store, url=url, env_name=current.env)
+    from tqdm import tqdm
+
+    # The dump's size is unknown until it ends: the bar shows bytes written and the rate.
+    with tqdm(unit="B", unit_scale=True, desc="backup", leave=False) as bar:
+        result = backup.run_backup(
+            engine, store, url=url, env_name=current.env, progress=bar.update
+        )
     report: dict[str, object] = {
         "id": str(result.id),
         "object_key": result.object_key,
