@@ -19,7 +19,8 @@ import os
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -95,21 +96,35 @@ def run_backup(
 
     `progress`, if given, is called with the number of bytes each time a chunk is streamed.
     """
+    with recorded(engine, store, kind="dump", env_name=env_name) as (backup_id, key, started):
+        result = _dump(
+            store, url=url, key=key, backup_id=backup_id, started=started, progress=progress
+        )
+        succeed(
+            engine, backup_id, result.manifest, server_version=result.manifest["server_version"]
+        )
+    return result
+
+
+@contextmanager
+def recorded(
+    engine: Engine, store: ObjectStore, *, kind: str, env_name: str
+) -> Iterator[tuple[uuid.UUID, str, datetime]]:
+    """A `running` backup record for the work inside; marked `failed` (with the cause, and
+    its objects removed) if that work raises. The work calls `succeed` when it is done."""
     backup_id = new_id()
     started = utcnow()
-    key = backup_key(env_name, "dump", backup_id, started)
+    key = backup_key(env_name, kind, backup_id, started)
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO backup_record (id, env, kind, status, object_key, created_at) "
-                "VALUES (:id, :env, 'dump', 'running', :key, :at)"
+                "VALUES (:id, :env, :kind, 'running', :key, :at)"
             ),
-            {"id": backup_id, "env": env_name, "key": key, "at": started},
+            {"id": backup_id, "env": env_name, "kind": kind, "key": key, "at": started},
         )
     try:
-        result = _dump(
-            store, url=url, key=key, backup_id=backup_id, started=started, progress=progress
-        )
+        yield backup_id, key, started
     except BaseException as err:
         # The record first: whatever happens to the cleanup, nothing claims success.
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -129,6 +144,11 @@ def run_backup(
             except Exception:
                 log.warning("could not remove %s after a failed backup", leftover)
         raise
+
+
+def succeed(
+    engine: Engine, backup_id: uuid.UUID, manifest: dict[str, Any], *, server_version: str | None
+) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -138,14 +158,13 @@ def run_backup(
             ),
             {
                 "id": backup_id,
-                "bytes": result.bytes,
-                "sha": result.sha256,
-                "version": result.manifest["server_version"],
-                "manifest": json.dumps(result.manifest),
-                "finished": result.manifest["finished_at"],
+                "bytes": manifest["bytes"],
+                "sha": manifest["sha256"],
+                "version": server_version,
+                "manifest": json.dumps(manifest),
+                "finished": manifest["finished_at"],
             },
         )
-    return result
 
 
 def manifest_key(key: str) -> str:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -30,10 +29,10 @@ from sqlalchemy.pool import NullPool
 from infra.embedded_pg import EmbeddedPostgres, RunningServer, bin_dir
 from infra.errors import InvalidInput, NotFound
 from infra.objectstore.base import ObjectStore
-from infra.objectstore.keys import backup_key, validate_key
+from infra.objectstore.keys import validate_key
 from infra.settings import Settings
-from models.base import new_id, utcnow
-from tasks.backup import BackupFailed, _drain, _libpq, manifest_key
+from models.base import utcnow
+from tasks.backup import BackupFailed, _drain, _libpq, manifest_key, recorded, succeed
 
 _WAL_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
@@ -57,19 +56,8 @@ class RecoveredServer:
 
 def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: str) -> str:
     """Stream a base backup into the store; returns the backup record id."""
-    backup_id = new_id()
-    started = utcnow()
-    key = backup_key(env_name, "base", backup_id, started)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO backup_record (id, env, kind, status, object_key, created_at) "
-                "VALUES (:id, :env, 'base', 'running', :key, :at)"
-            ),
-            {"id": backup_id, "env": env_name, "key": key, "at": started},
-        )
     target, env = _libpq(url)
-    try:
+    with recorded(engine, store, kind="base", env_name=env_name) as (backup_id, key, started):
         proc = subprocess.Popen(
             [
                 str(bin_dir() / "pg_basebackup"),
@@ -99,7 +87,6 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
             raise BackupFailed(f"pg_basebackup exited with {code}: {errors.first_line()}")
         log_text = errors.data.decode(errors="replace")
         start = re.search(r"write-ahead log start point: (\S+) on timeline (\d+)", log_text)
-        finished = utcnow()
         manifest: dict[str, Any] = {
             "id": str(backup_id),
             "kind": "base",
@@ -109,39 +96,12 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
             "start_lsn": start.group(1) if start else None,
             "timeline": int(start.group(2)) if start else None,
             "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
+            "finished_at": utcnow().isoformat(),
         }
         store.put_bytes(
             manifest_key(key), json.dumps(manifest).encode(), content_type="application/json"
         )
-    except BaseException as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE backup_record SET status = 'failed', error = :e, finished_at = now() "
-                    "WHERE id = :id"
-                ),
-                {"id": backup_id, "e": message[:2000]},
-            )
-        for leftover in (key, manifest_key(key)):
-            with contextlib.suppress(Exception):
-                store.delete(leftover)
-        raise
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE backup_record SET status = 'succeeded', bytes = :b, sha256 = :s, "
-                "manifest = CAST(:m AS jsonb), finished_at = :f WHERE id = :id"
-            ),
-            {
-                "id": backup_id,
-                "b": info.size,
-                "s": info.sha256,
-                "m": json.dumps(manifest),
-                "f": finished,
-            },
-        )
+        succeed(engine, backup_id, manifest, server_version=None)
     return str(backup_id)
 
 
