@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from infra.embedded_pg import bin_dir
 from infra.errors import InvalidInput, NotFound, StaveError
-from infra.objectstore.base import ObjectStore
+from infra.objectstore.base import ObjectInfo, ObjectStore
 from infra.objectstore.keys import backup_key
 from models.base import new_id, utcnow
 
@@ -194,24 +194,14 @@ def _dump(
             version = conn.execute(text("SHOW server_version")).scalar_one()
             database = conn.execute(text("SELECT current_database()")).scalar_one()
             _check_major(str(version))
-            proc = subprocess.Popen(
+            info, _ = stream_to_store(
                 [_tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", f"--dbname={target}"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
+                env,
+                store,
+                key,
+                content_type=CONTENT_TYPE,
+                progress=progress,
             )
-            errors = _drain(proc.stderr)
-            try:
-                source: Any = proc.stdout if progress is None else _Counted(proc.stdout, progress)
-                info = store.put_stream(key, source, content_type=CONTENT_TYPE)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            code = proc.wait()
-            errors.join()
-            if code != 0:
-                raise BackupFailed(f"pg_dump exited with {code}: {errors.first_line()}")
             tables = _count_rows(conn, _tables(conn))
     finally:
         snapshot_engine.dispose()
@@ -237,6 +227,34 @@ def _dump(
     return BackupResult(
         backup_id, key, info.size, info.sha256, manifest, (finished - started).total_seconds()
     )
+
+
+def stream_to_store(
+    argv: list[str],
+    env: dict[str, str],
+    store: ObjectStore,
+    key: str,
+    *,
+    content_type: str,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ObjectInfo, str]:
+    """Run a tool whose stdout is the backup, streaming it into the store; returns what was
+    written and the tool's stderr. A failing tool or store raises, and the child is killed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    errors = _drain(proc.stderr)
+    try:
+        source: Any = proc.stdout if progress is None else _Counted(proc.stdout, progress)
+        info = store.put_stream(key, source, content_type=content_type)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    code = proc.wait()
+    errors.join()
+    name = argv[0].rsplit("/", 1)[-1]
+    if code != 0:
+        raise BackupFailed(f"{name} exited with {code}: {errors.first_line()}")
+    return info, errors.data.decode(errors="replace")
 
 
 class _Counted:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from infra.objectstore.base import ObjectStore
 from infra.objectstore.keys import validate_key
 from infra.settings import Settings
 from models.base import utcnow
-from tasks.backup import BackupFailed, _drain, _libpq, manifest_key, recorded, succeed
+from tasks.backup import BackupFailed, _libpq, manifest_key, recorded, stream_to_store, succeed
 
 _WAL_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
@@ -58,7 +57,7 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
     """Stream a base backup into the store; returns the backup record id."""
     target, env = _libpq(url)
     with recorded(engine, store, kind="base", env_name=env_name) as (backup_id, key, started):
-        proc = subprocess.Popen(
+        info, log_text = stream_to_store(
             [
                 str(bin_dir() / "pg_basebackup"),
                 f"--dbname={target}",
@@ -70,22 +69,11 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
                 "--checkpoint=fast",
                 "-v",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
+            env,
+            store,
+            key,
+            content_type="application/x-tar",
         )
-        errors = _drain(proc.stderr)
-        try:
-            info = store.put_stream(key, proc.stdout, content_type="application/x-tar")  # type: ignore[arg-type]
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        code = proc.wait()
-        errors.join()
-        if code != 0:
-            raise BackupFailed(f"pg_basebackup exited with {code}: {errors.first_line()}")
-        log_text = errors.data.decode(errors="replace")
         start = re.search(r"write-ahead log start point: (\S+) on timeline (\d+)", log_text)
         manifest: dict[str, Any] = {
             "id": str(backup_id),
