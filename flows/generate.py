@@ -25,7 +25,7 @@ from prefect.artifacts import (
 
 from infra.db import get_engine
 from infra.settings import get_settings
-from tasks import generation, inference, queue
+from tasks import generation, inference, queue, vector_index
 from tasks.classify import classify
 from tasks.records import job_summary
 
@@ -120,6 +120,9 @@ def drain(
             # Loaded on the first claim, so an empty queue costs no model load; kept after.
             model = inference.load_model(settings)
             model_version_id = inference.register_model_version(engine, model)
+            warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
+            if warning:
+                log.warning(warning)
         stats.batches += 1
         processed += len(claimed)
         batch = _Finishing(claimed, model_version_id, model.encoder_version)

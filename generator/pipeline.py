@@ -103,6 +103,10 @@ class Clip:
         return len(self.audio) / self.sample_rate
 
 
+# Clips per encoder pass when embedding many.
+EMBED_PASS = 16
+
+
 class StaveGenerator:
     """The built-in model, loaded once and reused for every batch."""
 
@@ -281,6 +285,33 @@ class StaveGenerator:
     @torch.no_grad()
     def embed_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """A 512-d unit vector for any audio (mono or (samples, channels)), at any rate."""
+        mono = self._mono_at_model_rate(audio, sample_rate)
+        x = torch.from_numpy(mono)[None].to(self.device)
+        vector = self.ae.embed(self.ae.encode(x))[0].float().cpu().numpy()
+        assert vector.shape == (EMBEDDING_DIM,)
+        return vector
+
+    @torch.no_grad()
+    def embed_many(self, clips: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """Unit vectors (n, 512) for many clips: clips of equal length share one encoder pass.
+
+        A backfill's clips mostly share a duration, so this batches nearly everything; the
+        pooled embedding must not see padding, hence grouping by length rather than padding.
+        """
+        mono = [self._mono_at_model_rate(audio, rate) for audio, rate in clips]
+        out = np.zeros((len(mono), EMBEDDING_DIM), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, samples in enumerate(mono):
+            by_length.setdefault(len(samples), []).append(i)
+        for same_length in by_length.values():
+            # Bounded passes keep the encoder's activations small whatever the batch.
+            for start in range(0, len(same_length), EMBED_PASS):
+                members = same_length[start : start + EMBED_PASS]
+                x = torch.from_numpy(np.stack([mono[i] for i in members])).to(self.device)
+                out[members] = self.ae.embed(self.ae.encode(x)).float().cpu().numpy()
+        return out
+
+    def _mono_at_model_rate(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         mono = audio.mean(axis=1) if audio.ndim == 2 else audio
         if sample_rate != SAMPLE_RATE:
             from scipy.signal import resample_poly
@@ -290,10 +321,7 @@ class StaveGenerator:
         minimum = self.ae.cfg.compression
         if len(mono) < minimum:
             mono = np.pad(mono, (0, minimum - len(mono)))
-        x = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None].to(self.device)
-        vector = self.ae.embed(self.ae.encode(x))[0].float().cpu().numpy()
-        assert vector.shape == (EMBEDDING_DIM,)
-        return vector
+        return np.ascontiguousarray(mono, dtype=np.float32)
 
     def embed_file(self, path: Path | str) -> np.ndarray:
         import soundfile

@@ -149,6 +149,20 @@ class Settings(BaseSettings):
     # embedded server's own spool beside its data directory.
     wal_spool_dir: Path | None = None
 
+    # Sounds-alike search: one HNSW index per encoder version (cosine). m and ef_construction
+    # apply when an index is (re)built (`stave index rebuild`); ef_search at query time, raised
+    # automatically when filters need more candidates.
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
+    # A filtered search over at most this many vectors scans them exactly instead.
+    search_exact_max_rows: int = Field(default=20_000, ge=0)
+
+    # Latent backfills: assets per batch (one transaction, one checkpoint each).
+    backfill_batch_size: int = Field(default=256, ge=1, le=10_000)
+    # Parallel object-store reads while a batch is fetched.
+    backfill_fetch_threads: int = Field(default=8, ge=1, le=64)
+
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
 

@@ -11,13 +11,14 @@ from models.generation import (
     TaskStatus,
 )
 from models.lifecycle import LifecyclePolicy, lifecycle_policies, policy_for
-from models.operations import ArchiveBatch, BackupRecord, ValidationRun
+from models.operations import ArchiveBatch, BackfillRun, BackupRecord, ValidationRun
 
 __all__ = [
     "EMBEDDING_DIM",
     "ERROR_CLASSES",
     "ArchiveBatch",
     "AudioAsset",
+    "BackfillRun",
     "BackupRecord",
     "GenerationJob",
     "GenerationTask",

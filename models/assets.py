@@ -55,13 +55,11 @@ class LatentEmbedding(SQLModel, table=True):
     __tablename__ = "latent_embedding"
     __table_args__ = (
         UniqueConstraint("asset_id", "encoder_version"),
-        Index(
-            "ix_latent_embedding_hnsw_cosine",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
+        # No HNSW index here: each encoder version gets its own partial HNSW index
+        # (tasks/vector_index.py). Vectors of two encoders live in different spaces, so one
+        # mixed graph would only dilute every search; and a backfill of a new version loads its
+        # vectors first and builds its index once at the end, far faster than growing it row
+        # by row.
     )
 
     id: uuid.UUID = id_field()

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Text
+from sqlalchemy import BigInteger, CheckConstraint, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from models.base import check_in, id_field, jsonb_field, timestamp_field
@@ -14,6 +14,8 @@ from models.lifecycle import GENERATION_HOT_DAYS, LifecyclePolicy, lifecycle
 
 BACKUP_KINDS = ("dump", "base")
 BACKUP_STATUSES = ("running", "succeeded", "failed")
+# stopped: a limit was reached or the run was cancelled or failed; the next run resumes it.
+BACKFILL_STATUSES = ("running", "stopped", "completed")
 
 
 # One Great Expectations run over a batch's metadata.
@@ -75,3 +77,46 @@ class ArchiveBatch(SQLModel, table=True):
     moved_objects: list[dict[str, Any]] = jsonb_field(array=True)
     created_at: datetime = timestamp_field()
     restored_at: datetime | None = timestamp_field(nullable=True)
+
+
+# One latent backfill for an encoder version over a scope (date range, model version). Its
+# keyset cursor over audio_asset (created_at, id) advances in the same transaction as the
+# embeddings of each batch, so a killed run resumes exactly where its last batch committed.
+@lifecycle(LifecyclePolicy(action="keep"))
+class BackfillRun(SQLModel, table=True):
+    __tablename__ = "backfill_run"
+    __table_args__ = (
+        CheckConstraint(check_in("status", BACKFILL_STATUSES), name="status"),
+        # At most one unfinished run per encoder version and scope: that is the one to resume.
+        Index(
+            None,
+            "encoder_version",
+            "scope",
+            unique=True,
+            postgresql_where=text("status <> 'completed'"),
+        ),
+        Index(None, "created_at"),
+    )
+
+    id: uuid.UUID = id_field()
+    encoder_version: str = Field(max_length=64)
+    # sha256 over the filters that define which assets belong to the run.
+    scope: str = Field(max_length=64)
+    params: dict[str, Any] = jsonb_field()
+    # Assets created after this instant are not the run's: new clips get their embeddings when
+    # they are published, so the run has a fixed end even while production goes on.
+    upper_bound: datetime = timestamp_field(server_default=False)
+    status: str = Field(default="running", max_length=16)
+    cursor_created_at: datetime | None = timestamp_field(nullable=True)
+    cursor_id: uuid.UUID | None = None
+    planned: int = Field(default=0, sa_type=BigInteger)
+    written: int = Field(default=0, sa_type=BigInteger)
+    failed: int = Field(default=0, sa_type=BigInteger)
+    batches: int = Field(default=0)
+    # The newest failures (asset, reason), capped, for `stave embeddings status` and the UI.
+    failures: list[dict[str, Any]] = jsonb_field(array=True)
+    stats: dict[str, Any] = jsonb_field()
+    error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+    finished_at: datetime | None = timestamp_field(nullable=True)

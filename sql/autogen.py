@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Names of the per-encoder HNSW indexes (tasks/vector_index.py builds them).
+VECTOR_INDEX_PREFIX = "ix_latent_embedding_hnsw_"
+
 
 def include_object(
     obj: Any,  # noqa: ARG001  (Alembic passes all five, positionally)
@@ -12,7 +15,12 @@ def include_object(
     reflected: bool,
     compare_to: Any,
 ) -> bool:
-    # Staging tables (`tmp_*`) that flows create and drop are not schema drift.
-    return not (
-        type_ == "table" and reflected and compare_to is None and str(name).startswith("tmp_")
-    )
+    # Staging tables (`tmp_*`) that flows create and drop are not schema drift, nor are the
+    # per-encoder HNSW indexes that tasks/vector_index.py manages at run time.
+    if not (reflected and compare_to is None):
+        return True
+    if type_ == "table":
+        return not str(name).startswith("tmp_")
+    if type_ == "index":
+        return not str(name).startswith(VECTOR_INDEX_PREFIX)
+    return True

@@ -7,14 +7,14 @@ every object is owned by the migrator whoever runs them.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on SQLModel.metadata)
 from sql.autogen import include_object
-from sql.roles import MIGRATOR
+from sql.roles import assume_migrator
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -30,19 +30,8 @@ def _url() -> str:
 
 
 def _assume_migrator(connection: Connection) -> None:
-    # Roles are cluster-wide, grants per database: in a database the first migration has not
-    # reached yet, the migrator exists but may not create anything, so stay the session user.
-    ready = connection.execute(
-        text(
-            "SELECT pg_has_role(session_user, oid, 'MEMBER')"
-            " AND has_schema_privilege(oid, 'public', 'CREATE')"
-            " FROM pg_roles WHERE rolname = :r"
-        ),
-        {"r": MIGRATOR},
-    ).scalar()
-    if ready:
-        connection.execute(text(f"SET ROLE {MIGRATOR}"))
-    connection.commit()  # SET ROLE is session state; it outlives this transaction
+    assume_migrator(connection)
+    connection.commit()
 
 
 def _configure(connection: Connection) -> None:

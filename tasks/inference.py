@@ -94,6 +94,23 @@ def _load(settings: Settings, path: Path | None) -> LoadedModel:
     )
 
 
+def current_encoder_version(settings: Settings) -> str:
+    """The configured checkpoint's encoder version, read from its model card: no model load,
+    so a search by asset id answers in milliseconds."""
+    import json
+
+    import generator
+
+    path = settings.checkpoint or (
+        Path(generator.__file__).resolve().parent / "checkpoints" / "stave-small.pt"
+    )
+    try:
+        sha = str(json.loads(path.with_suffix(".json").read_text())["sha256"])
+    except (OSError, ValueError, KeyError):
+        return load_model(settings).encoder_version  # the load says what is wrong
+    return f"stave-ae-{sha[:12]}"
+
+
 def register_model_version(engine: Engine, model: LoadedModel) -> uuid.UUID:
     """The model_version row for this checkpoint, made on first use (idempotent)."""
     from models.base import new_id

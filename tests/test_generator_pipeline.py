@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from generator.acestep import AceStepGenerator, acestep_params
-from generator.autoencoder import Autoencoder, AutoencoderConfig
-from generator.checkpoint import model_card_path, save_checkpoint
-from generator.denoiser import Denoiser, DenoiserConfig
+from generator.checkpoint import model_card_path
 from generator.errors import CheckpointError, GeneratorError, InvalidRequest
 from generator.pipeline import GenerationRequest, StaveGenerator
-
-TINY_AE = AutoencoderConfig(width=8)
-TINY_DENOISER = DenoiserConfig(
-    latent_channels=TINY_AE.latent_channels, dim=32, depth=1, heads=2, text_dim=32
-)
+from tests.utils.assets import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    ae, denoiser = Autoencoder(TINY_AE), Denoiser(TINY_DENOISER)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    sha = save_checkpoint(
-        path,
-        {
-            "autoencoder_config": TINY_AE.as_dict(),
-            "denoiser_config": TINY_DENOISER.as_dict(),
-            "autoencoder": ae.state_dict(),
-            "denoiser": denoiser.state_dict(),
-            "latent_mean": torch.zeros(TINY_AE.latent_channels),
-            "latent_std": torch.ones(TINY_AE.latent_channels),
-            "meta": {"name": "tiny"},
-        },
-    )
-    model_card_path(path).write_text(json.dumps({"sha256": sha}))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
