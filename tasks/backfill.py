@@ -653,3 +653,68 @@ def run_backfill(
                 {"s": json.dumps(progress.stats()), "id": run.id},
             )
     return run, progress, status
+
+
+def latest_progress(engine: Engine, scope: Scope) -> dict[str, Any] | None:
+    """The scope's newest run's counters (for a progress bar polling from another thread)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT id, status, planned, written, failed FROM backfill_run "
+                "WHERE encoder_version = :v AND scope = :s ORDER BY updated_at DESC LIMIT 1"
+            ),
+            {"v": scope.encoder_version, "s": scope.digest},
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+def coverage(engine: Engine, current_version: str | None = None) -> dict[str, Any]:
+    """Embeddings per encoder version against all assets, their indexes, and recent runs."""
+    from tasks.vector_index import list_indexes
+
+    with engine.connect() as conn:
+        assets = int(conn.execute(text("SELECT count(*) FROM audio_asset")).scalar_one())
+        counts = conn.execute(
+            text(
+                "SELECT encoder_version, count(*) AS n, min(created_at) AS first, "
+                "max(created_at) AS last FROM latent_embedding GROUP BY encoder_version "
+                "ORDER BY encoder_version"
+            )
+        ).all()
+        indexes = {i.encoder_version: i for i in list_indexes(conn)}
+        runs = conn.execute(
+            text(
+                "SELECT id, encoder_version, status, planned, written, failed, batches, "
+                "created_at, updated_at, finished_at, error FROM backfill_run "
+                "ORDER BY updated_at DESC LIMIT 10"
+            )
+        ).all()
+    versions = []
+    names = {r.encoder_version for r in counts} | ({current_version} if current_version else set())
+    by_version = {r.encoder_version: r for r in counts}
+    for version in sorted(names):
+        row = by_version.get(version)
+        index = indexes.get(version)
+        n = int(row.n) if row else 0
+        versions.append(
+            {
+                "encoder_version": version,
+                "current": version == current_version,
+                "embeddings": n,
+                "coverage": round(n / assets, 4) if assets else None,
+                "missing": max(assets - n, 0),
+                "index": index.to_dict() if index else None,
+                "newest": row.last.isoformat() if row else None,
+            }
+        )
+    return {
+        "assets": assets,
+        "versions": versions,
+        "runs": [
+            {
+                k: (str(v) if isinstance(v, uuid.UUID | datetime) else v)
+                for k, v in r._mapping.items()
+            }
+            for r in runs
+        ],
+    }

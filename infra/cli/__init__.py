@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import backup, db, doctor, env, generator, jobs
+from infra.cli import backup, db, doctor, embeddings, env, generator, jobs
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -32,6 +32,10 @@ app.command("task")(jobs.task)
 app.command("retry")(jobs.retry)
 app.command("regenerate")(jobs.regenerate)
 app.command("gc")(jobs.gc)
+app.command("backfill")(embeddings.backfill)
+app.add_typer(embeddings.embeddings_app, name="embeddings")
+app.command("similar")(embeddings.similar)
+app.add_typer(embeddings.index_app, name="index")
 
 log = logging.getLogger("stave.cli")
 

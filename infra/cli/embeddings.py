@@ -1,0 +1,265 @@
+"""`stave backfill`, `stave embeddings status`, `stave similar`, `stave index rebuild|list`."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from infra.cli.common import print_json, settings
+from infra.errors import InvalidInput
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+
+embeddings_app = typer.Typer(help="Latent embeddings: coverage per encoder version.")
+index_app = typer.Typer(help="HNSW indexes for sounds-alike search.", no_args_is_help=True)
+
+
+class _RunBar:
+    """A progress bar fed from the run's record while the flow works in this process."""
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _RunBar:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        from infra.db import get_engine
+        from tasks.backfill import latest_progress
+
+        with tqdm(unit="clip", desc="backfill", leave=True) as bar:
+            while True:
+                stopping = self._stop.wait(0.5)
+                try:
+                    run = latest_progress(get_engine(), self.scope)
+                except Exception:
+                    run = None
+                if run is not None:
+                    bar.total = run["planned"]
+                    bar.n = min(run["written"] + run["failed"], run["planned"])
+                    bar.set_postfix(written=run["written"], failed=run["failed"], refresh=False)
+                    bar.refresh()
+                if stopping:
+                    return
+
+
+def backfill(
+    encoder_version: str | None = typer.Option(
+        None, "--encoder-version", "--encoder", help="Encoder version (default: current)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="A checkpoint whose encoder to use (a version not configured)."
+    ),
+    created_after: datetime | None = typer.Option(
+        None, "--created-after", formats=DATE_FORMATS, help="Only clips created at/after (UTC)."
+    ),
+    created_before: datetime | None = typer.Option(
+        None, "--created-before", formats=DATE_FORMATS, help="Only clips created before (UTC)."
+    ),
+    model_version: str | None = typer.Option(
+        None,
+        "--model-version",
+        help="Only clips of this model version (id, version, name:version).",
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, max=10_000),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Stop after N clips."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count and estimate; write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compute embeddings for clips that lack them for an encoder version (resumable)."""
+    from infra.cli.jobs import _ready
+    from infra.db import get_engine
+    from tasks import backfill as plan
+
+    current = settings()
+    _ready(current)
+    engine = get_engine(current)
+    # Resolved here too, so a bad option fails in one line before Prefect starts.
+    encoder = plan.load_encoder(
+        engine, current, encoder_version, str(checkpoint) if checkpoint else None
+    )
+    scope = plan.resolve_scope(
+        engine, encoder.version, created_after, created_before, model_version
+    )
+    from flows.backfill import backfill_embeddings
+
+    params: dict[str, Any] = {
+        "encoder_version": encoder.version,
+        "created_after": created_after,
+        "created_before": created_before,
+        "model_version": model_version,
+        "batch_size": batch_size,
+        "limit": limit,
+        "dry_run": dry_run,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+    }
+    if dry_run:
+        summary = backfill_embeddings(**params)
+    else:
+        with _RunBar(scope):
+            summary = backfill_embeddings(**params)
+    if as_json:
+        print_json(summary)
+        return
+    if dry_run:
+        typer.echo(
+            f"dry run: {summary['assets']} clip(s) lack {encoder.version} "
+            f"({summary['batches']} batch(es)); about {summary['estimated_seconds']:.0f} s "
+            f"from a sample of {summary['sampled']}; nothing written"
+        )
+        return
+    typer.echo(
+        f"backfill {summary['run_id']} ({encoder.version}): {summary['status']}"
+        f"{' (resumed)' if summary['resumed'] else ''}"
+    )
+    for name in ("written", "failed", "batches", "written_total", "failed_total"):
+        typer.echo(f"  {name:<14}{summary[name]}")
+    typer.echo(f"  index         {summary['index'] or '-'}")
+    if summary["failed"]:
+        typer.echo("  failures      stave embeddings status --json", err=True)
+    if summary["status"] == "stopped":
+        typer.echo("  the limit was reached: run the same command again to continue")
+
+
+@embeddings_app.command("status")
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Coverage per encoder version, its index, and the latest backfill runs."""
+    from infra.db import get_engine
+    from tasks.backfill import coverage
+    from tasks.inference import current_encoder_version
+
+    current = settings()
+    report = coverage(get_engine(current), current_encoder_version(current))
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(f"assets: {report['assets']}")
+    typer.echo(f"{'encoder version':<34}{'embeddings':>11}{'coverage':>10}  index")
+    for v in report["versions"]:
+        mark = " (current)" if v["current"] else ""
+        cov = f"{100 * v['coverage']:.1f}%" if v["coverage"] is not None else "-"
+        index = v["index"]
+        shown = f"m={index['m']} ef_c={index['ef_construction']}" if index else "none (exact)"
+        typer.echo(f"{v['encoder_version'] + mark:<34}{v['embeddings']:>11}{cov:>10}  {shown}")
+    if report["runs"]:
+        typer.echo("recent backfills:")
+        for r in report["runs"]:
+            typer.echo(
+                f"  {r['id']}  {r['encoder_version']:<24} {r['status']:<10} "
+                f"{r['written']}/{r['planned']} written, {r['failed']} failed"
+            )
+
+
+def similar(
+    asset_id: str | None = typer.Argument(None, help="The asset to find neighbours of."),
+    file: Path | None = typer.Option(None, "--file", help="An audio file to embed and search."),
+    k: int = typer.Option(10, "-k", min=1, max=1000, help="How many neighbours."),
+    model_version: str | None = typer.Option(None, "--model-version", help="Only this model."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder version (current)."),
+    user: str | None = typer.Option(None, "--user", help="Only this user's clips."),
+    exact: bool = typer.Option(False, "--exact", help="Exact scan instead of the index."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Clips that sound like an asset (or an audio file), by cosine distance."""
+    from infra.db import get_engine
+    from tasks import search
+
+    current = settings()
+    engine = get_engine(current)
+    if (asset_id is None) == (file is None):
+        raise InvalidInput("give an asset id or --file, not both")
+    options: dict[str, Any] = {
+        "k": k,
+        "encoder_version": encoder,
+        "model_version": model_version,
+        "user_id": user,
+        "exact": exact,
+    }
+    if file is not None:
+        vector = search.embed_file(engine, current, file, encoder)
+        result = search.similar(engine, current, vector=vector, **options)
+    else:
+        result = search.similar(engine, current, asset_id=_uuid(asset_id or ""), **options)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    typer.echo(
+        f"{len(result.neighbours)} neighbour(s) by {result.method} search "
+        f"({result.encoder_version})"
+    )
+    for rank, n in enumerate(result.neighbours, 1):
+        prompt = (n.prompt or "-").replace("\n", " ")
+        typer.echo(f"{rank:>3}  {n.distance:.4f}  {n.asset_id}  {prompt[:60]}")
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as err:
+        raise InvalidInput(f"{value!r} is not an asset id (a UUID)") from err
+
+
+@index_app.command("rebuild")
+def rebuild(
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder version (current)."),
+    all_versions: bool = typer.Option(False, "--all", help="Every version with embeddings."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """(Re)build HNSW indexes concurrently with the configured m and ef_construction."""
+    from infra.db import get_engine
+    from tasks import vector_index
+    from tasks.backfill import coverage
+    from tasks.inference import current_encoder_version
+
+    current = settings()
+    engine = get_engine(current)
+    if all_versions:
+        versions = [v["encoder_version"] for v in coverage(engine)["versions"] if v["embeddings"]]
+    else:
+        versions = [encoder or current_encoder_version(current)]
+    built = []
+    for version in versions:
+        index = vector_index.rebuild(engine, version, current)
+        built.append(index.to_dict())
+        if not as_json:
+            typer.echo(
+                f"{index.name}: m={index.m} ef_construction={index.ef_construction} "
+                f"({index.bytes / 2**20:.1f} MiB) for {version}"
+            )
+    if as_json:
+        print_json(built)
+
+
+@index_app.command("list")
+def list_indexes(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The HNSW indexes, one per encoder version."""
+    from infra.db import get_engine
+    from tasks import vector_index
+
+    with get_engine(settings()).connect() as conn:
+        found = [i.to_dict() for i in vector_index.list_indexes(conn)]
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        typer.echo("no vector indexes (searches scan exactly)")
+    for i in found:
+        state = "" if i["valid"] else "  INVALID (stave index rebuild)"
+        typer.echo(
+            f"{i['name']}  {i['encoder_version']}  m={i['m']} "
+            f"ef_construction={i['ef_construction']}  {i['bytes'] / 2**20:.1f} MiB{state}"
+        )
