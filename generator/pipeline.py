@@ -249,16 +249,24 @@ class StaveGenerator:
             # matrix products do not: its latents are identical alone or batched).
             audio = torch.cat([self.ae.decode(raw[i : i + 1]) for i in range(len(requests))])
             audio = audio.float().clamp(-1, 1)
-            embeddings = torch.cat(
-                [self.ae.embed(raw[i : i + 1]) for i in range(len(requests))]
-            ).float()
             timings["decode"] = self._lap(started)
+        # The embedding is the clip's audio encoded (float32, as `embed_audio` does), not the
+        # sampled latents: a published clip, a backfilled one and a file given to search are
+        # then embedded alike, so one encoder version means one space.
+        started = time.perf_counter()
+        embeddings = torch.cat(
+            [
+                self.ae.embed(self.ae.encode(audio[i : i + 1, : self._samples(r)]))
+                for i, r in enumerate(requests)
+            ]
+        ).float()
+        timings["embed"] = self._lap(started)
         clips = []
         members = tuple(
             dataclasses.replace(r, seed=seed) for r, seed in zip(requests, seeds, strict=True)
         )
         for row, (request, seed) in enumerate(zip(requests, seeds, strict=True)):
-            samples = round(request.duration_s * SAMPLE_RATE)
+            samples = self._samples(request)
             clips.append(
                 Clip(
                     audio=audio[row, :samples].cpu().numpy(),
@@ -275,6 +283,10 @@ class StaveGenerator:
                 )
             )
         return clips
+
+    @staticmethod
+    def _samples(request: GenerationRequest) -> int:
+        return round(request.duration_s * SAMPLE_RATE)
 
     def _lap(self, started: float) -> float:
         if self.device.type == "cuda":

@@ -43,8 +43,12 @@ def test_generate_returns_clips_with_unit_embeddings(generator: StaveGenerator) 
         assert clip.embedding.shape == (512,) and np.isclose(
             np.linalg.norm(clip.embedding), 1, atol=1e-5
         )
-        assert set(clip.timings) == {"conditioning", "diffusion", "decode"}
+        assert set(clip.timings) == {"conditioning", "diffusion", "decode", "embed"}
         assert (clip.device, clip.dtype) == ("cpu", "float32")
+        # A clip's embedding is its audio's: what search computes for the file, and a backfill.
+        assert np.allclose(generator.embed_audio(clip.audio, 16_000), clip.embedding, atol=1e-5)
+    many = generator.embed_many([(c.audio, 16_000) for c in clips])
+    assert np.allclose(many, np.stack([c.embedding for c in clips]), atol=1e-5)
     assert clips[0].seed == 1 and 0 <= clips[2].seed < 2**63
 
 
