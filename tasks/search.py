@@ -38,6 +38,7 @@ class Neighbour:
     model_version: str | None
     duration_s: float
     object_key: str
+    sha256: str
     task_id: uuid.UUID | None
     created_at: datetime
 
@@ -197,7 +198,7 @@ def _search(
         text(
             "SELECT n.*, t.prompt, mv.name || ':' || mv.version AS model FROM ("
             "SELECT a.id, e.embedding <=> :q AS distance, a.user_id, a.duration_s, "
-            "a.object_key, a.task_id, a.created_at, a.model_version_id "
+            "a.object_key, a.sha256, a.task_id, a.created_at, a.model_version_id "
             "FROM latent_embedding e JOIN audio_asset a ON a.id = e.asset_id "
             f"WHERE {where} ORDER BY {order} LIMIT :k) n "
             "LEFT JOIN generation_task t ON t.id = n.task_id "
@@ -215,6 +216,7 @@ def _search(
             model_version=r.model,
             duration_s=float(r.duration_s),
             object_key=r.object_key,
+            sha256=r.sha256,
             task_id=r.task_id,
             created_at=r.created_at,
         )

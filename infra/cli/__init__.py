@@ -36,6 +36,7 @@ app.command("backfill")(embeddings.backfill)
 app.add_typer(embeddings.embeddings_app, name="embeddings")
 app.command("similar")(embeddings.similar)
 app.add_typer(embeddings.index_app, name="index")
+app.command("gallery")(embeddings.gallery)
 
 log = logging.getLogger("stave.cli")
 

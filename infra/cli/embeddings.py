@@ -263,3 +263,53 @@ def list_indexes(as_json: bool = typer.Option(False, "--json", help="Print JSON.
             f"{i['name']}  {i['encoder_version']}  m={i['m']} "
             f"ef_construction={i['ef_construction']}  {i['bytes'] / 2**20:.1f} MiB{state}"
         )
+
+
+def gallery(
+    job_id: str | None = typer.Argument(None, help="A job whose published clips to show."),
+    similar_to: str | None = typer.Option(
+        None, "--similar", help="Show this asset and the clips that sound like it instead."
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory to write the gallery into."),
+    neighbours: int = typer.Option(5, "--neighbours", min=0, max=50, help="Per clip."),
+    k: int = typer.Option(12, "-k", min=1, max=200, help="Clips for --similar."),
+    limit: int = typer.Option(200, "--limit", min=1, max=500, help="Most clips from a job."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder version (current)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write a static HTML listening page (players, spectrograms, neighbours); no server."""
+    from tqdm import tqdm
+
+    from infra.db import get_engine
+    from infra.objectstore import make_object_store
+    from tasks import gallery as pages
+
+    current = settings()
+    engine = get_engine(current)
+    if (job_id is None) == (similar_to is None):
+        raise InvalidInput("give a job id or --similar ASSET_ID, not both")
+    if job_id is not None:
+        clips = pages.select_job(engine, _uuid(job_id), limit)
+        title = f"Job {job_id}"
+    else:
+        asset = _uuid(similar_to or "")
+        clips = pages.select_similar(engine, current, asset, k, encoder)
+        title = f"Sounds like {asset}"
+    with tqdm(total=len(clips), unit="clip", desc="gallery", leave=False) as bar:
+        made = pages.build(
+            engine,
+            make_object_store(current),
+            current,
+            out,
+            clips,
+            title,
+            neighbours=neighbours,
+            encoder=encoder,
+            progress=bar.update,
+        )
+    if as_json:
+        print_json(made.to_dict())
+        return
+    typer.echo(f"{made.path} ({made.clips} clip(s), {made.audio_files} audio file(s))")
+    for problem in made.problems:
+        typer.echo(f"  problem: {problem}", err=True)
