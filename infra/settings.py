@@ -158,9 +158,11 @@ class Settings(BaseSettings):
     # A filtered search over at most this many vectors scans them exactly instead.
     search_exact_max_rows: int = Field(default=20_000, ge=0)
 
-    # Latent backfills: assets per batch (one transaction, one checkpoint each).
-    backfill_batch_size: int = Field(default=256, ge=1, le=10_000)
-    # Parallel object-store reads while a batch is fetched.
+    # Latent backfills: assets per batch (one transaction and checkpoint each: large, so the
+    # vectors go in with one bulk COPY), read and encoded a window at a time (the audio held in
+    # memory at once), with parallel object-store reads.
+    backfill_batch_size: int = Field(default=2000, ge=1, le=10_000)
+    backfill_window: int = Field(default=64, ge=1, le=1000)
     backfill_fetch_threads: int = Field(default=8, ge=1, le=64)
 
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).

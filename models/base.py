@@ -36,6 +36,25 @@ def new_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def new_id_block(n: int) -> Any:
+    """n UUIDv7s as 16-byte strings (numpy `S16`), increasing, for bulk binary COPY.
+
+    Made together rather than one `new_id()` at a time (which costs ~4 µs each: the UUID object,
+    not the randomness). RFC 9562 method 1: the 12 bits after the version count up within a
+    millisecond; past 4,096 ids the timestamp steps ahead by one, so ids stay unique, ordered.
+    """
+    import numpy as np
+
+    step = np.arange(n, dtype=np.uint64)
+    millis = np.uint64(time.time_ns() // 1_000_000) + step // np.uint64(4096)
+    high = (millis << np.uint64(16)) | np.uint64(0x7000) | (step % np.uint64(4096))
+    low = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
+    low = (low & np.uint64((1 << 62) - 1)) | np.uint64(1 << 63)  # RFC 4122 variant
+    packed = np.empty((n, 2), dtype=">u8")
+    packed[:, 0], packed[:, 1] = high, low
+    return packed.view("S16").reshape(n)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

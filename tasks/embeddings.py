@@ -46,6 +46,7 @@ def backfill_batch(
         expected_cursor,
         settings.backfill_fetch_threads,
         device_slot=_gpu_slot(settings.gpu_concurrency_limit),
+        window=settings.backfill_window,
     )
 
 

@@ -299,3 +299,41 @@ def test_the_flow_dry_run_writes_nothing_and_the_run_builds_the_index(
             )
         }
     assert keys == {f"backfill-summary-{summary['run_id']}"}
+
+
+def test_a_conflict_or_a_vanished_asset_takes_the_idempotent_upsert_path(
+    engine: Engine, settings: Settings, tiny: Path
+) -> None:
+    start, end = window()
+    store = make_object_store(settings)
+    assets = make_assets(engine, store, 5, start)
+    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    scope = backfill.resolve_scope(engine, encoder.version, start, end)
+    run = backfill.open_run(engine, scope)
+    refs = backfill.next_page(engine, scope, run, None, 10)
+    # After the page was read: another writer embeds asset 0, and asset 4 is deleted.
+    vector = np.zeros(512, dtype=np.float32)
+    vector[0] = 1
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO latent_embedding (id, asset_id, encoder_version, embedding) "
+                "VALUES (gen_random_uuid(), :a, :v, :e)"
+            ),
+            {"a": assets[0].id, "v": encoder.version, "e": vector},
+        )
+        conn.execute(text("DELETE FROM audio_asset WHERE id = :a"), {"a": assets[4].id})
+    result = backfill.process_batch(engine, store, encoder, run, refs, None, 2)
+    backfill.finish_run(engine, run.id, "completed")
+    assert result.path == "upsert" and result.written == 4
+    counts = embedding_counts(engine, assets[:4], encoder.version)
+    assert set(counts.values()) == {1}
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(
+                "SELECT embedding FROM latent_embedding "
+                "WHERE asset_id = :a AND encoder_version = :v"
+            ),
+            {"a": assets[0].id, "v": encoder.version},
+        ).scalar_one()
+    assert stored.to_numpy()[0] != 1.0  # the backfill's vector replaced the other writer's
