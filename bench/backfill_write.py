@@ -17,14 +17,17 @@ Run: .venv/bin/python bench/backfill_write.py [--n 100000] [--batch N] [--repeat
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bulk_assets, migrated_engine, settled, throwaway_home
 
 TARGET = 0.7
 
@@ -35,49 +38,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: backfill_batch_size")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
+    throwaway_home()
 
     from sqlalchemy import text
 
-    from infra import migrate
-    from infra.db import database_url, get_engine
-    from infra.settings import get_settings
     from models.base import new_id
     from tasks import backfill
 
-    settings = get_settings()
+    settings, engine = migrated_engine()
     args.batch = args.batch or settings.backfill_batch_size
-    url = database_url(settings)
-    migrate.upgrade(url)
-    engine = get_engine(settings)
 
     start = datetime(2003, 1, 1, tzinfo=UTC)
-    ids = [new_id() for _ in range(args.n)]
-    created = [start + timedelta(milliseconds=i) for i in range(args.n)]
-    raw = engine.raw_connection()
-    with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-        with cur.copy(
-            "COPY audio_asset (id, user_id, object_key, sha256, bytes, format, sample_rate, "
-            "channels, duration_s, created_at) FROM STDIN"
-        ) as copy:
-            for asset_id, at in zip(ids, created, strict=True):
-                copy.write_row(
-                    (
-                        asset_id,
-                        "bench",
-                        f"audio/{asset_id}.flac",
-                        "0" * 64,
-                        1,
-                        "flac",
-                        16000,
-                        1,
-                        10.0,
-                        at,
-                    )
-                )
-        cur.execute("CREATE TABLE IF NOT EXISTS bench_raw (asset_id uuid, embedding vector(512))")
-    raw.driver_connection.commit()  # type: ignore[union-attr]
-    raw.close()
+    ids, created = bulk_assets(engine, args.n, start)
+    with engine.begin() as conn:
+        conn.execute(
+            text("CREATE TABLE IF NOT EXISTS bench_raw (asset_id uuid, embedding vector(512))")
+        )
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((args.n, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -113,7 +89,7 @@ def main() -> None:
                 )
             )
             conn.execute(text("ALTER TABLE bench_keyed SET (autovacuum_enabled = false)"))
-        settled()
+        settled_now()
         conn = engine.raw_connection()
         try:
             with conn.driver_connection.cursor() as cur:  # type: ignore[union-attr]
@@ -171,12 +147,8 @@ def main() -> None:
             conn.execute(text("VACUUM latent_embedding"))
         return seconds
 
-    def settled() -> None:
-        # Each timing starts from the same state: no checkpoint debt or vacuum left by the last.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM latent_embedding"))
-            conn.execute(text("VACUUM bench_raw"))
-            conn.execute(text("CHECKPOINT"))
+    def settled_now() -> None:
+        settled(engine, "latent_embedding", "bench_raw")
 
     with engine.begin() as conn:
         for table in ("latent_embedding", "bench_raw"):
@@ -187,11 +159,11 @@ def main() -> None:
     floors: list[float] = []
     try:
         for _ in range(args.repeat):
-            settled()
+            settled_now()
             raws.append(raw_copy())
-            settled()
+            settled_now()
             ours.append(stave_write(conflicts=False))
-            settled()
+            settled_now()
             upserts.append(stave_write(conflicts=True))
             floors.append(keyed_copy())
     finally:

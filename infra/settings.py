@@ -154,9 +154,9 @@ class Settings(BaseSettings):
     # automatically when filters need more candidates.
     hnsw_m: int = Field(default=16, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
-    hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
-    # A filtered search over at most this many vectors scans them exactly instead.
-    search_exact_max_rows: int = Field(default=20_000, ge=0)
+    hnsw_ef_search: int = Field(default=32, ge=1, le=1000)
+    # maintenance_work_mem for an index build: a 512-d graph takes ~2.5 KB a vector.
+    hnsw_build_memory_mb: int = Field(default=1024, ge=64, le=65536)
 
     # Latent backfills: assets per batch (one transaction and checkpoint each: large, so the
     # vectors go in with one bulk COPY), read and encoded a window at a time (the audio held in

@@ -147,7 +147,9 @@ def similar(
         where, params = _filters(encoder_version, asset_id, model_ids, user_id)
         params["q"] = query
         result = SearchResult(encoder_version, "exact", None, query_asset=asset_id)
-        indexed = vector_index.index_for(conn, encoder_version) is not None
+        indexed = vector_index.has_index(conn, encoder_version)
+        # The lookups' transaction ends here: the search itself is one round trip.
+        conn.rollback()
         if indexed and not exact:
             ef = max(settings.hnsw_ef_search, k + 1)
             if filtered:
@@ -168,16 +170,16 @@ def _filters(
     model_ids: list[uuid.UUID] | None,
     user_id: str | None,
 ) -> tuple[str, dict[str, Any]]:
-    where = ["e.encoder_version = :v"]
+    where = ["e.encoder_version = %(v)s"]
     params: dict[str, Any] = {"v": encoder_version}
     if asset_id is not None:
-        where.append("e.asset_id <> :self")
+        where.append("e.asset_id <> %(self)s")
         params["self"] = asset_id
     if model_ids is not None:
-        where.append("a.model_version_id = ANY(:model_ids)")
+        where.append("a.model_version_id = ANY(%(model_ids)s)")
         params["model_ids"] = model_ids
     if user_id is not None:
-        where.append("a.user_id = :user_id")
+        where.append("a.user_id = %(user_id)s")
         params["user_id"] = user_id
     return " AND ".join(where), params
 
@@ -185,28 +187,44 @@ def _filters(
 def _search(
     conn: Connection, where: str, params: dict[str, Any], k: int, ef: int | None
 ) -> list[Neighbour]:
-    # SET LOCAL lasts for the caller's transaction (the connection's), which ends with it.
-    # The partial index's predicate must be visible to the planner: no generic plans.
-    conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    """One round trip: the settings and the query go as one statement string, bound on the
+    client, which the server runs as one implicit transaction (so SET LOCAL holds for the
+    query and ends with it). A search is ~2 ms; separate round trips for the settings, BEGIN
+    and ROLLBACK would add about as much again."""
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
     if ef is None:
         # Exact: the ordering expression differs from the indexed one, so no index scan.
-        order = "(e.embedding <=> :q) + 0"
+        settings_sql = ""
+        order = "(e.embedding <=> %(q)s) + 0"
     else:
-        conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-        order = "e.embedding <=> :q"
-    rows = conn.execute(
-        text(
-            "SELECT n.*, t.prompt, mv.name || ':' || mv.version AS model FROM ("
-            "SELECT a.id, e.embedding <=> :q AS distance, a.user_id, a.duration_s, "
-            "a.object_key, a.sha256, a.task_id, a.created_at, a.model_version_id "
-            "FROM latent_embedding e JOIN audio_asset a ON a.id = e.asset_id "
-            f"WHERE {where} ORDER BY {order} LIMIT :k) n "
-            "LEFT JOIN generation_task t ON t.id = n.task_id "
-            "LEFT JOIN model_version mv ON mv.id = n.model_version_id "
-            "ORDER BY n.distance, n.id"
-        ),
-        {**params, "k": k},
-    ).all()
+        settings_sql = f"SET LOCAL hnsw.ef_search = {int(ef)}; "
+        order = "distance"
+    sql = (
+        # The partial index's predicate must be visible to the planner: no generic plans.
+        "SET LOCAL plan_cache_mode = force_custom_plan; "
+        f"{settings_sql}"
+        "SELECT n.*, t.prompt, mv.name || ':' || mv.version AS model FROM ("
+        "SELECT a.id, e.embedding <=> %(q)s AS distance, a.user_id, a.duration_s, "
+        "a.object_key, a.sha256, a.task_id, a.created_at, a.model_version_id "
+        "FROM latent_embedding e JOIN audio_asset a ON a.id = e.asset_id "
+        f"WHERE {where} ORDER BY {order} LIMIT %(k)s) n "
+        "LEFT JOIN generation_task t ON t.id = n.task_id "
+        "LEFT JOIN model_version mv ON mv.id = n.model_version_id "
+        "ORDER BY n.distance, n.id"
+    )
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    driver.autocommit = True
+    try:
+        with psycopg.ClientCursor(driver, row_factory=namedtuple_row) as cur:
+            cur.execute(sql, {**params, "k": k})
+            while cur.description is None and cur.nextset():
+                pass
+            rows: list[Any] = cur.fetchall()
+    finally:
+        driver.autocommit = False
     return [
         Neighbour(
             asset_id=r.id,

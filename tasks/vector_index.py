@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,6 +95,22 @@ def index_for(conn: Connection, encoder_version: str) -> VectorIndex | None:
     return next((i for i in list_indexes(conn) if i.name == name and i.valid), None)
 
 
+_seen: dict[tuple[str, str], tuple[bool, float]] = {}
+SEEN_FOR_S = 30.0
+
+
+def has_index(conn: Connection, encoder_version: str) -> bool:
+    """Whether the version has a valid index, remembered for a few seconds per process (the
+    catalog lookup would otherwise cost as much as a search). Builds here forget it at once."""
+    key = (str(conn.engine.url), encoder_version)
+    now = time.monotonic()
+    seen = _seen.get(key)
+    if seen is None or now - seen[1] > SEEN_FOR_S:
+        seen = (index_for(conn, encoder_version) is not None, now)
+        _seen[key] = seen
+    return seen[0]
+
+
 def ensure_index(engine: Engine, encoder_version: str, settings: Settings) -> bool:
     """Build the version's index if it has none; True when one was built."""
     with engine.connect() as conn:
@@ -141,6 +158,8 @@ def rebuild(engine: Engine, encoder_version: str, settings: Settings) -> VectorI
                 "building a vector index needs the table owner: connect as a member of "
                 "stave_migrator (or run `stave index rebuild` as the migrator)"
             )
+        # The graph is built in memory when it fits (much faster than spilling to disk).
+        conn.execute(text(f"SET maintenance_work_mem = '{int(settings.hnsw_build_memory_mb)}MB'"))
         # Two builders of the same index wait for each other rather than collide.
         key = int(hashlib.sha1(name.encode()).hexdigest()[:15], 16)
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -160,7 +179,9 @@ def rebuild(engine: Engine, encoder_version: str, settings: Settings) -> VectorI
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.execute(text("RESET ROLE"))
+            conn.execute(text("RESET maintenance_work_mem"))
         built = next(i for i in list_indexes(conn) if i.name == name)
+    _seen.pop((str(engine.url), encoder_version), None)
     return built
 
 

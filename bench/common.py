@@ -1,0 +1,73 @@
+"""Helpers the benchmarks share: a throwaway home, assets in bulk, a settled server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+
+def throwaway_home() -> None:
+    """The embedded PostgreSQL and filesystem store under a temporary STAVE_HOME, unless set."""
+    os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
+
+
+def migrated_engine() -> tuple[Any, Engine]:
+    from infra import migrate
+    from infra.db import database_url, get_engine
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    migrate.upgrade(database_url(settings))
+    return settings, get_engine(settings)
+
+
+def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID], list[datetime]]:
+    """n audio_asset rows (no objects: the write benchmarks never read audio), 1 ms apart."""
+    from models.base import new_id
+
+    ids = [new_id() for _ in range(n)]
+    created = [start + timedelta(milliseconds=i) for i in range(n)]
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY audio_asset (id, user_id, object_key, sha256, bytes, format, sample_rate, "
+                "channels, duration_s, created_at) FROM STDIN"
+            ) as copy,
+        ):
+            for asset_id, at in zip(ids, created, strict=True):
+                copy.write_row(
+                    (
+                        asset_id,
+                        "bench",
+                        f"audio/{asset_id}.flac",
+                        "0" * 64,
+                        1,
+                        "flac",
+                        16000,
+                        1,
+                        10.0,
+                        at,
+                    )
+                )
+        conn.commit()
+    finally:
+        raw.close()
+    return ids, created
+
+
+def settled(engine: Engine, *tables: str) -> None:
+    """Vacuum and checkpoint, so a timing does not pay for the work the previous one left."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.execute(text(f"VACUUM {table}"))
+        conn.execute(text("CHECKPOINT"))
