@@ -72,9 +72,12 @@ def _tool(name: str) -> str:
 def _tables(conn: Any) -> list[str]:
     rows = conn.execute(
         text(
-            "SELECT quote_ident(schemaname) || '.' || quote_ident(relname) "
-            "FROM pg_stat_user_tables "
-            "ORDER BY 1"
+            # Not pg_stat_user_tables: it lists other sessions' temporary tables too (a
+            # backfill's staging table, say), which pg_dump rightly leaves out.
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
         )
     ).scalars()
     return list(rows)

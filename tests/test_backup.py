@@ -50,6 +50,20 @@ def other_db_url(database_url: str, name: str) -> str:
     return str(make_url(database_url).set(database=name))
 
 
+def test_other_sessions_temporary_tables_are_not_in_the_manifest(
+    engine: Engine, database_url: str, settings: Settings
+) -> None:
+    """A backfill's staging table (a temporary table in a pooled session) is not dumped, so
+    the manifest must not list it, or every drill would fail while a backfill runs."""
+    store = make_object_store(settings)
+    with engine.connect() as holder:
+        holder.execute(text("CREATE TEMP TABLE tmp_held (x int)"))
+        holder.commit()
+        result = backup.run_backup(engine, store, url=database_url, env_name="dev")
+        assert not [t for t in result.manifest["tables"] if "tmp_held" in t]
+        backup.drill(engine, store, backup.get_backup(engine, str(result.id)), url=database_url)
+
+
 def test_backup_streams_a_dump_that_the_drill_restores(
     engine: Engine, database_url: str, settings: Settings
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import typer
 
-from infra.cli.common import print_json, settings
+from infra.cli.common import PollingBar, print_json, settings
 from infra.errors import InvalidInput
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
@@ -19,42 +18,19 @@ embeddings_app = typer.Typer(help="Latent embeddings: coverage per encoder versi
 index_app = typer.Typer(help="HNSW indexes for sounds-alike search.", no_args_is_help=True)
 
 
-class _RunBar:
-    """A progress bar fed from the run's record while the flow works in this process."""
+def _run_bar(scope: Any) -> PollingBar:
+    """A progress bar over the backfill run's record, while the flow works in this process."""
+    from infra.db import get_engine
+    from tasks.backfill import latest_progress
 
-    def __init__(self, scope: Any) -> None:
-        self.scope = scope
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def poll() -> tuple[int, int, dict[str, Any]] | None:
+        run = latest_progress(get_engine(), scope)
+        if run is None:
+            return None
+        done = run["written"] + run["failed"]
+        return run["planned"], done, {"written": run["written"], "failed": run["failed"]}
 
-    def __enter__(self) -> _RunBar:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        from tqdm import tqdm
-
-        from infra.db import get_engine
-        from tasks.backfill import latest_progress
-
-        with tqdm(unit="clip", desc="backfill", leave=True) as bar:
-            while True:
-                stopping = self._stop.wait(0.5)
-                try:
-                    run = latest_progress(get_engine(), self.scope)
-                except Exception:
-                    run = None
-                if run is not None:
-                    bar.total = run["planned"]
-                    bar.n = min(run["written"] + run["failed"], run["planned"])
-                    bar.set_postfix(written=run["written"], failed=run["failed"], refresh=False)
-                    bar.refresh()
-                if stopping:
-                    return
+    return PollingBar(poll, desc="backfill", unit="clip")
 
 
 def backfill(
@@ -110,7 +86,7 @@ def backfill(
     if dry_run:
         summary = backfill_embeddings(**params)
     else:
-        with _RunBar(scope):
+        with _run_bar(scope):
             summary = backfill_embeddings(**params)
     if as_json:
         print_json(summary)

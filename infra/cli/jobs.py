@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import typer
 
-from infra.cli.common import print_json, settings
+from infra.cli.common import PollingBar, print_json, settings
 from infra.errors import InvalidInput
 from infra.settings import Settings
 
@@ -42,47 +41,20 @@ def _precheck(file: Path, fmt: str | None) -> None:
     read_file(file, fmt)
 
 
-class _ProgressBar:
-    """A progress bar on stderr fed from the database while the flow runs in this process."""
+def _job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
+    """A progress bar over a job's clips, fed from the database while the flow runs here."""
+    from infra.db import get_engine
+    from tasks.queue import job_state
 
-    def __init__(self, job_id: uuid.UUID | None, total: int) -> None:
-        self.job_id, self.total = job_id, total
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def poll() -> tuple[int, int, dict[str, Any]] | None:
+        counts = job_state(get_engine(), job_id).counts
+        if not counts:
+            return None
+        done = sum(counts.get(s, 0) for s in ("published", "quarantined", "failed"))
+        states = ("published", "quarantined", "failed")
+        return total, done, {s: counts.get(s, 0) for s in states}
 
-    def __enter__(self) -> _ProgressBar:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        from tqdm import tqdm
-
-        from infra.db import get_engine
-        from tasks.queue import job_state
-
-        with tqdm(total=self.total, unit="clip", desc="generating", leave=True) as bar:
-            while True:
-                stopping = self._stop.wait(0.5)
-                try:
-                    counts = job_state(get_engine(), self.job_id).counts
-                except Exception:
-                    counts = {}
-                done = sum(counts.get(s, 0) for s in ("published", "quarantined", "failed"))
-                if counts and (done != bar.n or stopping):
-                    bar.n = min(done, self.total)
-                    bar.set_postfix(
-                        published=counts.get("published", 0),
-                        quarantined=counts.get("quarantined", 0),
-                        failed=counts.get("failed", 0),
-                        refresh=False,
-                    )
-                    bar.refresh()
-                if stopping:
-                    return
+    return PollingBar(poll, desc="generating", unit="clip", total=total)
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -137,7 +109,7 @@ def generate(
     else:
         from flows.generate import generate as generate_flow
 
-        with _ProgressBar(queued.job_id, queued.accepted + queued.already_submitted):
+        with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
             summary = generate_flow(file=str(file), format=fmt, user_id=user)
     summary["created"] = queued.created
     summary["rejected"] = len(queued.rejected)
@@ -191,7 +163,7 @@ def run_pending(
         else:
             typer.echo("nothing pending")
         return
-    with _ProgressBar(job_id, min(waiting, limit or waiting)):
+    with _job_bar(job_id, min(waiting, limit or waiting)):
         summary = run_pending_flow(job_id=job_id, limit=limit)
     if as_json:
         print_json(summary)
