@@ -687,8 +687,8 @@ def estimate(
     out.update(
         sampled=len(refs),
         sample_failures=result.failures,
-        seconds_per_asset=round(per_asset, 4),
-        estimated_seconds=round(per_asset * pending, 1),
+        seconds_per_asset=round(per_asset, 6),
+        estimated_seconds=round(per_asset * pending, 3),
     )
     return out
 
@@ -777,7 +777,8 @@ def coverage(engine: Engine, current_version: str | None = None) -> dict[str, An
         runs = conn.execute(
             text(
                 "SELECT id, encoder_version, status, planned, written, failed, batches, "
-                "created_at, updated_at, finished_at, error FROM backfill_run "
+                "created_at, updated_at, finished_at, error, "
+                "jsonb_path_query_array(failures, '$[0 to 19]') AS failures FROM backfill_run "
                 "ORDER BY updated_at DESC LIMIT 10"
             )
         ).all()

@@ -166,6 +166,9 @@ def test_missing_corrupted_and_non_audio_objects_are_reported_and_the_rest_go_on
     assert "not readable audio" in reasons[str(assets[7].id)]
     counts = embedding_counts(engine, assets, encoder.version)
     assert [counts[a.id] for a in assets] == [1, 0, 1, 1, 0, 1, 1, 0, 1]
+    # `stave embeddings status` shows the run with its failures.
+    shown = next(r for r in backfill.coverage(engine)["runs"] if r["id"] == str(run.id))
+    assert {f["asset_id"] for f in shown["failures"]} == {str(assets[i].id) for i in (1, 4, 7)}
 
 
 def test_a_vector_of_the_wrong_dimension_is_refused_for_that_clip_only(
@@ -274,7 +277,7 @@ def test_the_flow_dry_run_writes_nothing_and_the_run_builds_the_index(
         created_after=start, created_before=end, dry_run=True, checkpoint=str(tiny)
     )
     assert plan["dry_run"] and plan["assets"] == 7 and plan["batches"] == 2
-    assert plan["sampled"] == 4 and plan["estimated_seconds"] > 0
+    assert plan["sampled"] == 4 and plan["seconds_per_asset"] > 0 and plan["estimated_seconds"] > 0
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM backfill_run")).scalar_one() == runs_before
     assert sum(embedding_counts(engine, assets, encoder.version).values()) == 0

@@ -138,6 +138,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                 f"  {r['id']}  {r['encoder_version']:<24} {r['status']:<10} "
                 f"{r['written']}/{r['planned']} written, {r['failed']} failed"
             )
+            for failure in r["failures"][:5]:
+                typer.echo(f"      {failure['asset_id']}: {failure['reason']}")
 
 
 def similar(
