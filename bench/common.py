@@ -65,6 +65,28 @@ def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID
     return ids, created
 
 
+def copy_embeddings(engine: Engine, ids: list[uuid.UUID], vectors: Any, version: str) -> None:
+    """The vectors into latent_embedding for `version`, with the backfill's binary COPY."""
+    from tasks.backfill import copy_chunks
+
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY latent_embedding (id, asset_id, encoder_version, embedding) "
+                "FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy,
+        ):
+            for chunk in copy_chunks(ids, vectors, version):
+                copy.write(chunk)
+        conn.commit()
+    finally:
+        raw.close()
+
+
 def settled(engine: Engine, *tables: str) -> None:
     """Vacuum and checkpoint, so a timing does not pay for the work the previous one left."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bulk_assets, migrated_engine, settled, throwaway_home
+from common import bulk_assets, copy_embeddings, migrated_engine, settled, throwaway_home
 
 TARGETS = {"recall": 0.95, "p99_ms": 10.0, "speedup": 50.0}
 VERSION = "bench-hnsw"
@@ -55,7 +55,7 @@ def main() -> None:
 
     from sqlalchemy import text
 
-    from tasks import backfill, search, vector_index
+    from tasks import search, vector_index
 
     settings, engine = migrated_engine()
     with engine.connect() as conn:
@@ -76,23 +76,12 @@ def main() -> None:
         loaded = 0
     if loaded != args.n:
         ids, _ = bulk_assets(engine, args.n, datetime(2004, 1, 1, tzinfo=UTC))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # Load first, index after: growing an HNSW graph row by row is far slower.
+            name = vector_index.index_name(VERSION)
+            conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
         started = time.perf_counter()
-        raw = engine.raw_connection()
-        try:
-            conn_ = raw.driver_connection
-            assert conn_ is not None
-            with (
-                conn_.cursor() as cur,
-                cur.copy(
-                    "COPY latent_embedding (id, asset_id, encoder_version, embedding) "
-                    "FROM STDIN WITH (FORMAT BINARY)"
-                ) as copy,
-            ):
-                for chunk in backfill.copy_chunks(ids, data, VERSION):
-                    copy.write(chunk)
-            conn_.commit()
-        finally:
-            raw.close()
+        copy_embeddings(engine, ids, data, VERSION)
         print(f"loaded {args.n} vectors in {time.perf_counter() - started:.1f} s")
     settled(engine, "latent_embedding")
     started = time.perf_counter()
