@@ -61,13 +61,26 @@ class BackupRecord(SQLModel, table=True):
     verified_at: datetime | None = timestamp_field(nullable=True)
 
 
-# One Parquet file of archived rows, verified before its rows left the hot table.
+# One Parquet file of archived rows, verified before its rows left the hot table. The files of
+# one batch (a root table's rows and the rows that travel with them) share `group_id`; they
+# are `writing` until the rows are deleted in the same transaction that makes them
+# `committed`, so a crash in between leaves files a rerun recognises and removes.
+ARCHIVE_STATUSES = ("writing", "committed")
+
+
 @lifecycle(LifecyclePolicy(action="keep"))
 class ArchiveBatch(SQLModel, table=True):
     __tablename__ = "archive_batch"
-    __table_args__ = (Index(None, "table_name", "time_from"),)
+    __table_args__ = (
+        Index(None, "table_name", "time_from"),
+        Index(None, "group_id"),
+        CheckConstraint(check_in("status", ARCHIVE_STATUSES), name="status"),
+    )
 
     id: uuid.UUID = id_field()
+    group_id: uuid.UUID | None = None
+    root_table: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="committed", max_length=16)
     table_name: str = Field(max_length=64)
     object_key: str = Field(max_length=512, unique=True)
     row_count: int = Field(sa_type=BigInteger)

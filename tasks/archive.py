@@ -1,0 +1,826 @@
+"""Six-month archival: old rows to Parquet in the object store, verified, then deleted.
+
+What ages is declared on the models (`models.lifecycle_policies()`): each `archive` table is a
+root; its `travels_with` tables go with each root row (a task with its events, its asset and
+the asset's embeddings). A group of files is archived in four durable steps:
+
+1. `prepare`: the root rows (one month, up to a batch) are chosen and an `archive_batch` row per
+   file is committed with status `writing`, naming every object that will be written.
+2. `write`: each table's rows stream from a server-side cursor into a zstd Parquet file (one
+   record batch at a time, so memory does not grow with the table) and up to the store; audio
+   objects are copied to the archive prefix and verified.
+3. `verify`: each file is read back from the store: its row count and a sha256 over its sorted
+   primary keys must match what was written.
+4. `commit`: one transaction deletes exactly the archived rows (counts must match, or nothing
+   is deleted) and marks the files `committed`; the hot audio objects are deleted after it.
+
+A crash before 4 leaves `writing` rows: the next run removes their files (and audio copies of
+assets still hot) and starts over, so nothing is lost or archived twice. A crash after 4 can
+leave hot audio objects no record points to, which `stave gc` removes. No Prefect here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from infra.errors import InvalidInput, NotFound, StaveError
+from infra.objectstore import ObjectStore
+from infra.objectstore.keys import archive_key, archived_audio_key
+from models.base import new_id
+from models.lifecycle import LifecyclePolicy, lifecycle_policies
+
+# Roots in the order they are archived: tasks first (their jobs and prompt revisions stay
+# while any task points at them), then what only old rows referred to.
+ROOT_ORDER = ("generation_task", "validation_run", "generation_job", "prompt_revision")
+# A root row may leave only when no hot row still needs it.
+ELIGIBLE = {
+    "generation_job": "NOT EXISTS (SELECT 1 FROM generation_task t WHERE t.job_id = r.id)",
+    "prompt_revision": (
+        "NOT EXISTS (SELECT 1 FROM generation_task t WHERE t.prompt_revision_id = r.id) "
+        "AND NOT EXISTS (SELECT 1 FROM prompt_revision c WHERE c.parent_id = r.id)"
+    ),
+}
+READ_CHUNK = 5000
+
+
+class ArchiveConflict(StaveError):
+    """The rows changed between writing and deleting: nothing was deleted."""
+
+
+class ArchiveBusy(StaveError):
+    """Another archive run holds the lock."""
+
+
+ARCHIVE_LOCK = int(hashlib.sha256(b"stave/archive").hexdigest()[:15], 16)
+
+
+# -- the shape of a group ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Member:
+    """A table in a group and how its rows are found from the root ids (`:ids`)."""
+
+    table: str
+    where: str
+    depends_on: str | None = None
+
+
+def members(policy: LifecyclePolicy) -> list[Member]:
+    """The root and its travellers, each with its condition, derived from the foreign keys."""
+    from sqlmodel import SQLModel
+
+    import models  # noqa: F401
+
+    tables = SQLModel.metadata.tables
+    found = [Member(policy.table, "id = ANY(:ids)")]
+    pending = list(policy.travels_with)
+    while pending:
+        progressed = False
+        for name in list(pending):
+            known = {m.table: m for m in found}
+            for fk in tables[name].foreign_keys:
+                parent = fk.column.table.name
+                if parent in known:
+                    column = fk.parent.name
+                    if parent == policy.table:
+                        where = f"{column} = ANY(:ids)"
+                    else:
+                        where = f"{column} IN (SELECT id FROM {parent} WHERE {known[parent].where})"
+                    found.append(Member(name, where, None if parent == policy.table else parent))
+                    pending.remove(name)
+                    progressed = True
+                    break
+        if not progressed:
+            raise StaveError(f"{policy.table}: cannot reach {pending} through foreign keys")
+    return found
+
+
+def archive_roots() -> list[LifecyclePolicy]:
+    policies = [p for p in lifecycle_policies().values() if p.action == "archive"]
+    order = {name: i for i, name in enumerate(ROOT_ORDER)}
+    return sorted(policies, key=lambda p: (order.get(p.table, len(order)), p.table))
+
+
+# -- columns and their Parquet types ------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str  # format_type(): uuid, jsonb, vector(512), timestamp with time zone, …
+
+    @property
+    def select(self) -> str:
+        if self.sql_type in ("uuid", "jsonb", "json"):
+            return f"{self.name}::text"  # JSON text round-trips jsonb exactly
+        return self.name
+
+    def arrow_type(self) -> Any:
+        import pyarrow as pa
+
+        t = self.sql_type
+        if t.startswith("vector("):
+            return pa.list_(pa.float32(), int(t[7:-1]))
+        return {
+            "uuid": pa.string(),
+            "jsonb": pa.string(),
+            "json": pa.string(),
+            "text": pa.string(),
+            "integer": pa.int32(),
+            "bigint": pa.int64(),
+            "smallint": pa.int16(),
+            "double precision": pa.float64(),
+            "real": pa.float32(),
+            "boolean": pa.bool_(),
+            "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+            "timestamp without time zone": pa.timestamp("us"),
+        }.get(t, pa.string() if t.startswith("character") else None) or pa.string()
+
+
+def columns_of(conn: Connection, table: str) -> list[Column]:
+    rows = conn.execute(
+        text(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum"
+        ),
+        {"t": table},
+    ).all()
+    return [Column(name, sql_type) for name, sql_type in rows]
+
+
+def _arrays(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]], schema: Any) -> list[Any]:
+    import pyarrow as pa
+
+    arrays = []
+    for i, column in enumerate(columns):
+        values = [row[i] for row in rows]
+        kind = schema.field(column.name).type
+        if pa.types.is_fixed_size_list(kind):
+            dim = kind.list_size
+            flat = (
+                np.concatenate(
+                    [
+                        np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, np.float32)
+                        for v in values
+                    ]
+                )
+                if values
+                else np.zeros(0, np.float32)
+            )
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
+        else:
+            arrays.append(pa.array(values, type=kind))
+    return arrays
+
+
+# -- 1. prepare -----------------------------------------------------------------------------------
+@dataclass
+class Group:
+    id: uuid.UUID
+    root: str
+    year: int
+    month: int
+    ids: list[uuid.UUID]
+    time_from: datetime
+    time_to: datetime
+    files: dict[str, uuid.UUID] = field(default_factory=dict)  # table -> archive_batch id
+    moved: list[dict[str, str]] = field(default_factory=list)
+    written: dict[str, tuple[int, str]] = field(default_factory=dict)  # table -> rows, checksum
+
+    def key(self, table: str) -> str:
+        return archive_key(table, self.year, self.month, self.files[table])
+
+
+def cutoff_for(policy: LifecyclePolicy, older_than_days: int | None, now: datetime) -> datetime:
+    days = older_than_days if older_than_days is not None else policy.hot_days or 0
+    return now - timedelta(days=days)
+
+
+def count_eligible(conn: Connection, policy: LifecyclePolicy, cutoff: datetime) -> int:
+    return int(
+        conn.execute(
+            text(f"SELECT count(*) FROM {policy.table} r WHERE {_eligible(policy)}"),
+            {"cutoff": cutoff},
+        ).scalar_one()
+    )
+
+
+def _eligible(policy: LifecyclePolicy) -> str:
+    condition = f"r.{policy.timestamp_column} < :cutoff"
+    extra = ELIGIBLE.get(policy.table)
+    return f"{condition} AND {extra}" if extra else condition
+
+
+def prepare(
+    engine: Engine, policy: LifecyclePolicy, cutoff: datetime, batch_size: int
+) -> Group | None:
+    """Choose the next group (the oldest month's oldest rows) and record its files as
+    `writing`; None when nothing in this table is old enough."""
+    ts = policy.timestamp_column
+    with engine.begin() as conn:
+        first = conn.execute(
+            text(f"SELECT min(r.{ts}) FROM {policy.table} r WHERE {_eligible(policy)}"),
+            {"cutoff": cutoff},
+        ).scalar()
+        if first is None:
+            return None
+        first = first.astimezone(UTC)
+        month_end = (first.replace(day=28) + timedelta(days=4)).replace(
+            day=1, hour=0, minute=0, second=0, microsecond=0
+        )
+        rows = conn.execute(
+            text(
+                f"SELECT r.id, r.{ts} FROM {policy.table} r WHERE {_eligible(policy)} "
+                f"AND r.{ts} < :month_end ORDER BY r.{ts}, r.id LIMIT :n"
+            ),
+            {"cutoff": cutoff, "month_end": month_end, "n": batch_size},
+        ).all()
+        group = Group(
+            id=new_id(),
+            root=policy.table,
+            year=first.year,
+            month=first.month,
+            ids=[r[0] for r in rows],
+            time_from=rows[0][1],
+            time_to=rows[-1][1],
+        )
+        for member in members(policy):
+            group.files[member.table] = new_id()
+        if "audio_asset" in group.files:
+            assets = conn.execute(
+                text(
+                    "SELECT id, object_key, sha256, format FROM audio_asset "
+                    f"WHERE {next(m for m in members(policy) if m.table == 'audio_asset').where}"
+                ),
+                {"ids": group.ids},
+            ).all()
+            group.moved = [
+                {
+                    "asset_id": str(a.id),
+                    "from": a.object_key,
+                    "to": archived_audio_key(a.id, a.format),
+                    "sha256": a.sha256,
+                }
+                for a in assets
+                if not a.object_key.startswith("archive/")
+            ]
+        for table, file_id in group.files.items():
+            conn.execute(
+                text(
+                    "INSERT INTO archive_batch (id, group_id, root_table, status, table_name, "
+                    "object_key, row_count, checksum, time_from, time_to, moved_objects, "
+                    "created_at) VALUES (:id, :g, :root, 'writing', :t, :key, 0, '', :tf, :tt, "
+                    "CAST(:moved AS jsonb), now())"
+                ),
+                {
+                    "id": file_id,
+                    "g": group.id,
+                    "root": group.root,
+                    "t": table,
+                    "key": group.key(table),
+                    "tf": group.time_from,
+                    "tt": group.time_to,
+                    "moved": json.dumps(group.moved if table == "audio_asset" else []),
+                },
+            )
+    return group
+
+
+# -- 2. write -------------------------------------------------------------------------------------
+def write(
+    engine: Engine,
+    store: ObjectStore,
+    policy: LifecyclePolicy,
+    group: Group,
+    tmp_dir: Path,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Each member table's rows to its Parquet file in the store; audio copied and verified."""
+    moved = {m["asset_id"]: m["to"] for m in group.moved}
+    for item in group.moved:
+        store.copy(item["from"], item["to"])
+        store.verify(item["to"], expected_sha256=item["sha256"])
+    for member in members(policy):
+        rows, checksum = _write_table(
+            engine, store, member, group, tmp_dir, moved if member.table == "audio_asset" else {}
+        )
+        group.written[member.table] = (rows, checksum)
+        if progress is not None and member.table == policy.table:
+            progress(rows)
+
+
+def _write_table(
+    engine: Engine,
+    store: ObjectStore,
+    member: Member,
+    group: Group,
+    tmp_dir: Path,
+    moved: dict[str, str],
+) -> tuple[int, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with engine.connect() as conn:
+        columns = columns_of(conn, member.table)
+    schema = pa.schema([(c.name, c.arrow_type()) for c in columns])
+    select = ", ".join(c.select for c in columns)
+    keys: list[str] = []
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as handle:
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+            with (
+                pq.ParquetWriter(handle.name, schema, compression="zstd") as writer,
+                driver.cursor(name=f"archive_{uuid.uuid4().hex[:12]}") as cur,
+            ):
+                cur.itersize = READ_CHUNK
+                sql, params = _bind(
+                    f"SELECT {select} FROM {member.table} WHERE {member.where} ORDER BY id",
+                    group.ids,
+                )
+                cur.execute(sql, params)
+                while chunk := cur.fetchmany(READ_CHUNK):
+                    if moved:
+                        chunk = _rekey(chunk, columns, moved)
+                    keys.extend(str(row[0]) for row in chunk)
+                    batch = pa.RecordBatch.from_arrays(
+                        _arrays(columns, chunk, schema), schema=schema
+                    )
+                    writer.write_batch(batch)
+            driver.rollback()
+        finally:
+            raw.close()
+        with open(handle.name, "rb") as stream:
+            store.put_stream(
+                group.key(member.table), stream, content_type="application/vnd.apache.parquet"
+            )
+    return len(keys), checksum(keys)
+
+
+def _bind(sql: str, ids: list[uuid.UUID]) -> tuple[str, dict[str, Any]]:
+    return sql.replace(":ids", "%(ids)s"), {"ids": ids}
+
+
+def _rekey(
+    rows: list[tuple[Any, ...]], columns: Sequence[Column], moved: dict[str, str]
+) -> list[tuple[Any, ...]]:
+    """Archived asset rows point at the audio's new key under archive/."""
+    at = [c.name for c in columns].index("object_key")
+    out = []
+    for row in rows:
+        new = moved.get(str(row[0]))
+        out.append(row if new is None else (*row[:at], new, *row[at + 1 :]))
+    return out
+
+
+def checksum(keys: Sequence[str]) -> str:
+    """sha256 over the sorted primary keys, one per line."""
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+# -- 3. verify ------------------------------------------------------------------------------------
+def read_keys(store: ObjectStore, key: str, tmp_dir: Path) -> list[str]:
+    """The id column of an archived file, read back from the store a record batch at a time."""
+    import pyarrow.parquet as pq
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as handle:
+        for chunk in store.iter_chunks(key):
+            handle.write(chunk)
+        handle.flush()
+        found: list[str] = []
+        for batch in pq.ParquetFile(handle.name).iter_batches(columns=["id"], batch_size=65536):
+            found.extend(str(v) for v in batch.column(0).to_pylist())
+        return found
+
+
+def verify(store: ObjectStore, group: Group, tmp_dir: Path) -> None:
+    for table, (rows, expected) in group.written.items():
+        found = read_keys(store, group.key(table), tmp_dir)
+        if len(found) != rows or checksum(found) != expected:
+            raise ArchiveConflict(
+                f"archive file {group.key(table)} reads back {len(found)} rows with checksum "
+                f"{checksum(found)[:12]}…, expected {rows} and {expected[:12]}…; nothing deleted"
+            )
+
+
+# -- 4. commit ------------------------------------------------------------------------------------
+def commit(engine: Engine, store: ObjectStore, policy: LifecyclePolicy, group: Group) -> None:
+    """Delete exactly the archived rows and mark the files committed, in one transaction; then
+    remove the hot audio objects."""
+    order = members(policy)
+    # Dependants first: embeddings before their assets, travellers before the root.
+    ordered = [*sorted(order[1:], key=lambda m: m.depends_on is None), order[0]]
+    with engine.begin() as conn:
+        for member in ordered:
+            deleted = conn.execute(
+                text(f"DELETE FROM {member.table} WHERE {member.where}"), {"ids": group.ids}
+            ).rowcount
+            expected = group.written[member.table][0]
+            if deleted != expected:
+                raise ArchiveConflict(
+                    f"{member.table}: {deleted} rows to delete but {expected} were archived "
+                    "(rows changed meanwhile); nothing deleted, the next run redoes this batch"
+                )
+        for table, file_id in group.files.items():
+            rows, digest = group.written[table]
+            conn.execute(
+                text(
+                    "UPDATE archive_batch SET status = 'committed', row_count = :n, "
+                    "checksum = :c WHERE id = :id AND status = 'writing'"
+                ),
+                {"n": rows, "c": digest, "id": file_id},
+            )
+    store.delete_many([m["from"] for m in group.moved])
+
+
+# -- recovery of what a crash left ----------------------------------------------------------------
+def clean_unfinished(engine: Engine, store: ObjectStore) -> int:
+    """Remove the files of groups left `writing` (and audio copies of assets still hot)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, object_key, moved_objects FROM archive_batch WHERE status = 'writing'")
+        ).all()
+        hot = {
+            str(i)
+            for i in conn.execute(
+                text("SELECT id FROM audio_asset WHERE id = ANY(:ids)"),
+                {"ids": [uuid.UUID(m["asset_id"]) for r in rows for m in r.moved_objects]},
+            ).scalars()
+        }
+    for row in rows:
+        store.delete(row.object_key)
+        store.delete_many([m["to"] for m in row.moved_objects if m["asset_id"] in hot])
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM archive_batch WHERE id = ANY(:ids) AND status = 'writing'"),
+                {"ids": [r.id for r in rows]},
+            )
+    return len(rows)
+
+
+# -- a whole run ----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    table: str
+    cutoff: datetime
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "cutoff": self.cutoff.isoformat(), "rows": self.rows}
+
+
+def plan(engine: Engine, older_than_days: int | None, now: datetime | None = None) -> list[Plan]:
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        return [
+            Plan(
+                p.table,
+                cutoff_for(p, older_than_days, now),
+                count_eligible(conn, p, cutoff_for(p, older_than_days, now)),
+            )
+            for p in archive_roots()
+        ]
+
+
+@dataclass
+class RunResult:
+    groups: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    cleaned: int = 0
+    moved_objects: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_archive(
+    engine: Engine,
+    store: ObjectStore,
+    tmp_dir: Path,
+    *,
+    older_than_days: int | None = None,
+    batch_size: int = 10_000,
+    now: datetime | None = None,
+    process: Callable[[LifecyclePolicy, Group], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Archive every root table's old rows, group by group; `process` does one group (write,
+    verify, commit: a Prefect task in the flow, a plain call elsewhere)."""
+    now = now or datetime.now(UTC)
+    with engine.connect() as lock:
+        # One archive run at a time: a second one would take the first one's files for debris.
+        if not lock.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ARCHIVE_LOCK}).scalar():
+            raise ArchiveBusy("an archive run is already in progress; wait for it to finish")
+        lock.commit()
+        try:
+            return _run(engine, store, tmp_dir, older_than_days, batch_size, now, process, progress)
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ARCHIVE_LOCK})
+            lock.commit()
+
+
+def _run(
+    engine: Engine,
+    store: ObjectStore,
+    tmp_dir: Path,
+    older_than_days: int | None,
+    batch_size: int,
+    now: datetime,
+    process: Callable[[LifecyclePolicy, Group], None] | None,
+    progress: Callable[[int], None] | None,
+) -> RunResult:
+    result = RunResult(cleaned=clean_unfinished(engine, store))
+
+    def default(policy: LifecyclePolicy, group: Group) -> None:
+        write(engine, store, policy, group, tmp_dir, progress)
+        verify(store, group, tmp_dir)
+        commit(engine, store, policy, group)
+
+    run = process or default
+    for policy in archive_roots():
+        cutoff = cutoff_for(policy, older_than_days, now)
+        while (group := prepare(engine, policy, cutoff, batch_size)) is not None:
+            run(policy, group)
+            result.groups += 1
+            result.moved_objects += len(group.moved)
+            for table, (rows, _) in group.written.items():
+                result.rows[table] = result.rows.get(table, 0) + rows
+    return result
+
+
+# -- reading the archive ----------------------------------------------------------------------
+def list_batches(engine: Engine, table: str | None = None) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, group_id, root_table, table_name, object_key, row_count, checksum, "
+                "time_from, time_to, jsonb_array_length(moved_objects) AS moved, created_at, "
+                "restored_at FROM archive_batch WHERE status = 'committed' "
+                "AND (CAST(:t AS text) IS NULL OR table_name = :t) ORDER BY time_from, table_name"
+            ),
+            {"t": table},
+        ).all()
+    return [
+        {
+            k: (
+                str(v)
+                if isinstance(v, uuid.UUID)
+                else v.isoformat()
+                if isinstance(v, datetime)
+                else v
+            )
+            for k, v in r._mapping.items()
+        }
+        for r in rows
+    ]
+
+
+def _download(store: ObjectStore, batches: Sequence[dict[str, Any]], into: Path) -> list[Path]:
+    paths = []
+    for batch in batches:
+        path = into / batch["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            for chunk in store.iter_chunks(batch["object_key"]):
+                handle.write(chunk)
+        paths.append(path)
+    return paths
+
+
+_CLAUSE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(=|==|!=|<>|<=|>=|<|>)\s*(.+?)\s*$", re.I)
+
+
+def parse_where(where: str | None, schema: Any) -> Any:
+    """`col op value [and …]` into a pyarrow.dataset filter; one clear error otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not where or not where.strip():
+        return None
+    expression = None
+    for clause in re.split(r"\s+and\s+", where.strip(), flags=re.I):
+        match = _CLAUSE.match(clause)
+        if not match:
+            raise InvalidInput(f"--where: cannot read {clause!r} (use: column op value [and …])")
+        name, op, raw = match.groups()
+        if name not in schema.names:
+            raise InvalidInput(f"--where: no column {name!r} (columns: {', '.join(schema.names)})")
+        kind = schema.field(name).type
+        value: Any = raw.strip()
+        if value[:1] in "'\"" and value[-1:] == value[:1]:
+            value = value[1:-1]
+        try:
+            if pa.types.is_timestamp(kind):
+                parsed = datetime.fromisoformat(value)
+                value = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            elif pa.types.is_integer(kind):
+                value = int(value)
+            elif pa.types.is_floating(kind):
+                value = float(value)
+            elif pa.types.is_boolean(kind):
+                value = value.lower() in ("true", "t", "1", "yes")
+        except ValueError as err:
+            raise InvalidInput(f"--where: {raw!r} is not a value for {name} ({kind})") from err
+        field_ = pc.field(name)
+        term = {
+            "=": field_ == value,
+            "==": field_ == value,
+            "!=": field_ != value,
+            "<>": field_ != value,
+            "<": field_ < value,
+            "<=": field_ <= value,
+            ">": field_ > value,
+            ">=": field_ >= value,
+        }[op]
+        expression = term if expression is None else expression & term
+    return expression
+
+
+def query(
+    engine: Engine,
+    store: ObjectStore,
+    table: str,
+    tmp_dir: Path,
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> Any:
+    """Archived rows of `table` (committed, not restored) as a pyarrow Table, filtered with
+    pyarrow.dataset; nothing is restored."""
+    import pyarrow.dataset as ds
+
+    batches = [b for b in list_batches(engine, table) if b["restored_at"] is None]
+    if not batches:
+        raise NotFound(f"nothing of {table} is archived (stave archive list)")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
+        paths = _download(store, batches, Path(scratch))
+        dataset = ds.dataset([str(p) for p in paths], format="parquet")
+        return dataset.to_table(
+            columns=list(columns) if columns else None, filter=parse_where(where, dataset.schema)
+        )
+
+
+# -- restore --------------------------------------------------------------------------------------
+def restore(
+    engine: Engine, store: ObjectStore, table: str, year: int, month: int, tmp_dir: Path
+) -> dict[str, int]:
+    """Put a root table's archived month back (with what travelled with it, and archived
+    parents its rows need). Idempotent: rows already present are left as they are."""
+    policies = {p.table: p for p in archive_roots()}
+    if table not in policies:
+        raise InvalidInput(f"{table} is not an archived table ({', '.join(policies)})")
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = (start + timedelta(days=32)).replace(day=1)
+    with engine.connect() as conn:
+        groups = (
+            conn.execute(
+                text(
+                    "SELECT DISTINCT group_id FROM archive_batch WHERE status = 'committed' "
+                    "AND root_table = :t AND time_from >= :s AND time_from < :e"
+                ),
+                {"t": table, "s": start, "e": end},
+            )
+            .scalars()
+            .all()
+        )
+    if not groups:
+        raise NotFound(f"no archived {table} rows for {year:04d}-{month:02d} (stave archive list)")
+    restored: dict[str, int] = {}
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
+        for group_id in groups:
+            with engine.connect() as conn:
+                files = {
+                    r.table_name: r.object_key
+                    for r in conn.execute(
+                        text(
+                            "SELECT table_name, object_key FROM archive_batch WHERE group_id = :g"
+                        ),
+                        {"g": group_id},
+                    )
+                }
+            order = [m.table for m in members(policies[table])]
+            for name in order:
+                path = _download(store, [{"object_key": files[name]}], Path(scratch))[0]
+                _restore_parents(engine, store, name, path, Path(scratch), restored)
+                restored[name] = restored.get(name, 0) + _insert_file(engine, name, path)
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE archive_batch SET restored_at = now() WHERE group_id = :g"),
+                    {"g": group_id},
+                )
+    return restored
+
+
+def _restore_parents(
+    engine: Engine,
+    store: ObjectStore,
+    table: str,
+    path: Path,
+    scratch: Path,
+    restored: dict[str, int],
+) -> None:
+    """Rows of archived root tables that `table`'s rows point at (a task's job, a revision's
+    parent) are put back first, so the foreign keys hold."""
+    import pyarrow.parquet as pq
+    from sqlmodel import SQLModel
+
+    roots = {p.table for p in archive_roots()}
+    for fk in SQLModel.metadata.tables[table].foreign_keys:
+        parent = fk.column.table.name
+        if parent not in roots:
+            continue
+        wanted = {
+            v for v in pq.read_table(path, columns=[fk.parent.name]).column(0).to_pylist() if v
+        }
+        if not wanted:
+            continue
+        with engine.connect() as conn:
+            present = {
+                str(i)
+                for i in conn.execute(
+                    text(f"SELECT id FROM {parent} WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": sorted(wanted)},
+                ).scalars()
+            }
+        missing = wanted - present
+        if not missing:
+            continue
+        for batch in list_batches(engine, parent):
+            source = _download(store, [batch], scratch)[0]
+            rows = pq.read_table(source).to_pylist()
+            needed = [r for r in rows if r["id"] in missing]
+            if needed:
+                _restore_parents(engine, store, parent, source, scratch, restored)
+                restored[parent] = restored.get(parent, 0) + _insert_rows(engine, parent, needed)
+                missing -= {r["id"] for r in needed}
+            if not missing:
+                break
+
+
+def _insert_file(engine: Engine, table: str, path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    added = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_CHUNK):
+        added += _insert_rows(engine, table, batch.to_pylist())
+    return added
+
+
+def _insert_rows(engine: Engine, table: str, rows: list[dict[str, Any]]) -> int:
+    if not rows:
+        return 0
+    with engine.connect() as conn:
+        columns = columns_of(conn, table)
+    names = [c.name for c in columns]
+    casts = [
+        f"CAST(%({c.name})s AS {c.sql_type})"
+        if c.sql_type in ("uuid", "jsonb", "json") or c.sql_type.startswith("vector")
+        else f"%({c.name})s"
+        for c in columns
+    ]
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(casts)}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+    for row in rows:
+        for c in columns:
+            if c.sql_type.startswith("vector") and row[c.name] is not None:
+                row[c.name] = np.asarray(row[c.name], dtype=np.float32)
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur:
+            added = 0
+            for row in rows:
+                cur.execute(sql, row)
+                added += max(cur.rowcount, 0)
+        driver.commit()
+    finally:
+        raw.close()
+    return added
+
+
+def iter_months(engine: Engine, table: str) -> Iterator[tuple[int, int]]:
+    for batch in list_batches(engine, table):
+        when = datetime.fromisoformat(batch["time_from"])
+        yield when.year, when.month

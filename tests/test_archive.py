@@ -1,0 +1,264 @@
+"""Six-month archival against the real database and store: rows made by the real flow,
+back-dated, leave the hot tables for Parquet, are queried there and restored; a crash between
+writing and deleting, or a failed delete, loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from infra.objectstore import make_object_store
+from infra.settings import Settings
+from tasks import archive
+
+pytestmark = pytest.mark.integration
+
+TINY = {"default_duration_s": 1, "default_steps": 2, "batch_size": 4}
+
+
+def old_job(engine: Engine, stave_env: Callable[..., Settings], n: int = 3, days: int = 400) -> Any:
+    """A job made by the real generation flow, then back-dated `days` (with its tasks, events,
+    assets, embeddings and prompt revisions)."""
+    from flows.generate import generate
+
+    stave_env(**TINY)
+    tag = uuid.uuid4().hex[:8]
+    summary = generate(
+        rows=[{"prompt": f"warm organ chords {tag} {i}", "seed": i} for i in range(n)]
+    )
+    assert summary["published"] == n
+    job = uuid.UUID(summary["job_id"])
+    shift = {"d": timedelta(days=days), "j": job}
+    with engine.begin() as conn:
+        tasks = "SELECT id FROM generation_task WHERE job_id = :j"
+        assets = f"SELECT id FROM audio_asset WHERE task_id IN ({tasks})"
+        for sql in (
+            "UPDATE generation_job SET created_at = created_at - :d WHERE id = :j",
+            f"UPDATE generation_task SET created_at = created_at - :d WHERE id IN ({tasks})",
+            f"UPDATE task_event SET created_at = created_at - :d WHERE task_id IN ({tasks})",
+            f"UPDATE audio_asset SET created_at = created_at - :d WHERE id IN ({assets})",
+            "UPDATE latent_embedding SET created_at = created_at - :d "
+            f"WHERE asset_id IN ({assets})",
+            "UPDATE prompt_revision SET created_at = created_at - :d WHERE id IN "
+            "(SELECT prompt_revision_id FROM generation_task WHERE job_id = :j)",
+            "UPDATE validation_run SET created_at = created_at - :d WHERE job_id = :j",
+        ):
+            conn.execute(text(sql), shift)
+    return job
+
+
+def snapshot(engine: Engine, job: uuid.UUID) -> dict[str, Any]:
+    """Everything about a job's rows, to compare before archiving and after restoring."""
+    with engine.connect() as conn:
+        tasks = conn.execute(
+            text(
+                "SELECT id, prompt, parameters, provenance, created_at FROM generation_task "
+                "WHERE job_id = :j ORDER BY id"
+            ),
+            {"j": job},
+        ).all()
+        ids = [t.id for t in tasks]
+        events = conn.execute(
+            text(
+                "SELECT id, to_status, detail FROM task_event WHERE task_id = ANY(:i) ORDER BY id"
+            ),
+            {"i": ids},
+        ).all()
+        assets = conn.execute(
+            text("SELECT id, sha256, bytes FROM audio_asset WHERE task_id = ANY(:i) ORDER BY id"),
+            {"i": ids},
+        ).all()
+        vectors = conn.execute(
+            text(
+                "SELECT e.id, e.embedding FROM latent_embedding e JOIN audio_asset a "
+                "ON a.id = e.asset_id WHERE a.task_id = ANY(:i) ORDER BY e.id"
+            ),
+            {"i": ids},
+        ).all()
+    return {
+        "tasks": [tuple(t) for t in tasks],
+        "events": [tuple(e) for e in events],
+        "assets": [tuple(a) for a in assets],
+        "vectors": [
+            (
+                v.id,
+                np.asarray(
+                    v.embedding.to_numpy() if hasattr(v.embedding, "to_numpy") else v.embedding
+                ),
+            )
+            for v in vectors
+        ],
+    }
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for part in ("tasks", "events", "assets"):
+        assert a[part] == b[part], part
+    assert len(a["vectors"]) == len(b["vectors"])
+    for (i, v), (j, w) in zip(a["vectors"], b["vectors"], strict=True):
+        assert i == j and np.array_equal(v, w)
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "work"
+
+
+def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+) -> None:
+    job = old_job(engine, stave_env)
+    before = snapshot(engine, job)
+    assert len(before["tasks"]) == 3 and len(before["vectors"]) == 3
+    settings = stave_env()
+    store = make_object_store(settings)
+
+    result = archive.run_archive(engine, store, tmp_dir)
+    assert result.rows["generation_task"] >= 3 and result.rows["latent_embedding"] >= 3
+    assert_same(snapshot(engine, job), {"tasks": [], "events": [], "assets": [], "vectors": []})
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM generation_job WHERE id = :j"), {"j": job}
+            ).scalar()
+            == 0
+        )
+
+    # The audio moved under archive/, verified; the hot object is gone.
+    for asset_id, sha, _ in before["assets"]:
+        assert not store.exists(f"audio/{asset_id}.flac")
+        assert store.verify(f"archive/audio/{asset_id}.flac", expected_sha256=sha)
+
+    # Queried in place, without restoring: vectors and JSON come back exactly.
+    tasks = archive.query(engine, store, "generation_task", tmp_dir, where=f"job_id = '{job}'")
+    assert sorted(tasks.column("id").to_pylist()) == sorted(str(t[0]) for t in before["tasks"])
+    vectors = archive.query(engine, store, "latent_embedding", tmp_dir)
+    by_id = {r["id"]: r["embedding"] for r in vectors.to_pylist()}
+    for vector_id, vector in before["vectors"]:
+        assert np.array_equal(np.asarray(by_id[str(vector_id)], dtype=np.float32), vector)
+
+    # Restored: the same rows, byte for byte; a second restore adds nothing.
+    year, month = before["tasks"][0][4].year, before["tasks"][0][4].month
+    added = archive.restore(engine, store, "generation_task", year, month, tmp_dir)
+    assert added["generation_task"] >= 3 and added.get("generation_job", 0) >= 1
+    restored = snapshot(engine, job)
+    assert restored["tasks"] == before["tasks"] and restored["events"] == before["events"]
+    assert [a[0] for a in restored["assets"]] == [a[0] for a in before["assets"]]
+    for (i, v), (j, w) in zip(restored["vectors"], before["vectors"], strict=True):
+        assert i == j and np.array_equal(v, w)
+    again = archive.restore(engine, store, "generation_task", year, month, tmp_dir)
+    assert sum(again.values()) == 0
+    # The restored asset points at the archived audio, which still verifies.
+    with engine.connect() as conn:
+        key, sha = conn.execute(
+            text("SELECT object_key, sha256 FROM audio_asset WHERE id = :a"),
+            {"a": before["assets"][0][0]},
+        ).one()
+    assert key.startswith("archive/audio/") and store.verify(key, expected_sha256=sha)
+
+
+def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+) -> None:
+    job = old_job(engine, stave_env, n=2)
+    before = snapshot(engine, job)
+    store = make_object_store(stave_env())
+
+    def crash_after_write(policy: Any, group: archive.Group) -> None:
+        archive.write(engine, store, policy, group, tmp_dir)
+        archive.verify(store, group, tmp_dir)
+        raise SystemExit("killed after writing, before deleting")
+
+    with pytest.raises(SystemExit):
+        archive.run_archive(engine, store, tmp_dir, process=crash_after_write)
+    assert_same(snapshot(engine, job), before)  # nothing deleted
+    with engine.connect() as conn:
+        writing = (
+            conn.execute(text("SELECT object_key FROM archive_batch WHERE status = 'writing'"))
+            .scalars()
+            .all()
+        )
+    assert writing and all(store.exists(k) for k in writing)
+
+    result = archive.run_archive(engine, store, tmp_dir)  # the rerun cleans up and redoes it
+    assert result.cleaned == len(writing)
+    assert not any(store.exists(k) for k in writing)
+    assert snapshot(engine, job)["tasks"] == []
+    ids = archive.query(engine, store, "generation_task", tmp_dir).column("id").to_pylist()
+    mine = [i for i in ids if i in {str(t[0]) for t in before["tasks"]}]
+    assert sorted(mine) == sorted(str(t[0]) for t in before["tasks"])  # each exactly once
+
+
+def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+) -> None:
+    job = old_job(engine, stave_env, n=2)
+    store = make_object_store(stave_env())
+    first_task = snapshot(engine, job)["tasks"][0][0]
+
+    def event_arrives_meanwhile(policy: Any, group: archive.Group) -> None:
+        archive.write(engine, store, policy, group, tmp_dir)
+        archive.verify(store, group, tmp_dir)
+        if policy.table == "generation_task":
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO task_event (task_id, to_status, detail, created_at) "
+                        "VALUES (:t, 'published', '{\"late\": true}', now() - interval '400 days')"
+                    ),
+                    {"t": first_task},
+                )
+        archive.commit(engine, store, policy, group)
+
+    with pytest.raises(archive.ArchiveConflict, match="nothing deleted"):
+        archive.run_archive(engine, store, tmp_dir, process=event_arrives_meanwhile)
+    assert len(snapshot(engine, job)["tasks"]) == 2  # the delete failed as a whole
+
+    archive.run_archive(engine, store, tmp_dir)
+    assert snapshot(engine, job)["tasks"] == []
+    events = archive.query(engine, store, "task_event", tmp_dir, where=f"task_id = '{first_task}'")
+    assert any('"late": true' in d for d in events.column("detail").to_pylist())
+
+
+def test_nothing_old_enough_writes_nothing(
+    engine: Engine, settings: Settings, tmp_dir: Path
+) -> None:
+    store = make_object_store(settings)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM archive_batch")).scalar_one()
+    far_past = datetime(1990, 1, 1, tzinfo=UTC)
+    assert all(p.rows == 0 for p in archive.plan(engine, None, now=far_past))
+    result = archive.run_archive(engine, store, tmp_dir, now=far_past)
+    assert result.groups == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM archive_batch")).scalar_one() == before
+
+
+def test_where_clauses_are_parsed_or_refused_in_one_line() -> None:
+    import pyarrow as pa
+
+    from infra.errors import InvalidInput
+
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("attempts", pa.int32()),
+            ("created_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    assert archive.parse_where("user_id = 'ana' and attempts >= 2", schema) is not None
+    assert archive.parse_where("created_at < 2026-01-01", schema) is not None
+    with pytest.raises(InvalidInput, match="no column 'nope'"):
+        archive.parse_where("nope = 1", schema)
+    with pytest.raises(InvalidInput, match="is not a value for attempts"):
+        archive.parse_where("attempts = many", schema)
+    with pytest.raises(InvalidInput, match="cannot read"):
+        archive.parse_where("user_id ~ 'a'", schema)
