@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     backfill_window: int = Field(default=64, ge=1, le=1000)
     backfill_fetch_threads: int = Field(default=8, ge=1, le=64)
 
+    # Archival: root rows per Parquet group (one transaction deletes a group's rows).
+    archive_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
 

@@ -666,6 +666,9 @@ def query(
     pyarrow.dataset; nothing is restored."""
     import pyarrow.dataset as ds
 
+    known = {m.table for p in archive_roots() for m in members(p)}
+    if table not in known:
+        raise InvalidInput(f"{table} is not archived by any policy ({', '.join(sorted(known))})")
     batches = [b for b in list_batches(engine, table) if b["restored_at"] is None]
     if not batches:
         raise NotFound(f"nothing of {table} is archived (stave archive list)")

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import backup, db, doctor, embeddings, env, generator, jobs
+from infra.cli import archive, backup, db, doctor, embeddings, env, generator, jobs
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.add_typer(backup.app, name="backup")
+app.add_typer(archive.app, name="archive")
 app.command("doctor")(doctor.doctor)
 app.command("env")(env.env)
 app.command("train")(generator.train)
