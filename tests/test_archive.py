@@ -262,3 +262,29 @@ def test_where_clauses_are_parsed_or_refused_in_one_line() -> None:
         archive.parse_where("attempts = many", schema)
     with pytest.raises(InvalidInput, match="cannot read"):
         archive.parse_where("user_id ~ 'a'", schema)
+
+
+def test_the_archive_commands(database_url: str, settings: Settings, tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_line_error, stave
+
+    env = {"STAVE_HOME": str(settings.home), "STAVE_DATABASE_URL": database_url}
+    nothing = stave("archive", "run", "--older-than", "36500d", cwd=tmp_path, env=env)
+    assert nothing.returncode == 0 and "nothing old enough to archive" in nothing.stdout
+    planned = stave(
+        "archive", "run", "--dry-run", "--older-than", "0d", "--json", cwd=tmp_path, env=env
+    )
+    assert planned.returncode == 0 and '"dry_run": true' in planned.stdout
+    listed = stave("archive", "list", "--json", cwd=tmp_path, env=env)
+    assert listed.returncode == 0 and listed.stdout.strip().startswith("[")
+    for args, expected in (
+        (("archive", "restore", "--table", "generation_task", "--month", "2026-13"), "YYYY-MM"),
+        (
+            ("archive", "restore", "--table", "style_template", "--month", "2026-01"),
+            "not an archived table",
+        ),
+        (("archive", "query", "--table", "nope"), "not archived by any policy"),
+        (("archive", "run", "--older-than", "soon"), "give days"),
+    ):
+        result = stave(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 1, args
+        assert expected in assert_one_line_error(result)

@@ -1,0 +1,208 @@
+"""Archival throughput vs a plain baseline, and peak memory at 100k vs 1M task rows.
+
+For each size, in a fresh database: N generation_task rows (with their jobs) dated a year ago;
+then, each in its own process so peak memory (max RSS) is its own:
+- baseline: `COPY (SELECT * FROM generation_task …) TO STDOUT (FORMAT csv)` streamed through
+  pyarrow's CSV reader into a zstd Parquet file (read-only: it moves nothing);
+- stave: `tasks.archive.run_archive` over the same rows: Parquet written to the store, read
+  back and checked, rows deleted in one transaction per group, jobs after their tasks.
+Targets: rows/s of stave / rows/s of baseline >= 0.6; peak memory flat and under 500 MB.
+
+Run: .venv/bin/python bench/archive_throughput.py [--sizes 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TARGET = 0.6
+WHEN = datetime.now(UTC) - timedelta(days=365)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fill(n: int) -> None:
+    from common import migrated_engine
+
+    from models.base import new_id
+
+    _, engine = migrated_engine()
+    jobs = [new_id() for _ in range(max(1, n // 1000))]
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY generation_job (id, submitted_by, parameters, total_rows, accepted_rows, "
+                "rejected_rows, rejections, created_at) FROM STDIN"
+            ) as copy:
+                for job in jobs:
+                    copy.write_row((job, "bench", "{}", 1000, 1000, 0, "[]", WHEN))
+            with cur.copy(
+                "COPY generation_task (id, job_id, user_id, prompt, parameters, idempotency_key, "
+                "status, attempts, max_attempts, timings, provenance, created_at) FROM STDIN"
+            ) as copy:
+                for i in range(n):
+                    params = json.dumps({"steps": 16, "guidance": 3.0, "seed": i})
+                    provenance = json.dumps(
+                        {
+                            "prompt": f"warm organ chords {i}",
+                            "actual_seeds": [i],
+                            "device": "cpu",
+                            "dtype": "float32",
+                            "checkpoint_sha256": "0" * 64,
+                        }
+                    )
+                    copy.write_row(
+                        (
+                            new_id(),
+                            jobs[i // 1000],
+                            "bench",
+                            f"warm organ chords in A minor {i}",
+                            params,
+                            f"bench-{i}",
+                            "failed",
+                            3,
+                            3,
+                            "{}",
+                            provenance,
+                            WHEN + timedelta(seconds=i),
+                        )
+                    )
+        conn.commit()
+    finally:
+        raw.close()
+
+
+def baseline() -> dict[str, float]:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    from common import migrated_engine
+
+    settings, engine = migrated_engine()
+    out = Path(tempfile.mkdtemp(dir=settings.tmp_dir)) / "baseline.parquet"
+    read, write = os.pipe()
+    raw = engine.raw_connection()
+    started = time.perf_counter()
+    rows = 0
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+
+        def produce() -> None:
+            with (
+                os.fdopen(write, "wb") as sink,
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY (SELECT * FROM generation_task "
+                    "WHERE created_at < now() - interval '183 days') TO STDOUT (FORMAT csv, HEADER)"
+                ) as copy,
+            ):
+                for data in copy:
+                    sink.write(data)
+
+        import threading
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        with os.fdopen(read, "rb") as source:
+            reader = pcsv.open_csv(source)
+            with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        producer.join()
+    finally:
+        raw.close()
+    return {"seconds": time.perf_counter() - started, "rows": rows, "peak_mb": peak_mb()}
+
+
+def ours() -> dict[str, float]:
+    from common import migrated_engine
+
+    from infra.objectstore import make_object_store
+    from tasks import archive
+
+    settings, engine = migrated_engine()
+    started = time.perf_counter()
+    result = archive.run_archive(
+        engine,
+        make_object_store(settings),
+        settings.tmp_dir / "archive",
+        batch_size=settings.archive_batch_size,
+    )
+    return {
+        "seconds": time.perf_counter() - started,
+        "rows": result.rows.get("generation_task", 0),
+        "peak_mb": peak_mb(),
+    }
+
+
+def child(step: str, home: str, n: int = 0) -> dict[str, float]:
+    env = {**os.environ, "STAVE_HOME": home}
+    done = subprocess.run(
+        [sys.executable, __file__, "--step", step, "--n", str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{step} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--step", choices=["fill", "baseline", "ours"])
+    parser.add_argument("--n", type=int, default=0)
+    args = parser.parse_args()
+    if args.step:
+        if args.step == "fill":
+            fill(args.n)
+            print(json.dumps({"ok": 1}))
+        else:
+            print(json.dumps(baseline() if args.step == "baseline" else ours()))
+        return
+
+    print(
+        f"{'task rows':>10}{'baseline s':>12}{'stave s':>9}{'ratio':>7}"
+        f"{'baseline MB':>13}{'stave MB':>10}"
+    )
+    for n in args.sizes:
+        home = tempfile.mkdtemp(prefix="stave-bench-archive-")
+        child("fill", home, n)
+        base = child("baseline", home)
+        mine = child("ours", home)
+        assert base["rows"] == n and mine["rows"] == n, (base, mine)
+        ratio = base["seconds"] / mine["seconds"]
+        print(
+            f"{n:>10}{base['seconds']:>12.1f}{mine['seconds']:>9.1f}{ratio:>7.2f}"
+            f"{base['peak_mb']:>13.0f}{mine['peak_mb']:>10.0f}"
+        )
+        subprocess.run(
+            [str(Path(sys.executable).parent / "stave"), "db", "stop"],
+            env={**os.environ, "STAVE_HOME": home},
+            capture_output=True,
+            check=False,
+        )
+    print(f"targets: ratio >= {TARGET}; stave's peak memory flat across sizes and < 500 MB")
+
+
+if __name__ == "__main__":
+    main()
