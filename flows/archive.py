@@ -7,10 +7,9 @@ in one transaction (tasks/archive.py); a run killed at any step is finished by t
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
@@ -18,18 +17,12 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows.logs import run_logger
 from infra.db import get_engine
 from infra.objectstore import make_object_store
 from infra.settings import get_settings
 from models.lifecycle import LifecyclePolicy
 from tasks import archive
-
-
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("stave.flows.archive")
 
 
 @task(name="archive-group", cache_policy=NO_CACHE)
@@ -55,7 +48,7 @@ def archive_old_records(
     """
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)
-    log = _logger()
+    log = run_logger("stave.flows.archive")
     plans = archive.plan(engine, older_than_days)
     total = sum(p.rows for p in plans)
     if dry_run or total == 0:

@@ -9,27 +9,20 @@ load is much faster than growing it row by row).
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 
+from flows.logs import run_logger
 from infra.db import get_engine
 from infra.settings import get_settings
 from tasks import backfill, embeddings
-
-
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("stave.flows.backfill")
 
 
 @flow(name="backfill-embeddings", log_prints=True)
@@ -55,7 +48,7 @@ def backfill_embeddings(
     """
     settings = get_settings()
     engine = get_engine()
-    log = _logger()
+    log = run_logger("stave.flows.backfill")
     if batch_size is not None and not 1 <= batch_size <= 10_000:
         from infra.errors import InvalidInput
 

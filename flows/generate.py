@@ -8,7 +8,6 @@ classified and recorded on the batch's tasks, and retryable classes come back af
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -16,13 +15,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 
+from flows.logs import run_logger
 from infra.db import get_engine
 from infra.settings import get_settings
 from tasks import generation, inference, queue, vector_index
@@ -53,20 +53,13 @@ def worker_id() -> str:
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("stave.flows.generate")
-
-
 def drain(
     job_id: uuid.UUID | None, *, wait_for_running: bool, limit: int | None = None
 ) -> DrainStats:
     """Claim and process batches until nothing is left to claim (for one job, or all)."""
     settings = get_settings()
     engine = get_engine()
-    log = _logger()
+    log = run_logger("stave.flows.generate")
     worker = worker_id()
     stats = DrainStats()
     start = queue.job_state(engine, job_id)
@@ -253,7 +246,7 @@ def generate(
     others. Re-submitting the same file (or rows) creates nothing new and reports the job.
     `run=False` only queues (as `stave submit`).
     """
-    log = _logger()
+    log = run_logger("stave.flows.generate")
     submission = generation.submit_rows(file, rows, format, user_id, submitted_by)
     if submission.rejected:
         create_table_artifact(

@@ -118,9 +118,16 @@ def select_job(engine: Engine, job_id: uuid.UUID, limit: int) -> list[GalleryCli
 
 
 def select_similar(
-    engine: Engine, settings: Settings, asset_id: uuid.UUID, k: int, encoder: str | None
+    engine: Engine,
+    settings: Settings,
+    asset_id: uuid.UUID,
+    k: int,
+    encoder: str | None,
+    user_id: str | None = None,
 ) -> list[GalleryClip]:
-    found = search.similar(engine, settings, asset_id=asset_id, k=k, encoder_version=encoder)
+    found = search.similar(
+        engine, settings, asset_id=asset_id, k=k, encoder_version=encoder, user_id=user_id
+    )
     ids = [asset_id, *(n.asset_id for n in found.neighbours)]
     clips = {c.asset_id: c for c in _clips(engine, "a.id = ANY(:ids)", {"ids": ids}, len(ids))}
     return [clips[i] for i in ids if i in clips]
@@ -136,6 +143,7 @@ def build(
     *,
     neighbours: int = 5,
     encoder: str | None = None,
+    user_id: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Gallery:
     """Write `out/index.html` with `out/audio/*.flac` and `out/img/*.png`."""
@@ -160,7 +168,12 @@ def build(
         if neighbours and clip.problem is None:
             try:
                 clip.neighbours = search.similar(
-                    engine, settings, asset_id=clip.asset_id, k=neighbours, encoder_version=encoder
+                    engine,
+                    settings,
+                    asset_id=clip.asset_id,
+                    k=neighbours,
+                    encoder_version=encoder,
+                    user_id=user_id,
                 ).neighbours
             except NotFound as err:
                 problems.append(f"{clip.asset_id}: {err}")

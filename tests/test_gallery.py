@@ -46,12 +46,17 @@ def open_in_chromium(page: Path) -> str:
 
 
 @pytest.fixture
-def clips(engine: Engine, settings: Settings) -> list[Any]:
+def user() -> str:
+    # Neighbours are searched among this user's clips: other tests' clips (some kept in other
+    # stores) share the database.
+    return f"g-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def clips(engine: Engine, settings: Settings, user: str) -> list[Any]:
     """Six assets of one user with embeddings for the current encoder (through a backfill)."""
     start, end = window()
-    assets = make_assets(
-        engine, make_object_store(settings), 6, start, user_id=f"g-{uuid.uuid4().hex[:6]}"
-    )
+    assets = make_assets(engine, make_object_store(settings), 6, start, user_id=user)
     encoder = backfill.load_encoder(engine, settings, None, None)
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     store = make_object_store(settings)
@@ -65,9 +70,9 @@ def clips(engine: Engine, settings: Settings) -> list[Any]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
 def test_the_gallery_opens_from_disk_with_every_player_and_image_loaded(
-    engine: Engine, settings: Settings, clips: list[Any], tmp_path: Path
+    engine: Engine, settings: Settings, clips: list[Any], user: str, tmp_path: Path
 ) -> None:
-    chosen = gallery.select_similar(engine, settings, clips[0].id, k=3, encoder=None)
+    chosen = gallery.select_similar(engine, settings, clips[0].id, k=3, encoder=None, user_id=user)
     assert chosen[0].asset_id == clips[0].id and len(chosen) == 4
     made = gallery.build(
         engine,
@@ -77,6 +82,7 @@ def test_the_gallery_opens_from_disk_with_every_player_and_image_loaded(
         chosen,
         "Sounds like",
         neighbours=3,
+        user_id=user,
     )
     assert made.problems == [] and made.clips == 4
     html = made.path.read_text()
@@ -95,10 +101,10 @@ def test_the_gallery_opens_from_disk_with_every_player_and_image_loaded(
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
 def test_a_missing_object_is_reported_on_the_page_and_the_rest_still_loads(
-    engine: Engine, settings: Settings, clips: list[Any], tmp_path: Path
+    engine: Engine, settings: Settings, clips: list[Any], user: str, tmp_path: Path
 ) -> None:
     store = make_object_store(settings)
-    chosen = gallery.select_similar(engine, settings, clips[0].id, k=2, encoder=None)
+    chosen = gallery.select_similar(engine, settings, clips[0].id, k=2, encoder=None, user_id=user)
     store.delete(chosen[1].object_key)
     made = gallery.build(engine, store, settings, tmp_path / "g", chosen, "t", neighbours=0)
     assert len(made.problems) == 1 and str(chosen[1].asset_id) in made.problems[0]

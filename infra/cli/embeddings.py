@@ -253,6 +253,7 @@ def gallery(
     k: int = typer.Option(12, "-k", min=1, max=200, help="Clips for --similar."),
     limit: int = typer.Option(200, "--limit", min=1, max=500, help="Most clips from a job."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder version (current)."),
+    user: str | None = typer.Option(None, "--user", help="Neighbours among this user's clips."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Write a static HTML listening page (players, spectrograms, neighbours); no server."""
@@ -271,7 +272,7 @@ def gallery(
         title = f"Job {job_id}"
     else:
         asset = _uuid(similar_to or "")
-        clips = pages.select_similar(engine, current, asset, k, encoder)
+        clips = pages.select_similar(engine, current, asset, k, encoder, user)
         title = f"Sounds like {asset}"
     with tqdm(total=len(clips), unit="clip", desc="gallery", leave=False) as bar:
         made = pages.build(
@@ -283,6 +284,7 @@ def gallery(
             title,
             neighbours=neighbours,
             encoder=encoder,
+            user_id=user,
             progress=bar.update,
         )
     if as_json:
