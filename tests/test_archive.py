@@ -288,3 +288,26 @@ def test_the_archive_commands(database_url: str, settings: Settings, tmp_path: P
         result = stave(*args, cwd=tmp_path, env=env)
         assert result.returncode == 1, args
         assert expected in assert_one_line_error(result)
+
+
+def test_the_weekly_flow_archives_with_progress_and_summary_artifacts(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.archive import archive_old_records
+
+    job = old_job(engine, stave_env, n=2)
+    plan = archive_old_records(dry_run=True)
+    assert plan["dry_run"] and plan["rows"] >= 2
+    assert len(snapshot(engine, job)["tasks"]) == 2  # a dry run moves nothing
+
+    summary = archive_old_records()
+    assert summary["rows"]["generation_task"] >= 2 and summary["groups"] >= 1
+    assert snapshot(engine, job)["tasks"] == []
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["archive-summary"]))
+        )
+    assert found and any("generation_task" in str(a.data) for a in found)
