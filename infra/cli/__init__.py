@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infra.cli import archive, backup, db, doctor, embeddings, env, generator, jobs
+from infra.cli import archive, backup, db, doctor, embeddings, env, generator, jobs, report
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ app.add_typer(embeddings.embeddings_app, name="embeddings")
 app.command("similar")(embeddings.similar)
 app.add_typer(embeddings.index_app, name="index")
 app.command("gallery")(embeddings.gallery)
+app.command("report")(report.report)
 
 log = logging.getLogger("stave.cli")
 

@@ -1,0 +1,50 @@
+"""`stave report models | failures | prompts`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from infra.cli.common import print_json, settings
+from infra.errors import InvalidInput
+
+SINCE_HELP = "Only since then: 7d, 12h, 2w or a date (UTC)."
+
+
+def report(
+    which: str = typer.Argument(..., help="models, failures or prompts"),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
+    user: str | None = typer.Option(None, "--user", help="The user (prompts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Operator reports: clips per model version, failures per day and class, a user's prompts."""
+    from infra.db import get_engine
+    from tasks import reports
+
+    engine = get_engine(settings())
+    start = reports.since(since)
+    rows: list[dict[str, Any]]
+    if which == "models":
+        rows = reports.models(engine, start)
+        columns = ("name", "version", "clips", "hours", "first_day", "last_day")
+    elif which == "failures":
+        rows = reports.failures(engine, start)
+        columns = ("day", "error_class", "status", "tasks")
+    elif which == "prompts":
+        if not user:
+            raise InvalidInput("stave report prompts needs --user")
+        rows = reports.prompts(engine, user, start)
+        columns = ("revised_at", "prompt", "status", "asset_id")
+    else:
+        raise InvalidInput(f"unknown report {which!r}: models, failures or prompts")
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no rows")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c) or "-")[:60]) for r in rows)) for c in columns}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        typer.echo("  ".join(str(r.get(c) or "-")[:60].ljust(widths[c]) for c in columns))
