@@ -160,3 +160,21 @@ def describe_url(url: str) -> str:
 def first_line(err: BaseException | None) -> str:
     text_ = str(err).strip() if err is not None else ""
     return text_.splitlines()[0] if text_ else type(err).__name__
+
+
+def plain_row(row: Any) -> dict[str, Any]:
+    """A result row as JSON-ready values: ids and decimals as text and float, times ISO 8601."""
+    import datetime as dt
+    import decimal
+    import uuid as uuid_
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, uuid_.UUID):
+            return str(value)
+        if isinstance(value, dt.datetime | dt.date):
+            return value.isoformat()
+        if isinstance(value, decimal.Decimal):
+            return float(value)
+        return value
+
+    return {key: plain(value) for key, value in row._mapping.items()}

@@ -37,6 +37,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from infra.db import plain_row
 from infra.errors import InvalidInput, NotFound, StaveError
 from infra.objectstore import ObjectStore
 from infra.objectstore.keys import archive_key, archived_audio_key
@@ -679,19 +680,7 @@ def list_batches(engine: Engine, table: str | None = None) -> list[dict[str, Any
             ),
             {"t": table},
         ).all()
-    return [
-        {
-            k: (
-                str(v)
-                if isinstance(v, uuid.UUID)
-                else v.isoformat()
-                if isinstance(v, datetime)
-                else v
-            )
-            for k, v in r._mapping.items()
-        }
-        for r in rows
-    ]
+    return [plain_row(r) for r in rows]
 
 
 def _download(store: ObjectStore, batches: Sequence[dict[str, Any]], into: Path) -> list[Path]:

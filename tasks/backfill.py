@@ -762,6 +762,7 @@ def latest_progress(engine: Engine, scope: Scope) -> dict[str, Any] | None:
 
 def coverage(engine: Engine, current_version: str | None = None) -> dict[str, Any]:
     """Embeddings per encoder version against all assets, their indexes, and recent runs."""
+    from infra.db import plain_row
     from tasks.vector_index import list_indexes
 
     with engine.connect() as conn:
@@ -803,11 +804,5 @@ def coverage(engine: Engine, current_version: str | None = None) -> dict[str, An
     return {
         "assets": assets,
         "versions": versions,
-        "runs": [
-            {
-                k: (str(v) if isinstance(v, uuid.UUID | datetime) else v)
-                for k, v in r._mapping.items()
-            }
-            for r in runs
-        ],
+        "runs": [plain_row(r) for r in runs],
     }

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from infra.db import plain_row
 from infra.errors import InvalidInput
 
 _SINCE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -36,21 +36,7 @@ def since(value: str | None, now: datetime | None = None) -> datetime | None:
 def _rows(engine: Engine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         found = conn.execute(text(sql), params).all()
-    return [
-        {
-            k: (
-                str(v)
-                if isinstance(v, uuid.UUID)
-                else v.isoformat()
-                if isinstance(v, datetime)
-                else float(v)
-                if hasattr(v, "is_finite")
-                else v
-            )
-            for k, v in row._mapping.items()
-        }
-        for row in found
-    ]
+    return [plain_row(row) for row in found]
 
 
 def models(engine: Engine, start: datetime | None) -> list[dict[str, Any]]:

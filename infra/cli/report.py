@@ -25,6 +25,7 @@ def report(
     engine = get_engine(settings())
     start = reports.since(since)
     rows: list[dict[str, Any]]
+    columns: tuple[str, ...]
     if which == "models":
         rows = reports.models(engine, start)
         columns = ("name", "version", "clips", "hours", "first_day", "last_day")
