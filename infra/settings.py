@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     # Archival: root rows per Parquet group (one transaction deletes a group's rows).
     archive_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
+    # Prefect housekeeping: finished flow runs (with their task runs, logs and artifacts) older
+    # than this are deleted from Prefect's database.
+    prefect_retention_days: int = Field(default=30, ge=1, le=3650)
+
     # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
     prefect_api_url: str | None = None
 
