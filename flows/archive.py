@@ -26,14 +26,15 @@ from tasks import archive
 
 
 @task(name="archive-group", cache_policy=NO_CACHE)
-def archive_group(policy: LifecyclePolicy, group: archive.Group) -> dict[str, int]:
-    """Write a group's files, read them back, then delete its rows in one transaction."""
+def archive_group(policy: LifecyclePolicy, group: archive.Group) -> dict[str, tuple[int, str]]:
+    """Write a group's files, read them back, then delete its rows in one transaction; the
+    rows and checksum written per table."""
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)
     archive.write(engine, store, policy, group, settings.tmp_dir / "archive")
     archive.verify(store, group, settings.tmp_dir / "archive")
     archive.commit(engine, store, policy, group)
-    return {table: rows for table, (rows, _) in group.written.items()}
+    return group.written
 
 
 @flow(name="archive", log_prints=True)
@@ -66,9 +67,9 @@ def archive_old_records(
 
     def process(policy: LifecyclePolicy, group: archive.Group) -> None:
         nonlocal done
-        written = archive_group(policy, group)
-        group.written = {t: (n, group.written.get(t, (n, ""))[1]) for t, n in written.items()}
-        done += written.get(policy.table, 0)
+        # Prefect may hand the task a copy of the group: take what it wrote from its result.
+        group.written = archive_group(policy, group)
+        done += group.written.get(policy.table, (0, ""))[0]
         update_progress_artifact(progress_id, progress=round(100 * min(done, total) / total, 1))
 
     result = archive.run_archive(

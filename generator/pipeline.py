@@ -294,12 +294,9 @@ class StaveGenerator:
         return time.perf_counter() - started
 
     # -- embeddings of any audio -------------------------------------------------------------
-    @torch.no_grad()
     def embed_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """A 512-d unit vector for any audio (mono or (samples, channels)), at any rate."""
-        mono = self._mono_at_model_rate(audio, sample_rate)
-        x = torch.from_numpy(mono)[None].to(self.device)
-        vector = self.ae.embed(self.ae.encode(x))[0].float().cpu().numpy()
+        vector = self.embed_many([(audio, sample_rate)])[0]
         assert vector.shape == (EMBEDDING_DIM,)
         return vector
 

@@ -27,7 +27,7 @@ import json
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +56,7 @@ ELIGIBLE = {
     ),
 }
 READ_CHUNK = 5000
+PARQUET = "application/vnd.apache.parquet"
 # A group's root ids travel as one array literal: binding 10,000 UUIDs one by one costs more
 # client time than the query.
 IDS = "CAST(:ids AS uuid[])"
@@ -86,15 +87,22 @@ class Member:
     depends_on: str | None = None
 
 
-def members(policy: LifecyclePolicy) -> list[Member]:
+def members(policy: LifecyclePolicy) -> tuple[Member, ...]:
     """The root and its travellers, each with its condition, derived from the foreign keys."""
+    # Keyed by table, not by policy: policies compare without their table, so two tables with
+    # the same settings would share one entry.
+    return _members(policy.table, policy.travels_with)
+
+
+@functools.cache
+def _members(root: str, travels_with: tuple[str, ...]) -> tuple[Member, ...]:
     from sqlmodel import SQLModel
 
     import models  # noqa: F401
 
     tables = SQLModel.metadata.tables
-    found = [Member(policy.table, f"id = ANY({IDS})")]
-    pending = list(policy.travels_with)
+    found = [Member(root, f"id = ANY({IDS})")]
+    pending = list(travels_with)
     while pending:
         progressed = False
         for name in list(pending):
@@ -103,17 +111,17 @@ def members(policy: LifecyclePolicy) -> list[Member]:
                 parent = fk.column.table.name
                 if parent in known:
                     column = fk.parent.name
-                    if parent == policy.table:
+                    if parent == root:
                         where = f"{column} = ANY({IDS})"
                     else:
                         where = f"{column} IN (SELECT id FROM {parent} WHERE {known[parent].where})"
-                    found.append(Member(name, where, None if parent == policy.table else parent))
+                    found.append(Member(name, where, None if parent == root else parent))
                     pending.remove(name)
                     progressed = True
                     break
         if not progressed:
-            raise StaveError(f"{policy.table}: cannot reach {pending} through foreign keys")
-    return found
+            raise StaveError(f"{root}: cannot reach {pending} through foreign keys")
+    return tuple(found)
 
 
 def archive_roots() -> list[LifecyclePolicy]:
@@ -350,6 +358,8 @@ def _write_table(
     schema = pa.schema([(c.name, c.arrow_type()) for c in columns])
     if not any(c.sql_type.startswith("vector") for c in columns):
         return _write_table_copy(engine, store, member, group, columns, schema, moved)
+    # Tables with vectors (latent_embedding) hold no object keys, so nothing is re-keyed here.
+    assert not moved, f"{member.table}: audio keys to rewrite in a table with vectors"
     select = ", ".join(c.select for c in columns)
     keys: list[str] = []
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -369,8 +379,6 @@ def _write_table(
                 )
                 cur.execute(sql, params)
                 while chunk := cur.fetchmany(READ_CHUNK):
-                    if moved:
-                        chunk = _rekey(chunk, columns, moved)
                     keys.extend(str(row[0]) for row in chunk)
                     batch = pa.RecordBatch.from_arrays(
                         _arrays(columns, chunk, schema), schema=schema
@@ -380,9 +388,7 @@ def _write_table(
         finally:
             raw.close()
         with open(handle.name, "rb") as stream:
-            store.put_stream(
-                group.key(member.table), stream, content_type="application/vnd.apache.parquet"
-            )
+            store.put_stream(group.key(member.table), stream, content_type=PARQUET)
     return len(keys), checksum(keys)
 
 
@@ -428,63 +434,44 @@ def _write_table_copy(
         driver.rollback()
     finally:
         raw.close()
-    if not data:
+    if data:
+        table = pcsv.read_csv(
+            io.BytesIO(data),
+            read_options=pcsv.ReadOptions(column_names=[c.name for c in columns]),
+            convert_options=pcsv.ConvertOptions(
+                column_types=read_types,
+                null_values=[""],
+                true_values=["t"],
+                false_values=["f"],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        del data
+        for i, c in enumerate(columns):
+            if c.sql_type.startswith("timestamp with"):
+                utc = table.column(i).cast(pa.timestamp("us", tz="UTC"))
+                table = table.set_column(i, c.name, utc)
+        if moved:
+            # Archived asset rows point at the audio's new key under archive/.
+            ids = table.column("id").to_pylist()
+            keys = table.column("object_key").to_pylist()
+            at = table.schema.get_field_index("object_key")
+            rekeyed = [moved.get(i, k) for i, k in zip(ids, keys, strict=True)]
+            table = table.set_column(at, "object_key", pa.array(rekeyed))
+        table = table.cast(schema)
+    else:  # pyarrow reads no table from no bytes: the group has no rows of this table
         table = schema.empty_table()
-        data_written: list[str] = []
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
-        sink.seek(0)
-        store.put_stream(
-            group.key(member.table), sink, content_type="application/vnd.apache.parquet"
-        )
-        return 0, checksum(data_written)
-    table = pcsv.read_csv(
-        io.BytesIO(data),
-        read_options=pcsv.ReadOptions(column_names=[c.name for c in columns]),
-        convert_options=pcsv.ConvertOptions(
-            column_types=read_types,
-            null_values=[""],
-            true_values=["t"],
-            false_values=["f"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    del data
-    for i, c in enumerate(columns):
-        if c.sql_type.startswith("timestamp with"):
-            table = table.set_column(i, c.name, table.column(i).cast(pa.timestamp("us", tz="UTC")))
-    if moved:
-        # Archived asset rows point at the audio's new key under archive/.
-        ids = table.column("id").to_pylist()
-        keys = table.column("object_key").to_pylist()
-        at = table.schema.get_field_index("object_key")
-        table = table.set_column(
-            at, "object_key", pa.array([moved.get(i, k) for i, k in zip(ids, keys, strict=True)])
-        )
-    table = table.cast(schema)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     keys_written = [str(v) for v in pc.cast(table.column("id"), pa.string()).to_pylist()]
     sink.seek(0)
-    store.put_stream(group.key(member.table), sink, content_type="application/vnd.apache.parquet")
+    store.put_stream(group.key(member.table), sink, content_type=PARQUET)
     return len(keys_written), checksum(keys_written)
 
 
 def _bind(sql: str, group: Group) -> tuple[str, dict[str, Any]]:
     return sql.replace(":ids", "%(ids)s"), {"ids": group.ids_text}
-
-
-def _rekey(
-    rows: list[tuple[Any, ...]], columns: Sequence[Column], moved: dict[str, str]
-) -> list[tuple[Any, ...]]:
-    """Archived asset rows point at the audio's new key under archive/."""
-    at = [c.name for c in columns].index("object_key")
-    out = []
-    for row in rows:
-        new = moved.get(str(row[0]))
-        out.append(row if new is None else (*row[:at], new, *row[at + 1 :]))
-    return out
 
 
 def checksum(keys: Sequence[str]) -> str:
@@ -591,15 +578,9 @@ class Plan:
 
 def plan(engine: Engine, older_than_days: int | None, now: datetime | None = None) -> list[Plan]:
     now = now or datetime.now(UTC)
+    cutoffs = [(p, cutoff_for(p, older_than_days, now)) for p in archive_roots()]
     with engine.connect() as conn:
-        return [
-            Plan(
-                p.table,
-                cutoff_for(p, older_than_days, now),
-                count_eligible(conn, p, cutoff_for(p, older_than_days, now)),
-            )
-            for p in archive_roots()
-        ]
+        return [Plan(p.table, cut, count_eligible(conn, p, cut)) for p, cut in cutoffs]
 
 
 @dataclass
@@ -661,6 +642,12 @@ def _run(
         cutoff = cutoff_for(policy, older_than_days, now)
         while (group := prepare(engine, policy, cutoff, batch_size)) is not None:
             run(policy, group)
+            if group.written.get(policy.table, (0, ""))[0] != len(group.ids):
+                # Rows chosen but not archived would be chosen again: stop rather than spin.
+                raise ArchiveConflict(
+                    f"{policy.table}: group of {len(group.ids)} rows archived "
+                    f"{group.written.get(policy.table, (0, ''))[0]}; stopping"
+                )
             result.groups += 1
             result.moved_objects += len(group.moved)
             for table, (rows, _) in group.written.items():
@@ -911,9 +898,3 @@ def _insert_rows(engine: Engine, table: str, rows: list[dict[str, Any]]) -> int:
     finally:
         raw.close()
     return added
-
-
-def iter_months(engine: Engine, table: str) -> Iterator[tuple[int, int]]:
-    for batch in list_batches(engine, table):
-        when = datetime.fromisoformat(batch["time_from"])
-        yield when.year, when.month

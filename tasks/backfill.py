@@ -17,7 +17,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -241,9 +241,7 @@ def open_run(engine: Engine, scope: Scope) -> Run:
         ).first()
         if row is not None:
             return _run(row, resumed=True)
-        upper = conn.execute(text("SELECT now()")).scalar_one()
-        if scope.created_before is not None:
-            upper = min(upper, scope.created_before)
+        upper = _new_upper_bound(conn, scope)
         planned = _count_pending(conn, scope, upper, None)
         params = {**scope.params(), "model_version": scope.model_version}
         row = conn.execute(
@@ -325,14 +323,19 @@ def _count_pending(
     )
 
 
-def count_pending(engine: Engine, scope: Scope) -> tuple[int, Run | None]:
-    """Assets the scope still lacks, from where an unfinished run stopped (if there is one)."""
+def _new_upper_bound(conn: Connection, scope: Scope) -> datetime:
+    """Where a new run stops: now (the database's clock), or the scope's end if earlier."""
+    upper: datetime = conn.execute(text("SELECT now()")).scalar_one()
+    return min(upper, scope.created_before) if scope.created_before is not None else upper
+
+
+def count_pending(engine: Engine, scope: Scope) -> tuple[int, Run | None, datetime]:
+    """Assets the scope still lacks, from where an unfinished run stopped (if there is one),
+    with the upper bound the count used."""
     with engine.connect() as conn:
         run = find_open_run(conn, scope)
-        upper = run.upper_bound if run else conn.execute(text("SELECT now()")).scalar_one()
-        if run is None and scope.created_before is not None:
-            upper = min(upper, scope.created_before)
-        return _count_pending(conn, scope, upper, run.cursor if run else None), run
+        upper = run.upper_bound if run else _new_upper_bound(conn, scope)
+        return _count_pending(conn, scope, upper, run.cursor if run else None), run, upper
 
 
 def next_page(
@@ -666,7 +669,7 @@ def estimate(
 ) -> dict[str, Any]:
     """What a run would do, writing nothing: how many assets, and the time, measured by reading
     and encoding a sample of them (the write is estimated from nothing: it is the cheap part)."""
-    pending, run = count_pending(engine, scope)
+    pending, run, upper = count_pending(engine, scope)
     out: dict[str, Any] = {
         "encoder_version": scope.encoder_version,
         "assets": pending,
@@ -677,7 +680,6 @@ def estimate(
     }
     if pending == 0 or sample <= 0:
         return out
-    upper = min(datetime.now(UTC), scope.created_before or datetime.now(UTC))
     probe = run or Run(uuid.UUID(int=0), scope.encoder_version, upper, None, 0, 0, 0, 0, False)
     refs = next_page(engine, scope, probe, run.cursor if run else None, sample)
     result = BatchResult()
@@ -693,7 +695,8 @@ def estimate(
     return out
 
 
-BatchFn = Any  # (run, refs, expected_cursor) -> BatchResult
+# One batch: (run, the batch's assets, the cursor it starts from) -> what it did.
+BatchFn = Callable[[Run, Sequence[AssetRef], tuple[datetime, uuid.UUID] | None], BatchResult]
 
 
 def run_backfill(
@@ -702,7 +705,7 @@ def run_backfill(
     process: BatchFn,
     batch_size: int,
     limit: int | None = None,
-    on_progress: Any = None,
+    on_progress: Callable[[Run, Progress], None] | None = None,
 ) -> tuple[Run, Progress, str]:
     """Open (or resume) the scope's run and process batches until done or `limit` assets.
 
