@@ -43,9 +43,10 @@ def archive_old_records(
 ) -> dict[str, Any]:
     """Move rows older than their hot period (183 days for generation records) to Parquet.
 
-    older_than_days: override every table's hot period (days).
-    dry_run: count what would move; write nothing.
-    batch_size: root rows per Parquet group (default from settings).
+    Args:
+        older_than_days: Override every table's hot period (days).
+        dry_run: Count what would move; write nothing.
+        batch_size: Root rows per Parquet group (default from settings, 10000).
     """
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)

@@ -38,13 +38,16 @@ def backfill_embeddings(
 ) -> dict[str, Any]:
     """Compute latent embeddings for clips that lack them for an encoder version.
 
-    encoder_version: the version to compute (default: the configured checkpoint's encoder).
-    created_after / created_before: only clips created in this range (UTC when no zone given).
-    model_version: only clips made by this model version (its id, version or name:version).
-    batch_size: clips per batch, one transaction and checkpoint each (default from settings).
-    limit: stop after this many clips; the next run resumes from there.
-    dry_run: count the clips and estimate the time from a measured sample; write nothing.
-    checkpoint: a checkpoint file whose encoder to use (for a version not configured here).
+    Args:
+        encoder_version: The version to compute (default: the configured checkpoint's encoder).
+        created_after: Only clips created at or after this time (UTC when no zone is given).
+        created_before: Only clips created before this time (UTC when no zone is given).
+        model_version: Only clips made by this model version (its id, version or name:version).
+        batch_size: Clips per batch, one transaction and checkpoint each (default from
+            settings, 2000).
+        limit: Stop after this many clips; the next run resumes from there.
+        dry_run: Count the clips and estimate the time from a measured sample; write nothing.
+        checkpoint: A checkpoint file whose encoder to use (for a version not configured here).
     """
     settings = get_settings()
     engine = get_engine()

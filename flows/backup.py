@@ -86,7 +86,14 @@ def nightly_backup(
     drill: bool = True, retention: bool = True, base: bool = True, wal: bool = True
 ) -> dict[str, Any]:
     """Dump the database to the object store, prove it restores, then apply retention; take a
-    base backup and ship archived WAL for point-in-time recovery."""
+    base backup and ship archived WAL for point-in-time recovery.
+
+    Args:
+        drill: Restore the new dump into a scratch database and compare row counts.
+        retention: Delete dumps beyond the daily/weekly/monthly counts (only after a drill).
+        base: Take a base backup for point-in-time recovery.
+        wal: Ship archived WAL segments to the object store.
+    """
     log = get_run_logger()
     made = dump_database()
     log.info("backup %s: %s bytes in %s s", made["id"], made["bytes"], made["seconds"])

@@ -13,7 +13,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import (
@@ -24,6 +24,7 @@ from prefect.artifacts import (
 
 from flows.logs import run_logger
 from infra.db import get_engine
+from infra.errors import InvalidInput
 from infra.settings import get_settings
 from tasks import generation, inference, queue, vector_index
 from tasks.classify import classify
@@ -233,21 +234,34 @@ def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None
 
 @flow(name="generate", log_prints=True)
 def generate(
-    file: str | None = None,
+    file_key: str | None = None,
     rows: list[dict[str, Any]] | None = None,
-    format: str | None = None,
+    format: Literal["csv", "jsonl", "parquet"] | None = None,
     user_id: str | None = None,
     submitted_by: str | None = None,
     run: bool = True,
+    file: str | None = None,
 ) -> dict[str, Any]:
     """Check and submit a prompt file (CSV, JSONL, Parquet) or rows, then generate the clips.
 
     Rejected rows are listed in the job record and a table artifact; they do not stop the
     others. Re-submitting the same file (or rows) creates nothing new and reports the job.
-    `run=False` only queues (as `stave submit`).
+
+    Args:
+        file_key: Key of a prompt file in the object store, as `stave prompts upload` prints
+            it (e.g. prompts/3f2a….csv).
+        rows: Or the prompts themselves: a list of objects with at least "prompt" (and any
+            of duration_s, steps, guidance, scheduler, seed, lyrics, style, idempotency_key).
+        format: The file's format when its name does not say (csv, jsonl, parquet).
+        user_id: The user the clips belong to (default: STAVE_DEFAULT_USER).
+        submitted_by: Who asked, for the job record.
+        run: False only queues the tasks (the generation drain deployment makes them).
+        file: A prompt file on the worker's own disk (CLI use).
     """
     log = run_logger("stave.flows.generate")
-    submission = generation.submit_rows(file, rows, format, user_id, submitted_by)
+    if sum(x is not None for x in (file_key, rows, file)) != 1:
+        raise InvalidInput("give exactly one of file_key, rows or file")
+    submission = generation.submit_rows(file, rows, format, user_id, submitted_by, file_key)
     if submission.rejected:
         create_table_artifact(
             table=[r.to_dict() for r in submission.rejected],
@@ -272,7 +286,12 @@ def generate(
 
 @flow(name="run-pending", log_prints=True)
 def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> dict[str, Any]:
-    """Process queued tasks (all jobs, or one) until none is left to claim."""
+    """Process queued tasks (all jobs, or one) until none is left to claim.
+
+    Args:
+        job_id: Only this job's tasks (default: every job's).
+        limit: At most this many clips this run (default: all that are due).
+    """
     stats = drain(job_id, wait_for_running=False, limit=limit)
     if stats.batches:
         generation.build_data_docs()

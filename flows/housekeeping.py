@@ -65,8 +65,9 @@ def prune_flow_runs(cutoff: datetime, limit: int | None) -> dict[str, int]:
 def prefect_housekeeping(keep_days: int | None = None, limit: int | None = None) -> dict[str, Any]:
     """Delete finished flow runs (and their task runs, logs, artifacts) older than the retention.
 
-    keep_days: days of finished runs to keep (default: STAVE_PREFECT_RETENTION_DAYS, 30).
-    limit: at most this many flow runs this time (default: all that are old enough).
+    Args:
+        keep_days: Days of finished runs to keep (default: STAVE_PREFECT_RETENTION_DAYS, 30).
+        limit: At most this many flow runs this time (default: all that are old enough).
     """
     days = keep_days if keep_days is not None else get_settings().prefect_retention_days
     cutoff = datetime.now(UTC) - timedelta(days=days)

@@ -46,3 +46,22 @@ def current_revision_at(url: str) -> str | None:
             return current_revision(conn)
     finally:
         engine.dispose()
+
+
+def ensure_at_head(url: str, *, embedded: bool) -> str | None:
+    """Before work starts: the embedded database is migrated (a newcomer's machine); an
+    external one behind head is refused in one line (migrations there are a deliberate step).
+    Returns the revision the database is at."""
+    from infra.errors import ConfigError
+
+    head = head_revision()
+    current = current_revision_at(url)
+    if current == head:
+        return current
+    if embedded:
+        upgrade(url)
+        return head
+    raise ConfigError(
+        f"the database is at revision {current or 'none'}, not head {head}: "
+        "run `stave db upgrade` first"
+    )

@@ -172,8 +172,18 @@ class Settings(BaseSettings):
     # than this are deleted from Prefect's database.
     prefect_retention_days: int = Field(default=30, ge=1, le=3650)
 
-    # Prefect: checked by `stave doctor` only when set (the embedded default is ephemeral).
+    # Prefect. Unset API URL: commands that run flows here use an ephemeral API, and the
+    # orchestration commands (`stave server | pools | worker | deploy`) the local server below.
     prefect_api_url: str | None = None
+    # Sent by every client and required by `stave server` (Prefect's basic auth, "user:pass").
+    prefect_api_auth_string: SecretStr | None = None
+    # `stave server`'s database: SQLite under <home>/<env>/data/prefect when unset; else a
+    # PostgreSQL URL (its migrations need the pg_trgm extension, which pgserver lacks).
+    prefect_database_url: SecretStr | None = None
+    prefect_server_host: str = "127.0.0.1"
+    prefect_server_port: int = Field(default=4200, ge=1, le=65535)
+    # Schedules (nightly backup, weekly archive, daily housekeeping) run in this IANA timezone.
+    timezone: str = "UTC"
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +201,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return normalise_pg_url(value.strip()) if value.strip() else None
         return value
+
+    @field_validator("timezone", mode="after")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {value!r} (an IANA name, e.g. Europe/Paris)"
+            ) from None
+        return value
+
+    @field_validator("prefect_database_url", "prefect_api_auth_string", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("s3_endpoint", "prefect_api_url", mode="before")
     @classmethod
@@ -276,17 +304,29 @@ class Settings(BaseSettings):
             password = urlsplit(self.database_url.get_secret_value()).password
             if password:
                 values.append(password)
-        for secret in (self.s3_access_key, self.s3_secret_key):
+        if self.prefect_database_url is not None:
+            password = urlsplit(self.prefect_database_url.get_secret_value()).password
+            if password:
+                values.append(password)
+        for secret in (self.s3_access_key, self.s3_secret_key, self.prefect_api_auth_string):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
         return values
+
+    @property
+    def prefect_server_url(self) -> str:
+        """The Prefect API the orchestration commands talk to: the configured one, else the
+        local `stave server`."""
+        return self.prefect_api_url or (
+            f"http://{self.prefect_server_host}:{self.prefect_server_port}/api"
+        )
 
     def public_view(self) -> dict[str, Any]:
         """Effective settings as `stave env` shows them: secrets masked, URLs without passwords."""
         view: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name == "database_url" and value is not None:
+            if name in ("database_url", "prefect_database_url") and value is not None:
                 value = mask_url(value.get_secret_value())
             elif isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""

@@ -31,16 +31,18 @@ def submit_rows(
     fmt: str | None,
     user_id: str | None,
     submitted_by: str | None,
+    file_key: str | None = None,
 ) -> submission.Submission:
-    if (file is None) == (rows is None):
+    if sum(x is not None for x in (file, rows, file_key)) != 1:
         from infra.errors import InvalidInput
 
-        raise InvalidInput("give exactly one of a file or rows")
-    source = (
-        intake.read_file(Path(file), fmt)
-        if file is not None
-        else intake.rows_from_parameter(rows or [])
-    )
+        raise InvalidInput("give exactly one of a file, a file key or rows")
+    if file_key is not None:
+        source = intake.read_object(make_object_store(get_settings()), file_key, fmt)
+    elif file is not None:
+        source = intake.read_file(Path(file), fmt)
+    else:
+        source = intake.rows_from_parameter(rows or [])
     return submission.submit(
         get_engine(), source, get_settings(), submitted_by=submitted_by, user_id=user_id
     )

@@ -21,10 +21,13 @@ import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from infra.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from infra.objectstore import ObjectStore
 
 COLUMNS = (
     "prompt",
@@ -118,13 +121,33 @@ def read_file(path: Path | str, fmt: str | None = None) -> SourceRows:
         raise InvalidInput(f"{path}: permission denied") from None
     except IsADirectoryError:
         raise InvalidInput(f"{path}: is a directory") from None
+    return read_data(data, str(path), fmt)
+
+
+def read_object(store: ObjectStore, key: str, fmt: str | None = None) -> SourceRows:
+    """Read a prompt file from the object store (a deployment's `file_key`); errors name the
+    key, as they name the path of a local file."""
+    fmt = fmt or FORMATS.get(PurePosixPath(key).suffix.lower())
+    if fmt not in ("csv", "jsonl", "parquet"):
+        raise InvalidInput(
+            f"{key}: cannot tell the format from the key's extension; "
+            "use .csv, .jsonl or .parquet (or give the format)"
+        )
+    size = store.stat(key).size  # ObjectNotFound names the key
+    if size > MAX_FILE_BYTES:
+        raise InvalidInput(f"{key}: is {size} bytes; the limit is {MAX_FILE_BYTES}")
+    return read_data(store.get_bytes(key), key, fmt)
+
+
+def read_data(data: bytes, where: str, fmt: str) -> SourceRows:
+    """Parse a prompt file's bytes; `where` names it in every message."""
     if not data.strip():
-        raise InvalidInput(f"{path}: is empty")
+        raise InvalidInput(f"{where}: is empty")
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
-    source = reader(data, str(path))
-    source.uri = str(path)
+    source = reader(data, where)
+    source.uri = where
     if not source.rows and not source.unreadable:
-        raise InvalidInput(f"{path}: has a header but no rows")
+        raise InvalidInput(f"{where}: has a header but no rows")
     return source
 
 

@@ -7,7 +7,18 @@ import sys
 
 import typer
 
-from infra.cli import archive, backup, db, doctor, embeddings, env, generator, jobs, report
+from infra.cli import (
+    archive,
+    backup,
+    db,
+    doctor,
+    embeddings,
+    env,
+    generator,
+    jobs,
+    orchestration,
+    report,
+)
 from infra.errors import StaveError
 
 app = typer.Typer(
@@ -39,6 +50,11 @@ app.command("similar")(embeddings.similar)
 app.add_typer(embeddings.index_app, name="index")
 app.command("gallery")(embeddings.gallery)
 app.command("report")(report.report)
+app.command("server")(orchestration.server)
+app.add_typer(orchestration.pools_app, name="pools")
+app.command("worker")(orchestration.worker)
+app.command("deploy")(orchestration.deploy)
+app.add_typer(orchestration.prompts_app, name="prompts")
 
 log = logging.getLogger("stave.cli")
 

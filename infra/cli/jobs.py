@@ -6,7 +6,7 @@ import os
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -19,19 +19,15 @@ FILE_HELP = "Prompt file: .csv, .jsonl or .parquet (columns: prompt, and optiona
 
 def _ready(current: Settings) -> None:
     """Prefect's home beside Stave's data, quiet logs, and the database migrated if behind."""
-    os.environ.setdefault("PREFECT_HOME", str(current.prefect_home))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from infra.prefect_admin import apply_client_env
+
+    apply_client_env(current, current.prefect_api_url)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    if current.prefect_api_url:
-        os.environ.setdefault("PREFECT_API_URL", current.prefect_api_url)
     from infra import migrate
     from infra.db import database_url, dispose_engine
 
-    url = database_url(current)
-    if current.uses_embedded_db and migrate.current_revision_at(url) != migrate.head_revision():
-        migrate.upgrade(url)
-        dispose_engine()
+    migrate.ensure_at_head(database_url(current), embedded=current.uses_embedded_db)
+    dispose_engine()  # pooled connections may predate the migration's types and tables
 
 
 def _precheck(file: Path, fmt: str | None) -> None:
@@ -110,7 +106,8 @@ def generate(
         from flows.generate import generate as generate_flow
 
         with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
-            summary = generate_flow(file=str(file), format=fmt, user_id=user)
+            # fmt was checked by read_file above: one of the flow's literal formats.
+            summary = generate_flow(file=str(file), format=cast(Any, fmt), user_id=user)
     summary["created"] = queued.created
     summary["rejected"] = len(queued.rejected)
     summary["rejections"] = [r.to_dict() for r in queued.rejected]

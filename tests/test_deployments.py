@@ -1,0 +1,274 @@
+"""prefect.yaml and the operator's path: server, pools, deploy, worker, a run through the API.
+
+The end-to-end test runs what the README's operator guide runs, as subprocesses: `stave
+server` (SQLite, with an API auth string), `stave pools setup`, `stave deploy`, `stave worker
+--gpu 0`, `stave prompts upload`, then triggers the bulk-generation deployment over HTTP with a
+file key and with rows, and checks the clips are published in the session's database.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from tests.test_cli import STAVE, assert_one_line_error, stave
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+
+
+def load_entrypoint(entrypoint: str) -> Any:
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+def test_every_entrypoint_is_a_flow_with_a_described_form() -> None:
+    from prefect import Flow
+    from prefect.utilities.callables import parameter_schema
+
+    assert set(DEPLOYMENTS) == {
+        "bulk-generation",
+        "generation-drain",
+        "latent-backfill",
+        "nightly-backup",
+        "weekly-archive",
+        "train",
+        "prefect-housekeeping",
+    }
+    for name, spec in DEPLOYMENTS.items():
+        flow = load_entrypoint(spec["entrypoint"])
+        assert isinstance(flow, Flow), name
+        assert spec["work_pool"]["name"] in ("gpu", "cpu"), name
+        schema = parameter_schema(flow).model_dump()
+        for param, field in schema["properties"].items():
+            # The UI shows a form: every parameter typed and described.
+            assert field.get("description"), f"{name}: {param} has no description"
+            assert field.get("type") or field.get("anyOf") or field.get("$ref"), (name, param)
+
+
+def test_schedules_and_no_credentials() -> None:
+    raw = (ROOT / "prefect.yaml").read_text()
+    assert DEPLOYMENTS["nightly-backup"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert DEPLOYMENTS["nightly-backup"]["schedules"][0]["timezone"] == "{{ $STAVE_TIMEZONE }}"
+    assert DEPLOYMENTS["weekly-archive"]["schedules"][0]["cron"].endswith("* * 0")
+    assert DEPLOYMENTS["generation-drain"]["schedules"][0]["interval"] <= 600
+    for manual in ("bulk-generation", "latent-backfill", "train"):
+        assert "schedules" not in DEPLOYMENTS[manual]
+    for needle in ("password", "secret", "access_key", "postgresql://", "@"):
+        assert needle not in raw.lower(), needle
+
+
+# -- the operator's path, for real ----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(
+            [STAVE, *args],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: the server's and worker's children stop too
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    # Prefect's worker exits on the second SIGTERM; anything left gets SIGKILL.
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # flow-run children of a stopped worker
+
+
+@pytest.fixture
+def operator_env(database_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STAVE_", "PREFECT_"))}
+    yield {
+        **clean,
+        "STAVE_HOME": str(tmp_path / "home"),
+        "STAVE_DATABASE_URL": database_url,
+        "STAVE_PREFECT_SERVER_PORT": str(free_port()),
+        "STAVE_PREFECT_API_AUTH_STRING": f"ops:{uuid.uuid4().hex}",
+        "STAVE_TIMEZONE": "Europe/Paris",
+        "STAVE_DEFAULT_DURATION_S": "1",
+        "STAVE_DEFAULT_STEPS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {timeout} s; log:\n{log.read_text()[-4000:]}")
+
+
+def run_json(args: list[str], env: dict[str, str], cwd: Path) -> Any:
+    done = subprocess.run(
+        [STAVE, *args, "--json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_server_pools_deploy_worker_and_a_bulk_generation_run(
+    operator_env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    env = operator_env
+    api = f"http://127.0.0.1:{env['STAVE_PREFECT_SERVER_PORT']}/api"
+    token = base64.b64encode(env["STAVE_PREFECT_API_AUTH_STRING"].encode()).decode()
+    http = httpx.Client(base_url=api, headers={"Authorization": f"Basic {token}"}, timeout=30)
+    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    server = start(["server"], env, server_log)
+    worker = None
+    try:
+
+        def healthy() -> bool:
+            try:
+                return http.get("/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, "the Prefect server did not answer", server_log)
+        # The auth string is required: a client without it is turned away.
+        assert httpx.post(f"{api}/flows/filter", json={}).status_code == 401
+
+        first = run_json(["pools", "setup"], env, tmp_path)
+        assert sorted(first["created_pools"]) == ["cpu", "gpu"]
+        assert first["concurrency_limit"]["action"] == "created"
+        again = run_json(["pools", "setup", "--gpus", "2"], env, tmp_path)
+        assert again["created_pools"] == [] and sorted(again["existing_pools"]) == ["cpu", "gpu"]
+        assert again["concurrency_limit"] == {"name": "gpu", "limit": 2, "action": "updated"}
+
+        deployed = {f"{d['flow']}/{d['name']}": d for d in run_json(["deploy"], env, tmp_path)}
+        assert len(deployed) == len(DEPLOYMENTS)
+        assert deployed["backup/nightly-backup"]["schedule"] == "cron 0 2 * * * Europe/Paris"
+        assert deployed["generate/bulk-generation"]["pool"] == "gpu"
+        assert deployed["archive/weekly-archive"]["pool"] == "cpu"
+        assert deployed["run-pending/generation-drain"]["schedule"] == "every 300 s"
+        # Applying again updates in place: still one of each.
+        assert len(run_json(["deploy"], env, tmp_path)) == len(DEPLOYMENTS)
+
+        tag = uuid.uuid4().hex[:8]
+        prompts = tmp_path / "prompts.csv"
+        prompts.write_text(
+            "prompt,seed\n"
+            f'"warm organ chords in A major, 90 bpm {tag}",1\n'
+            f"square lead melody in E minor 140 bpm {tag},2\n"
+            f"unquoted comma, so one field too many {tag},3\n"
+        )
+        uploaded = run_json(["prompts", "upload", str(prompts)], env, tmp_path)
+        assert uploaded["file_key"].startswith("prompts/") and uploaded["rows"] == 2
+        assert uploaded["rejected"] == 1 and uploaded["rejections"][0]["row"] == 3
+        assert tag not in uploaded["file_key"]  # object keys never carry user text
+
+        worker = start(["worker", "--gpu", "0"], env, worker_log)
+        deployment = http.get("/deployments/name/generate/bulk-generation").json()
+        runs = [
+            http.post(
+                f"/deployments/{deployment['id']}/create_flow_run",
+                json={"parameters": parameters},
+            ).json()["id"]
+            for parameters in (
+                {"file_key": uploaded["file_key"], "submitted_by": "e2e"},
+                {"rows": [{"prompt": f"bright bell arpeggio in D minor {tag}", "seed": 3}]},
+            )
+        ]
+
+        def state(run_id: str) -> str:
+            return str(http.get(f"/flow_runs/{run_id}").json()["state"]["type"])
+
+        wait_until(
+            lambda: all(state(r) in ("COMPLETED", "FAILED", "CRASHED") for r in runs),
+            240,
+            "the deployment runs did not finish",
+            worker_log,
+        )
+        assert [state(r) for r in runs] == ["COMPLETED", "COMPLETED"], worker_log.read_text()
+        with engine.connect() as conn:
+            published = conn.execute(
+                text(
+                    "SELECT t.status, a.object_key, e.id IS NOT NULL AS embedded "
+                    "FROM generation_task t LEFT JOIN audio_asset a ON a.task_id = t.id "
+                    "LEFT JOIN latent_embedding e ON e.asset_id = a.id "
+                    "WHERE t.prompt LIKE :tag"
+                ),
+                {"tag": f"%{tag}%"},
+            ).all()
+        assert len(published) == 3
+        assert all(r.status == "published" and r.object_key and r.embedded for r in published)
+        # The run's progress artifact reached the server.
+        artifacts = http.post(
+            "/artifacts/filter", json={"artifacts": {"type": {"any_": ["progress"]}}}
+        ).json()
+        assert any(a["flow_run_id"] in runs and a["data"] == 100.0 for a in artifacts)
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+        http.close()
+
+
+@pytest.mark.integration
+def test_server_refuses_a_postgresql_without_pg_trgm(database_url: str, tmp_path: Path) -> None:
+    # pgserver's PostgreSQL has no contrib modules: Prefect's migrations would fail half-way.
+    result = stave(
+        "server",
+        cwd=tmp_path,
+        env={
+            "STAVE_PREFECT_DATABASE_URL": database_url.replace(
+                "postgresql+psycopg://", "postgresql://"
+            )
+        },
+    )
+    line = assert_one_line_error(result)
+    assert "pg_trgm" in line and result.returncode == 1
+
+
+def test_worker_and_deploy_name_a_server_that_is_down(tmp_path: Path) -> None:
+    env = {"STAVE_PREFECT_SERVER_PORT": str(free_port())}
+    for args in (["worker", "--gpu", "0"], ["deploy"], ["pools", "setup"]):
+        line = assert_one_line_error(stave(*args, cwd=tmp_path, env=env))
+        assert "is not answering" in line and "stave server" in line
+
+
+def test_worker_refuses_a_cpu_pool_pinned_to_a_gpu(tmp_path: Path) -> None:
+    line = assert_one_line_error(stave("worker", "--gpu", "1", "--pool", "cpu", cwd=tmp_path))
+    assert "--gpu pins a worker of the gpu pool" in line
