@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from generator.pipeline import GenerationRequest, StaveGenerator
 from generator.pool import CorpusPool
 from generator.train import TrainConfig, Trainer, pick_device, train
+from infra.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +57,56 @@ def test_train_resumes_and_ships_a_loadable_checkpoint(tmp_path: Path) -> None:
         ]
     )[0]
     assert clip.audio.shape == (16_000,) and np.isfinite(clip.audio).all()
+
+
+@pytest.mark.integration
+def test_the_training_flow_publishes_checkpoint_and_card(
+    prefect_api: str, stave_env: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from flows.train import train_generator
+    from generator.checkpoint import load_checkpoint
+    from infra.objectstore import make_object_store
+
+    settings = stave_env(home=tmp_path / "home")
+    toy = {
+        "ae_batch": TOY.ae_batch,
+        "denoiser_batch": TOY.denoiser_batch,
+        "denoiser_frames": TOY.denoiser_frames,
+        "checkpoint_every": TOY.checkpoint_every,
+    }
+    result = train_generator(
+        run_name="toy",
+        clips=TOY.corpus_clips,
+        clip_seconds=TOY.clip_seconds,
+        ae_steps=TOY.ae_steps,
+        embedding_steps=TOY.embedding_steps,
+        denoiser_steps=TOY.denoiser_steps,
+        device="cpu",
+        overrides=toy,
+    )
+    store = make_object_store(settings)
+    stored = store.get_bytes(result["object_key"], expected_sha256=result["sha256"])
+    local = settings.data_dir / "models" / "toy" / "stave-small.pt"
+    assert stored == local.read_bytes()
+    card = json.loads(store.get_bytes(result["model_card_key"]))
+    assert card["sha256"] == result["sha256"] and card["corpus"]["clips"] == TOY.corpus_clips
+    assert load_checkpoint(local, expected_sha256=result["sha256"]) is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"denoiser_btach": 4}, "unknown training setting 'denoiser_btach'"),
+        ({"denoiser_batch": "4"}, "denoiser_batch must be int"),
+        ({"rope": 1}, "rope must be bool"),
+    ],
+)
+def test_training_overrides_are_checked_by_name_and_type(
+    overrides: dict[str, object], message: str
+) -> None:
+    from flows.train import train_config
+    from infra.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=message):
+        train_config(8, 3.0, 1, 1, 1, 0, overrides)
+    assert train_config(8, 3.0, 1, 1, 1, 0, {"denoiser_lr": 1}).denoiser_lr == 1
