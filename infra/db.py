@@ -6,6 +6,7 @@ database created) on first use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -54,7 +55,11 @@ def ensure_database(maintenance_url: str, name: str) -> None:
     with psycopg.connect(psycopg_dsn(maintenance_url), autocommit=True, connect_timeout=10) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists is None:
-            conn.execute(f'CREATE DATABASE "{name}"')  # name is validated by Settings' pattern
+            # Another process starting at the same moment may create it first: that is fine.
+            with contextlib.suppress(
+                psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
+            ):
+                conn.execute(f'CREATE DATABASE "{name}"')  # name is validated by Settings' pattern
 
 
 def psycopg_dsn(url: str) -> str:

@@ -8,11 +8,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "sql"
+MIGRATION_LOCK = 0x57A7E_0001  # pg_advisory_lock key: one migrating process at a time
 
 
 def alembic_config(url: str) -> Config:
@@ -59,7 +60,21 @@ def ensure_at_head(url: str, *, embedded: bool) -> str | None:
     if current == head:
         return current
     if embedded:
-        upgrade(url)
+        # Two workers started together would both migrate: one does, under a lock; the other
+        # waits, then finds the database at head.
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+                try:
+                    if current_revision(conn) != head:
+                        conn.commit()
+                        upgrade(url)
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                    conn.commit()
+        finally:
+            engine.dispose()
         return head
     raise ConfigError(
         f"the database is at revision {current or 'none'}, not head {head}: "

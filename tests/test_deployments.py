@@ -19,8 +19,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -185,6 +187,23 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         assert deployed["run-pending/generation-drain"]["schedule"] == "every 300 s"
         # Applying again updates in place: still one of each.
         assert len(run_json(["deploy"], env, tmp_path)) == len(DEPLOYMENTS)
+
+        # The server's scheduler makes runs for the schedules: nightly backups at 02:00 in the
+        # configured timezone. (With SQLAlchemy 2.1 it silently made none.)
+        backup_id = http.get("/deployments/name/backup/nightly-backup").json()["id"]
+
+        def scheduled() -> list[dict[str, Any]]:
+            body = {
+                "deployments": {"id": {"any_": [backup_id]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            }
+            return list(http.post("/flow_runs/filter", json=body).json())
+
+        wait_until(lambda: bool(scheduled()), 60, "no nightly backup was scheduled", server_log)
+        paris = ZoneInfo("Europe/Paris")
+        for run in scheduled():
+            local = datetime.fromisoformat(run["expected_start_time"]).astimezone(paris)
+            assert (local.hour, local.minute) == (2, 0), run["expected_start_time"]
 
         tag = uuid.uuid4().hex[:8]
         prompts = tmp_path / "prompts.csv"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -16,6 +19,7 @@ import models  # noqa: F401
 from infra import migrate
 from infra.db import ensure_database, make_engine, psycopg_dsn
 from infra.embedded_pg import RunningServer
+from infra.errors import ConfigError
 from sql.autogen import include_object
 from sql.roles import APP, REPORTING
 
@@ -41,6 +45,34 @@ def test_upgrade_downgrade_upgrade_round_trip(pg_server: RunningServer, database
         assert set(SQLModel.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_two_workers_starting_together_create_and_migrate_once(pg_server: RunningServer) -> None:
+    # `stave worker --gpu 0` and `--pool cpu` started at once on a fresh embedded home both
+    # create the database and migrate it: neither may fail on the other's work.
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    url = pg_server.url(name)
+    start = threading.Barrier(2)
+
+    def worker() -> str | None:
+        start.wait()
+        ensure_database(pg_server.url("postgres"), name)
+        return migrate.ensure_at_head(url, embedded=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        revisions = [f.result() for f in [pool.submit(worker), pool.submit(worker)]]
+    assert revisions == [migrate.head_revision()] * 2
+    assert migrate.current_revision_at(url) == migrate.head_revision()
+
+
+def test_an_external_database_behind_head_is_refused_in_one_line(
+    pg_server: RunningServer,
+) -> None:
+    name = f"behind_{uuid.uuid4().hex[:8]}"
+    ensure_database(pg_server.url("postgres"), name)
+    with pytest.raises(ConfigError, match=r"at revision none, not head .*stave db upgrade"):
+        migrate.ensure_at_head(pg_server.url(name), embedded=False)
+    assert migrate.current_revision_at(pg_server.url(name)) is None  # nothing was applied
 
 
 def test_autogenerate_finds_no_drift(engine: Engine) -> None:
