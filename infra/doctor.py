@@ -29,7 +29,8 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.extend(db_checks)
     checks.append(_object_store(settings))
     if settings.prefect_api_url:
-        checks.append(_prefect(settings.prefect_api_url))
+        auth = settings.prefect_api_auth_string
+        checks.append(_prefect(settings.prefect_api_url, auth.get_secret_value() if auth else None))
     return checks
 
 
@@ -126,12 +127,29 @@ def _object_store(settings: Settings) -> Check:
     return Check("object store", "ok", f"{store.describe()} is readable and writable")
 
 
-def _prefect(api_url: str) -> Check:
+def _prefect(api_url: str, auth_string: str | None = None) -> Check:
+    import base64
+
     import httpx
 
     url = api_url.rstrip("/") + "/health"
+    headers = {}
+    if auth_string:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
     try:
-        response = httpx.get(url, timeout=5.0)
+        response = httpx.get(url, timeout=5.0, headers=headers)
+        # /health answers anyone; an API call shows whether the server takes our auth string.
+        if response.status_code == 200:
+            version = httpx.get(
+                api_url.rstrip("/") + "/admin/version", timeout=5.0, headers=headers
+            )
+            if version.status_code == 401:
+                return Check(
+                    "prefect",
+                    "fail",
+                    f"{api_url} refused the request: HTTP 401",
+                    "set STAVE_PREFECT_API_AUTH_STRING to the server's auth string",
+                )
     except httpx.HTTPError as err:
         return Check(
             "prefect",

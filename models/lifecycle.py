@@ -48,7 +48,8 @@ def lifecycle(policy: LifecyclePolicy) -> Callable[[M], M]:
     def attach(model: M) -> M:
         name = str(model.__tablename__)
         bound = replace(policy, table=name)
-        if bound.timestamp_column not in sa_inspect(model).columns:
+        mapper = sa_inspect(model)
+        if mapper is None or bound.timestamp_column not in mapper.columns:
             raise ValueError(f"{name}: lifecycle column {bound.timestamp_column!r} does not exist")
         model.__lifecycle__ = bound
         _POLICIES[name] = bound

@@ -253,7 +253,9 @@ def job_state(engine: Engine, job_id: uuid.UUID | None = None) -> QueueState:
                     "GROUP BY status"
                 ),
                 {"job_id": str(job_id) if job_id else None},
-            ).all()
+            )
+            .tuples()
+            .all()
         )
         next_due = conn.execute(
             text(

@@ -172,6 +172,15 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         # The auth string is required: a client without it is turned away.
         assert httpx.post(f"{api}/flows/filter", json={}).status_code == 401
 
+        # doctor checks the API with the auth string, and names a wrong one.
+        checks = run_json(["doctor"], {**env, "STAVE_PREFECT_API_URL": api}, tmp_path)
+        doctor = {c["name"]: c for c in checks}
+        assert doctor["prefect"]["outcome"] == "ok", doctor["prefect"]
+        wrong = {**env, "STAVE_PREFECT_API_URL": api, "STAVE_PREFECT_API_AUTH_STRING": "ops:no"}
+        refused = stave("doctor", cwd=tmp_path, env=wrong)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stdout + refused.stderr
+        assert "ops:no" not in refused.stdout + refused.stderr
+
         first = run_json(["pools", "setup"], env, tmp_path)
         assert sorted(first["created_pools"]) == ["cpu", "gpu"]
         assert first["concurrency_limit"]["action"] == "created"
