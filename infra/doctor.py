@@ -28,10 +28,26 @@ def run_checks(settings: Settings) -> list[Check]:
     db_checks = _database(settings)
     checks.extend(db_checks)
     checks.append(_object_store(settings))
+    if settings.replica_url is not None:
+        checks.append(_replica(settings))
     if settings.prefect_api_url:
         auth = settings.prefect_api_auth_string
         checks.append(_prefect(settings.prefect_api_url, auth.get_secret_value() if auth else None))
     return checks
+
+
+def _replica(settings: Settings) -> Check:
+    from infra.replica import read_route
+
+    route = read_route(settings)
+    if route.target == "replica":
+        return Check("replica", "ok", "reports, search and gallery read from the replica")
+    return Check(
+        "replica",
+        "fail",
+        f"{route.reason}; reads fall back to the primary",
+        "start or repair the replica, or raise STAVE_REPLICA_MAX_LAG_S",
+    )
 
 
 def _directories(settings: Settings) -> Check:

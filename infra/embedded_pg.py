@@ -89,7 +89,9 @@ class EmbeddedPostgres:
         if info is None:
             return None
         pid, port, host, state = info
-        if not _pid_alive(pid) or state != "ready" or port is None or host != "127.0.0.1":
+        # "standby": a hot standby (a replica) accepting read-only connections.
+        accepting = state in ("ready", "standby")
+        if not _pid_alive(pid) or not accepting or port is None or host != "127.0.0.1":
             return None
         return RunningServer(pid=pid, port=port)
 

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = Field(default=5, ge=1, le=300)
     # 0: pick a free loopback port the first time and keep it.
     embedded_pg_port: int = Field(default=0, ge=0, le=65535)
+    # A streaming replica for reports, search and gallery reads (writes always go to the
+    # primary). Reads fall back to the primary, with a warning, when the replica is down or
+    # replays more than replica_max_lag_s behind.
+    replica_url: SecretStr | None = None
+    replica_max_lag_s: float = Field(default=30.0, ge=0)
 
     # Object store. Unset endpoint: a filesystem store under <home>/<env>/data/objects.
     s3_endpoint: str | None = None
@@ -195,7 +200,7 @@ class Settings(BaseSettings):
             data.setdefault(key, value)
         return data
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "replica_url", mode="before")
     @classmethod
     def _normalise_database_url(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -304,10 +309,11 @@ class Settings(BaseSettings):
             password = urlsplit(self.database_url.get_secret_value()).password
             if password:
                 values.append(password)
-        if self.prefect_database_url is not None:
-            password = urlsplit(self.prefect_database_url.get_secret_value()).password
-            if password:
-                values.append(password)
+        for url in (self.prefect_database_url, self.replica_url):
+            if url is not None:
+                password = urlsplit(url.get_secret_value()).password
+                if password:
+                    values.append(password)
         for secret in (self.s3_access_key, self.s3_secret_key, self.prefect_api_auth_string):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
@@ -326,7 +332,7 @@ class Settings(BaseSettings):
         view: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name in ("database_url", "prefect_database_url") and value is not None:
+            if name in ("database_url", "prefect_database_url", "replica_url") and value:
                 value = mask_url(value.get_secret_value())
             elif isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""

@@ -137,13 +137,20 @@ def test_env_masks_secrets(tmp_path: Path) -> None:
             "STAVE_DATABASE_URL": "postgresql://u:Sup3r-Secret@db:5432/x",
             "STAVE_S3_SECRET_KEY": "Another-Secret-1",
             "STAVE_S3_ACCESS_KEY": "Access-Key-2",
+            "STAVE_REPLICA_URL": "postgresql://r:Replica-Pw-3@replica:5432/x",
+            "STAVE_PREFECT_DATABASE_URL": "postgresql://p:Prefect-Db-Pw-4@pdb:5432/prefect",
+            "STAVE_PREFECT_API_AUTH_STRING": "admin:Auth-String-5",
         },
     )
     assert result.returncode == 0, result.stderr
     view = json.loads(result.stdout)
     assert view["database_url"] == "postgresql+psycopg://u:***@db:5432/x"
+    assert view["replica_url"] == "postgresql+psycopg://r:***@replica:5432/x"
+    assert view["prefect_database_url"] == "postgresql://p:***@pdb:5432/prefect"
     assert view["s3_secret_key"] == "***" and view["s3_access_key"] == "***"
-    for secret in ("Sup3r-Secret", "Another-Secret-1", "Access-Key-2"):
+    assert view["prefect_api_auth_string"] == "***"
+    secrets = ("Sup3r-Secret", "Another-Secret-1", "Access-Key-2", "Replica-Pw-3")
+    for secret in (*secrets, "Prefect-Db-Pw-4", "Auth-String-5"):
         assert secret not in result.stdout + result.stderr
 
 

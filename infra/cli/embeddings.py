@@ -153,11 +153,11 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Clips that sound like an asset (or an audio file), by cosine distance."""
-    from infra.db import get_engine
+    from infra.replica import read_engine
     from tasks import search
 
     current = settings()
-    engine = get_engine(current)
+    engine = read_engine(current)  # the replica when one is configured and fit
     if (asset_id is None) == (file is None):
         raise InvalidInput("give an asset id or --file, not both")
     options: dict[str, Any] = {
@@ -259,12 +259,12 @@ def gallery(
     """Write a static HTML listening page (players, spectrograms, neighbours); no server."""
     from tqdm import tqdm
 
-    from infra.db import get_engine
     from infra.objectstore import make_object_store
+    from infra.replica import read_engine
     from tasks import gallery as pages
 
     current = settings()
-    engine = get_engine(current)
+    engine = read_engine(current)  # the replica when one is configured and fit
     if (job_id is None) == (similar_to is None):
         raise InvalidInput("give a job id or --similar ASSET_ID, not both")
     if job_id is not None:

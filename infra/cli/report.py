@@ -19,10 +19,10 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Operator reports: clips per model version, failures per day and class, a user's prompts."""
-    from infra.db import get_engine
+    from infra.replica import read_engine
     from tasks import reports
 
-    engine = get_engine(settings())
+    engine = read_engine(settings())
     start = reports.since(since)
     rows: list[dict[str, Any]]
     columns: tuple[str, ...]
