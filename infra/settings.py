@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     acestep_checkpoint_dir: Path | None = None
 
+    # Hot configuration (style templates, user preferences) is read through a cache: Redis
+    # when set (redis://[:password@]host:port/db), else an in-process LRU. Entries expire after
+    # cache_ttl_s; updates replace them at once.
+    redis_url: SecretStr | None = None
+    cache_ttl_s: float = Field(default=60.0, gt=0, le=86400)
+
     # Generation defaults. A row's own value wins, then its style template, then the user's
     # preferences, then these.
     default_user: str = Field(default="default", pattern=r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -220,7 +226,7 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("prefect_database_url", "prefect_api_auth_string", mode="before")
+    @field_validator("prefect_database_url", "prefect_api_auth_string", "redis_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -309,7 +315,7 @@ class Settings(BaseSettings):
             password = urlsplit(self.database_url.get_secret_value()).password
             if password:
                 values.append(password)
-        for url in (self.prefect_database_url, self.replica_url):
+        for url in (self.prefect_database_url, self.replica_url, self.redis_url):
             if url is not None:
                 password = urlsplit(url.get_secret_value()).password
                 if password:
@@ -332,7 +338,10 @@ class Settings(BaseSettings):
         view: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name in ("database_url", "prefect_database_url", "replica_url") and value:
+            if (
+                name in ("database_url", "prefect_database_url", "replica_url", "redis_url")
+                and value
+            ):
                 value = mask_url(value.get_secret_value())
             elif isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""

@@ -21,10 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from infra.cache import get_cache
 from infra.settings import Settings
 from models.base import new_id, utcnow
-from models.catalog import StyleTemplate, UserPreference
 from models.generation import GenerationJob, GenerationTask, PromptRevision, TaskEvent
+from tasks import catalog
 from tasks.intake import MAX_SEED, CheckedRow, Rejection, SourceRows, check_parameters, check_rows
 
 
@@ -85,9 +86,12 @@ def _submit_once(
     total = len(source.rows) + len(source.unreadable)
     default_user = user_id or settings.default_user
     with Session(engine) as session, session.begin():
-        templates = _templates(session, {r.style_template for r in checked if r.style_template})
+        # Hot configuration through the cache (Redis or an in-process LRU), misses from here.
+        cache, conn = get_cache(settings), session.connection()
+        names = {r.style_template for r in checked if r.style_template}
+        templates = catalog.templates(conn, cache, settings, names)
         users = {r.user_id or default_user for r in checked}
-        preferences = _preferences(session, users)
+        preferences = catalog.preferences(conn, cache, settings, users)
         parents = _parents(session, {r.parent_revision for r in checked if r.parent_revision})
 
         planned: list[tuple[CheckedRow, str, dict[str, Any], str]] = []
@@ -262,18 +266,6 @@ def _revision(
         }
     )
     return revision_id
-
-
-def _templates(session: Session, names: set[str]) -> dict[str, dict[str, Any]]:
-    if not names:
-        return {}
-    found = session.exec(select(StyleTemplate).where(StyleTemplate.name.in_(names)))  # type: ignore[call-overload,attr-defined]
-    return {t.name: t.parameters for (t,) in found}
-
-
-def _preferences(session: Session, users: set[str]) -> dict[str, dict[str, Any]]:
-    found = session.exec(select(UserPreference).where(UserPreference.user_id.in_(users)))  # type: ignore[call-overload,attr-defined]
-    return {p.user_id: p.parameters for (p,) in found}
 
 
 def _parents(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, PromptRevision]:

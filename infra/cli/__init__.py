@@ -10,6 +10,7 @@ import typer
 from infra.cli import (
     archive,
     backup,
+    catalog,
     db,
     doctor,
     embeddings,
@@ -55,6 +56,8 @@ app.add_typer(orchestration.pools_app, name="pools")
 app.command("worker")(orchestration.worker)
 app.command("deploy")(orchestration.deploy)
 app.add_typer(orchestration.prompts_app, name="prompts")
+app.add_typer(catalog.templates_app, name="templates")
+app.add_typer(catalog.prefs_app, name="prefs")
 
 log = logging.getLogger("stave.cli")
 
