@@ -183,3 +183,30 @@ def plain_row(row: Any) -> dict[str, Any]:
         return value
 
     return {key: plain(value) for key, value in row._mapping.items()}
+
+
+# Roles that row-level security does not apply to: they read user-scoped data as the reporting
+# role, which it does apply to (the policies are in migration 0006).
+_BYPASSES_RLS = text(
+    "SELECT rolsuper OR rolbypassrls OR pg_has_role(current_user, 'stave_migrator', 'MEMBER') "
+    "FROM pg_roles WHERE rolname = current_user"
+)
+
+
+def bypasses_rls(conn: Any) -> bool:
+    return bool(conn.execute(_BYPASSES_RLS).scalar())
+
+
+def user_scope_sql(bypass: bool) -> str:
+    """Statements that limit the rest of a transaction to one user's rows (bind `user_id`).
+
+    As text, so a single-round-trip query (search) can carry them in front of it."""
+    role = "SET LOCAL ROLE stave_reporting; " if bypass else ""
+    return f"{role}SET LOCAL app.user_id = %(user_id)s; "
+
+
+def apply_user_scope(conn: Any, user_id: str) -> None:
+    """For the rest of this transaction, only `user_id`'s rows are visible (and writable)."""
+    if bypasses_rls(conn):
+        conn.execute(text("SET LOCAL ROLE stave_reporting"))
+    conn.execute(text("SELECT set_config('app.user_id', :u, true)"), {"u": user_id})

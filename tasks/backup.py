@@ -198,7 +198,16 @@ def _dump(
             database = conn.execute(text("SELECT current_database()")).scalar_one()
             _check_major(str(version))
             info, _ = stream_to_store(
-                [_tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", f"--dbname={target}"],
+                # --enable-row-security: run as a role subject to the per-user policies
+                # (0006), pg_dump would otherwise refuse; with no user context they pass
+                # every row, so the dump is whole either way.
+                [
+                    _tool("pg_dump"),
+                    "-Fc",
+                    "--enable-row-security",
+                    f"--snapshot={snapshot}",
+                    f"--dbname={target}",
+                ],
                 env,
                 store,
                 key,

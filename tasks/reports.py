@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.db import plain_row
+from infra.db import apply_user_scope, plain_row
 from infra.errors import InvalidInput
 
 _SINCE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -33,9 +33,14 @@ def since(value: str | None, now: datetime | None = None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _rows(engine: Engine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(
+    engine: Engine, sql: str, params: dict[str, Any], user: str | None = None
+) -> list[dict[str, Any]]:
     with engine.connect() as conn:
+        if user is not None:
+            apply_user_scope(conn, user)  # row-level security: that user's rows only
         found = conn.execute(text(sql), params).all()
+        conn.rollback()
     return [plain_row(row) for row in found]
 
 
@@ -73,4 +78,5 @@ def prompts(engine: Engine, user: str, start: datetime | None) -> list[dict[str,
         "AND (CAST(:start AS timestamptz) IS NULL OR revised_at >= CAST(:start AS timestamptz)) "
         "ORDER BY revised_at, revision_id, task_created_at",
         {"u": user, "start": start},
+        user=user,
     )

@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from infra.db import apply_user_scope, bypasses_rls, user_scope_sql
 from infra.errors import InvalidInput, NotFound
 from infra.settings import Settings
 from models.assets import EMBEDDING_DIM
@@ -138,6 +139,13 @@ def similar(
         encoder_version = current_encoder_version(settings)
     vector_index.check_encoder_version(encoder_version)
     with engine.connect() as conn:
+        scope = ""
+        if user_id is not None:
+            # Row-level security, not only the WHERE below: the query asset must be the
+            # user's too, and nothing of another user's can come back.
+            bypass = bypasses_rls(conn)
+            apply_user_scope(conn, user_id)
+            scope = user_scope_sql(bypass)
         if asset_id is not None:
             query = embedding_of(conn, asset_id, encoder_version)
         else:
@@ -155,12 +163,12 @@ def similar(
             if filtered:
                 ef = max(ef, 10 * k)  # over-fetch: filters apply after the index scan
             ef = min(ef, MAX_EF_SEARCH)
-            rows = _search(conn, where, params, k, ef=ef)
+            rows = _search(conn, where, params, k, ef=ef, scope=scope)
             if len(rows) == k:
                 result.method, result.ef_search = "hnsw", ef
                 result.neighbours = rows
                 return result
-        result.neighbours = _search(conn, where, params, k, ef=None)
+        result.neighbours = _search(conn, where, params, k, ef=None, scope=scope)
         return result
 
 
@@ -185,7 +193,12 @@ def _filters(
 
 
 def _search(
-    conn: Connection, where: str, params: dict[str, Any], k: int, ef: int | None
+    conn: Connection,
+    where: str,
+    params: dict[str, Any],
+    k: int,
+    ef: int | None,
+    scope: str = "",
 ) -> list[Neighbour]:
     """One round trip: the settings and the query go as one statement string, bound on the
     client, which the server runs as one implicit transaction (so SET LOCAL holds for the
@@ -204,7 +217,7 @@ def _search(
     sql = (
         # The partial index's predicate must be visible to the planner: no generic plans.
         "SET LOCAL plan_cache_mode = force_custom_plan; "
-        f"{settings_sql}"
+        f"{scope}{settings_sql}"
         "SELECT n.*, t.prompt, mv.name || ':' || mv.version AS model FROM ("
         "SELECT a.id, e.embedding <=> %(q)s AS distance, a.user_id, a.duration_s, "
         "a.object_key, a.sha256, a.task_id, a.created_at, a.model_version_id "
