@@ -41,6 +41,9 @@ def client_env(settings: Settings, api_url: str | None) -> dict[str, str]:
 
 def apply_client_env(settings: Settings, api_url: str | None) -> None:
     """Set `client_env` in this process without overriding what the caller exported."""
+    # Prefect creates its home without parents: with an external database nothing else has
+    # made <home>/<env>/data yet, and the ephemeral API then never starts.
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
     for key, value in client_env(settings, api_url).items():
         os.environ.setdefault(key, value)
 
