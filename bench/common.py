@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,41 +29,34 @@ def migrated_engine() -> tuple[Any, Engine]:
     return settings, get_engine(settings)
 
 
+@contextmanager
+def copy_into(engine: Engine, sql: str) -> Iterator[Any]:
+    """A psycopg COPY … FROM STDIN on a connection of its own, committed when the block ends."""
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert conn is not None
+        with conn.cursor() as cur, cur.copy(sql) as copy:
+            yield copy
+        conn.commit()
+    finally:
+        raw.close()
+
+
 def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID], list[datetime]]:
     """n audio_asset rows (no objects: the write benchmarks never read audio), 1 ms apart."""
     from models.base import new_id
 
     ids = [new_id() for _ in range(n)]
     created = [start + timedelta(milliseconds=i) for i in range(n)]
-    raw = engine.raw_connection()
-    try:
-        conn = raw.driver_connection
-        assert conn is not None
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "COPY audio_asset (id, user_id, object_key, sha256, bytes, format, sample_rate, "
-                "channels, duration_s, created_at) FROM STDIN"
-            ) as copy,
-        ):
-            for asset_id, at in zip(ids, created, strict=True):
-                copy.write_row(
-                    (
-                        asset_id,
-                        "bench",
-                        f"audio/{asset_id}.flac",
-                        "0" * 64,
-                        1,
-                        "flac",
-                        16000,
-                        1,
-                        10.0,
-                        at,
-                    )
-                )
-        conn.commit()
-    finally:
-        raw.close()
+    columns = (
+        "id, user_id, object_key, sha256, bytes, format, sample_rate, channels, duration_s, "
+        "created_at"
+    )
+    with copy_into(engine, f"COPY audio_asset ({columns}) FROM STDIN") as copy:
+        for asset_id, at in zip(ids, created, strict=True):
+            key = f"audio/{asset_id}.flac"
+            copy.write_row((asset_id, "bench", key, "0" * 64, 1, "flac", 16000, 1, 10.0, at))
     return ids, created
 
 
@@ -69,22 +64,13 @@ def copy_embeddings(engine: Engine, ids: list[uuid.UUID], vectors: Any, version:
     """The vectors into latent_embedding for `version`, with the backfill's binary COPY."""
     from tasks.backfill import copy_chunks
 
-    raw = engine.raw_connection()
-    try:
-        conn = raw.driver_connection
-        assert conn is not None
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "COPY latent_embedding (id, asset_id, encoder_version, embedding) "
-                "FROM STDIN WITH (FORMAT BINARY)"
-            ) as copy,
-        ):
-            for chunk in copy_chunks(ids, vectors, version):
-                copy.write(chunk)
-        conn.commit()
-    finally:
-        raw.close()
+    sql = (
+        "COPY latent_embedding (id, asset_id, encoder_version, embedding) "
+        "FROM STDIN WITH (FORMAT BINARY)"
+    )
+    with copy_into(engine, sql) as copy:
+        for chunk in copy_chunks(ids, vectors, version):
+            copy.write(chunk)
 
 
 def settled(engine: Engine, *tables: str) -> None:

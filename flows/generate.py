@@ -24,7 +24,6 @@ from prefect.artifacts import (
 
 from flows.logs import run_logger
 from infra.db import get_engine
-from infra.errors import InvalidInput
 from infra.settings import get_settings
 from tasks import generation, inference, queue, vector_index
 from tasks.classify import classify
@@ -259,8 +258,6 @@ def generate(
         file: A prompt file on the worker's own disk (CLI use).
     """
     log = run_logger("stave.flows.generate")
-    if sum(x is not None for x in (file_key, rows, file)) != 1:
-        raise InvalidInput("give exactly one of file_key, rows or file")
     submission = generation.submit_rows(file, rows, format, user_id, submitted_by, file_key)
     if submission.rejected:
         create_table_artifact(

@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
 from infra.embedded_pg import EmbeddedPostgres
-from infra.errors import DatabaseUnavailable
+from infra.errors import DatabaseUnavailable, first_line
 from infra.settings import Settings, get_settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,6 @@ def describe_url(url: str) -> str:
     )
 
 
-def first_line(err: BaseException | None) -> str:
-    text_ = str(err).strip() if err is not None else ""
-    return text_.splitlines()[0] if text_ else type(err).__name__
-
-
 def plain_row(row: Any) -> dict[str, Any]:
     """A result row as JSON-ready values: ids and decimals as text and float, times ISO 8601."""
     import datetime as dt
@@ -205,8 +200,11 @@ def user_scope_sql(bypass: bool) -> str:
     return f"{role}SET LOCAL app.user_id = %(user_id)s; "
 
 
-def apply_user_scope(conn: Any, user_id: str) -> None:
-    """For the rest of this transaction, only `user_id`'s rows are visible (and writable)."""
-    if bypasses_rls(conn):
+def apply_user_scope(conn: Any, user_id: str) -> bool:
+    """For the rest of this transaction, only `user_id`'s rows are visible (and writable).
+    Returns whether the connection's role bypasses RLS (for `user_scope_sql`)."""
+    bypass = bypasses_rls(conn)
+    if bypass:
         conn.execute(text("SET LOCAL ROLE stave_reporting"))
     conn.execute(text("SELECT set_config('app.user_id', :u, true)"), {"u": user_id})
+    return bypass

@@ -69,8 +69,9 @@ def _directories(settings: Settings) -> Check:
 
 def _database(settings: Settings) -> list[Check]:
     from infra import migrate
-    from infra.db import check_connection, database_url, describe_url, first_line, make_engine
+    from infra.db import check_connection, database_url, describe_url, make_engine
     from infra.db_status import database_status
+    from infra.errors import first_line
 
     fix = (
         "check STAVE_DATABASE_URL (host, port, credentials) and that the server is running"

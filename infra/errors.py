@@ -19,6 +19,13 @@ ErrorClass = Literal[
 ]
 
 
+def first_line(err: BaseException | None) -> str:
+    """An exception's first line of text (its type's name when it has none): for one-line
+    messages built around another library's error."""
+    text_ = str(err).strip() if err is not None else ""
+    return text_.splitlines()[0] if text_ else type(err).__name__
+
+
 class StaveError(Exception):
     """Base class: the message is one line that says what is wrong and where."""
 

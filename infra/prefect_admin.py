@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from infra.errors import ConfigError, StaveError
+from infra.errors import ConfigError, StaveError, first_line
 from infra.settings import Settings, mask_url
 
 # Pools named in prefect.yaml: inference and training on `gpu`, everything else on `cpu`.
@@ -39,13 +39,16 @@ def client_env(settings: Settings, api_url: str | None) -> dict[str, str]:
     return env
 
 
-def apply_client_env(settings: Settings, api_url: str | None) -> None:
-    """Set `client_env` in this process without overriding what the caller exported."""
+def apply_client_env(settings: Settings, api_url: str | None, *, override: bool = False) -> None:
+    """Set `client_env` in this process; what the caller exported wins unless `override`."""
     # Prefect creates its home without parents: with an external database nothing else has
     # made <home>/<env>/data yet, and the ephemeral API then never starts.
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
     for key, value in client_env(settings, api_url).items():
-        os.environ.setdefault(key, value)
+        if override:
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -89,8 +92,9 @@ def check_server_database(settings: Settings) -> None:
                 "WHERE name = 'pg_trgm'"
             ).fetchone()
     except psycopg.OperationalError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StaveError(f"Prefect database {mask_url(url)} is unreachable: {first}") from None
+        raise StaveError(
+            f"Prefect database {mask_url(url)} is unreachable: {first_line(err)}"
+        ) from None
     if row is None:
         raise StaveError(
             f"Prefect database {mask_url(url)} lacks the pg_trgm extension Prefect's migrations "
@@ -195,9 +199,8 @@ def check_api(api_url: str) -> None:
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
-        first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure)
         raise StaveError(
-            f"the Prefect API at {api_url} is not answering ({first}); start it with "
+            f"the Prefect API at {api_url} is not answering ({first_line(failure)}); start it with "
             "`stave server` or set STAVE_PREFECT_API_URL"
         )
 

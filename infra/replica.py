@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from infra.db import get_engine, make_engine
+from infra.errors import first_line
 from infra.settings import Settings, get_settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,9 @@ def _probe(settings: Settings) -> ReadRoute:
         with _replica.connect() as conn:
             row = conn.execute(text(LAG_SQL)).one()
     except Exception as err:  # any failure to answer: read from the primary instead
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return ReadRoute(get_engine(settings), "primary", f"replica {where} is down: {first}")
+        return ReadRoute(
+            get_engine(settings), "primary", f"replica {where} is down: {first_line(err)}"
+        )
     in_recovery, lag = bool(row[0]), float(row[1])
     if not in_recovery:
         return ReadRoute(

@@ -226,12 +226,14 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("prefect_database_url", "prefect_api_auth_string", "redis_url", mode="before")
-    @classmethod
-    def _blank_secret_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("s3_endpoint", "prefect_api_url", mode="before")
+    @field_validator(
+        "s3_endpoint",
+        "prefect_api_url",
+        "prefect_database_url",
+        "prefect_api_auth_string",
+        "redis_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -311,11 +313,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret in clear, for log redaction only."""
         values: list[str] = []
-        if self.database_url is not None:
-            password = urlsplit(self.database_url.get_secret_value()).password
-            if password:
-                values.append(password)
-        for url in (self.prefect_database_url, self.replica_url, self.redis_url):
+        for url in (self.database_url, self.prefect_database_url, self.replica_url, self.redis_url):
             if url is not None:
                 password = urlsplit(url.get_secret_value()).password
                 if password:

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from infra.embedded_pg import bin_dir
-from infra.errors import InvalidInput, NotFound, StaveError
+from infra.errors import InvalidInput, NotFound, StaveError, first_line
 from infra.objectstore.base import ObjectInfo, ObjectStore
 from infra.objectstore.keys import backup_key
 from models.base import new_id, utcnow
@@ -130,7 +130,7 @@ def recorded(
         yield backup_id, key, started
     except BaseException as err:
         # The record first: whatever happens to the cleanup, nothing claims success.
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = first_line(err)
         with engine.begin() as conn:
             conn.execute(
                 text(

@@ -9,6 +9,7 @@ loaded the old value before the commit cannot put it back afterwards.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from infra.cache import ConfigCache, cache_key
+from infra.db import plain_row
 from infra.errors import InvalidInput
 from infra.settings import Settings
 from tasks.intake import check_parameters
@@ -117,7 +119,7 @@ def put_template(
                 "description = coalesce(:d, style_template.description), "
                 "updated_at = clock_timestamp() RETURNING parameters, updated_at"
             ),
-            {"name": name, "d": description, "p": _json(values)},
+            {"name": name, "d": description, "p": json.dumps(values, sort_keys=True)},
         ).one()
     # After the commit: a reader never sees the new value in the cache before the database.
     cache.store_if_newer(cache_key(settings, "template", name), row[0], _version(row[1]))
@@ -141,7 +143,7 @@ def put_preferences(
                 "ON CONFLICT (user_id) DO UPDATE SET parameters = EXCLUDED.parameters, "
                 "updated_at = clock_timestamp() RETURNING parameters, updated_at"
             ),
-            {"u": user_id, "p": _json(values)},
+            {"u": user_id, "p": json.dumps(values, sort_keys=True)},
         ).one()
     cache.store_if_newer(cache_key(settings, "prefs", user_id), row[0], _version(row[1]))
     return {"user_id": user_id, "parameters": row[0], "updated_at": row[1].isoformat()}
@@ -152,13 +154,4 @@ def list_templates(engine: Engine) -> list[dict[str, Any]]:
         rows = conn.execute(
             text("SELECT name, description, parameters, updated_at FROM style_template ORDER BY 1")
         ).all()
-    return [
-        {"name": r[0], "description": r[1], "parameters": r[2], "updated_at": r[3].isoformat()}
-        for r in rows
-    ]
-
-
-def _json(values: Mapping[str, Any]) -> str:
-    import json
-
-    return json.dumps(values, sort_keys=True)
+    return [plain_row(r) for r in rows]

@@ -36,7 +36,7 @@ def submit_rows(
     if sum(x is not None for x in (file, rows, file_key)) != 1:
         from infra.errors import InvalidInput
 
-        raise InvalidInput("give exactly one of a file, a file key or rows")
+        raise InvalidInput("give exactly one of file_key, rows or file")
     if file_key is not None:
         source = intake.read_object(make_object_store(get_settings()), file_key, fmt)
     elif file is not None:

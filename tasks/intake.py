@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from infra.errors import InvalidInput
+from infra.errors import InvalidInput, first_line
 
 if TYPE_CHECKING:
     from infra.objectstore import ObjectStore
@@ -268,8 +268,7 @@ def _read_parquet(data: bytes, where: str) -> SourceRows:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InvalidInput(f"{where}: is not a readable Parquet file ({first})") from None
+        raise InvalidInput(f"{where}: is not a readable Parquet file ({first_line(err)})") from None
     _check_columns(table.column_names, where)
     if table.num_rows == 0:
         raise InvalidInput(f"{where}: has no rows")

@@ -44,6 +44,11 @@ def _rows(
     return [plain_row(row) for row in found]
 
 
+def _utc_day_time(start: datetime | None) -> datetime | None:
+    """The views' days are naive UTC timestamps: compare like with like."""
+    return start.astimezone(UTC).replace(tzinfo=None) if start else None
+
+
 def models(engine: Engine, start: datetime | None) -> list[dict[str, Any]]:
     """Per model version: how many clips it made (since `start`), their hours, first and last."""
     return _rows(
@@ -53,7 +58,7 @@ def models(engine: Engine, start: datetime | None) -> list[dict[str, Any]]:
         "max(day) AS last_day FROM report_model_clips "
         "WHERE CAST(:start AS timestamp) IS NULL OR day >= CAST(:start AS timestamp) "
         "GROUP BY name, version, checkpoint_sha256 ORDER BY clips DESC, name, version",
-        {"start": start.astimezone(UTC).replace(tzinfo=None) if start else None},
+        {"start": _utc_day_time(start)},
     )
 
 
@@ -65,7 +70,7 @@ def failures(engine: Engine, start: datetime | None) -> list[dict[str, Any]]:
         "WHERE CAST(:start AS timestamp) IS NULL "
         "OR day >= date_trunc('day', CAST(:start AS timestamp)) "
         "ORDER BY day DESC, tasks DESC, error_class",
-        {"start": start.astimezone(UTC).replace(tzinfo=None) if start else None},
+        {"start": _utc_day_time(start)},
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from infra.db import apply_user_scope, bypasses_rls, user_scope_sql
+from infra.db import apply_user_scope, user_scope_sql
 from infra.errors import InvalidInput, NotFound
 from infra.settings import Settings
 from models.assets import EMBEDDING_DIM
@@ -143,9 +143,7 @@ def similar(
         if user_id is not None:
             # Row-level security, not only the WHERE below: the query asset must be the
             # user's too, and nothing of another user's can come back.
-            bypass = bypasses_rls(conn)
-            apply_user_scope(conn, user_id)
-            scope = user_scope_sql(bypass)
+            scope = user_scope_sql(apply_user_scope(conn, user_id))
         if asset_id is not None:
             query = embedding_of(conn, asset_id, encoder_version)
         else:

@@ -46,9 +46,8 @@ def _job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
         counts = job_state(get_engine(), job_id).counts
         if not counts:
             return None
-        done = sum(counts.get(s, 0) for s in ("published", "quarantined", "failed"))
-        states = ("published", "quarantined", "failed")
-        return total, done, {s: counts.get(s, 0) for s in states}
+        settled = {s: counts.get(s, 0) for s in ("published", "quarantined", "failed")}
+        return total, sum(settled.values()), settled
 
     return PollingBar(poll, desc="generating", unit="clip", total=total)
 

@@ -66,9 +66,7 @@ def _connect(current: Settings) -> str:
     from infra import prefect_admin
 
     api = current.prefect_server_url
-    current.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect warns on import otherwise
-    for key, value in prefect_admin.client_env(current, api).items():
-        os.environ[key] = value
+    prefect_admin.apply_client_env(current, api, override=True)
     prefect_admin.check_api(api)
     return api
 
@@ -180,11 +178,9 @@ def deploy(
     prefect_admin.setup_pools(current.gpu_concurrency_limit, None)
     root = prefect_admin.project_root()
     selection = [arg for n in name for arg in ("--name", n)] or ["--all"]
-    env = {
-        **os.environ,
-        **prefect_admin.client_env(current, current.prefect_server_url),
-        "STAVE_TIMEZONE": current.timezone,
-    }
+    # _connect put the client's variables in this environment; prefect.yaml's schedules
+    # read the timezone from it.
+    env = {**os.environ, "STAVE_TIMEZONE": current.timezone}
     done = subprocess.run(
         [prefect_admin.prefect_executable(), "deploy", *selection, "--no-prompt"],
         cwd=root,
