@@ -39,8 +39,8 @@ STATUSES = tuple(s.value for s in TaskStatus)
 @lifecycle(LifecyclePolicy(action="archive", hot_days=GENERATION_HOT_DAYS))
 class PromptRevision(SQLModel, table=True):
     __tablename__ = "prompt_revision"
-    # created_at alone: archival finds the oldest rows past the hot period by it.
-    __table_args__ = (Index(None, "user_id", "created_at"), Index(None, "created_at"))
+    # (created_at, id): archival walks the rows past the hot period in this order.
+    __table_args__ = (Index(None, "user_id", "created_at"), Index(None, "created_at", "id"))
 
     id: uuid.UUID = id_field()
     user_id: str = Field(max_length=128)
@@ -59,7 +59,7 @@ class GenerationJob(SQLModel, table=True):
     __table_args__ = (
         Index(None, "submitted_by", "created_at"),
         Index(None, "source_sha256"),
-        Index(None, "created_at"),
+        Index(None, "created_at", "id"),
     )
 
     id: uuid.UUID = id_field()
@@ -87,7 +87,7 @@ class GenerationTask(SQLModel, table=True):
     __tablename__ = "generation_task"
     __table_args__ = (
         CheckConstraint(check_in("status", STATUSES), name="status"),
-        Index(None, "created_at"),
+        Index(None, "created_at", "id"),
         CheckConstraint(
             "error_class IS NULL OR " + check_in("error_class", ERROR_CLASSES), name="error_class"
         ),

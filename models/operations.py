@@ -22,7 +22,7 @@ BACKFILL_STATUSES = ("running", "stopped", "completed")
 @lifecycle(LifecyclePolicy(action="archive", hot_days=GENERATION_HOT_DAYS))
 class ValidationRun(SQLModel, table=True):
     __tablename__ = "validation_run"
-    __table_args__ = (Index(None, "job_id", "created_at"), Index(None, "created_at"))
+    __table_args__ = (Index(None, "job_id", "created_at"), Index(None, "created_at", "id"))
 
     id: uuid.UUID = id_field()
     suite: str = Field(max_length=128)

@@ -5,14 +5,21 @@ root; its `travels_with` tables go with each root row (a task with its events, i
 the asset's embeddings). A group of files is archived in four durable steps:
 
 1. `prepare`: the root rows (one month, up to a batch) are chosen and an `archive_batch` row per
-   file is committed with status `writing`, naming every object that will be written.
-2. `write`: each table's rows stream from a server-side cursor into a zstd Parquet file (one
-   record batch at a time, so memory does not grow with the table) and up to the store; audio
-   objects are copied to the archive prefix and verified.
-3. `verify`: each file is read back from the store: its row count and a sha256 over its sorted
+   file is committed with status `writing`, naming every object that will be written. A root
+   whose rows age on their timestamp alone is cut into key ranges, `(created_at, id)` from the
+   group's first row to its last; one with a further condition (a job no hot task points at)
+   names its rows by id.
+2. `write`: each table's rows stream out of PostgreSQL (`COPY … TO STDOUT` read by pyarrow's
+   CSV reader on the other end of a pipe, or a server-side cursor for vectors) into a zstd
+   Parquet file one record batch at a time, so memory does not grow with the group, and up to
+   the store; audio objects are copied to the archive prefix and verified.
+3. `verify`: each file is read back from the store: its row count and a checksum over its
    primary keys must match what was written.
 4. `commit`: one transaction deletes exactly the archived rows (counts must match, or nothing
    is deleted) and marks the files `committed`; the hot audio objects are deleted after it.
+   When every foreign key into the group comes from the group's own tables, the deletes run
+   with the row-by-row foreign-key triggers off (`fast_delete`): the root rows are locked
+   first, so a row referring to them that commits meanwhile is counted, not orphaned.
 
 A crash before 4 leaves `writing` rows: the next run removes their files (and audio copies of
 assets still hot) and starts over, so nothing is lost or archived twice. A crash after 4 can
@@ -57,13 +64,8 @@ ELIGIBLE = {
 }
 READ_CHUNK = 5000
 PARQUET = "application/vnd.apache.parquet"
-# A group's root ids travel as one array literal: binding 10,000 UUIDs one by one costs more
-# client time than the query.
-IDS = "CAST(:ids AS uuid[])"
-
-
-def ids_literal(ids: Sequence[uuid.UUID]) -> str:
-    return "{" + ",".join(map(str, ids)) + "}"
+# Where a traveller's condition puts the group's own condition on the root.
+ROOT = "{root}"
 
 
 class ArchiveConflict(StaveError):
@@ -80,7 +82,8 @@ ARCHIVE_LOCK = int(hashlib.sha256(b"stave/archive").hexdigest()[:15], 16)
 # -- the shape of a group ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Member:
-    """A table in a group and how its rows are found from the root ids (`:ids`)."""
+    """A table in a group and how its rows are found from the group's rows of the root (`where`
+    holds `{root}`, the group's condition on the root table)."""
 
     table: str
     where: str
@@ -101,7 +104,7 @@ def _members(root: str, travels_with: tuple[str, ...]) -> tuple[Member, ...]:
     import models  # noqa: F401
 
     tables = SQLModel.metadata.tables
-    found = [Member(root, f"id = ANY({IDS})")]
+    found = [Member(root, ROOT)]
     pending = list(travels_with)
     while pending:
         progressed = False
@@ -111,10 +114,7 @@ def _members(root: str, travels_with: tuple[str, ...]) -> tuple[Member, ...]:
                 parent = fk.column.table.name
                 if parent in known:
                     column = fk.parent.name
-                    if parent == root:
-                        where = f"{column} = ANY({IDS})"
-                    else:
-                        where = f"{column} IN (SELECT id FROM {parent} WHERE {known[parent].where})"
+                    where = f"{column} IN (SELECT id FROM {parent} WHERE {known[parent].where})"
                     found.append(Member(name, where, None if parent == root else parent))
                     pending.remove(name)
                     progressed = True
@@ -176,6 +176,366 @@ def columns_of(conn: Connection, table: str) -> list[Column]:
     return [Column(name, sql_type) for name, sql_type in rows]
 
 
+# -- 1. prepare -----------------------------------------------------------------------------------
+@dataclass
+class Group:
+    id: uuid.UUID
+    root: str
+    year: int
+    month: int
+    rows: int | None  # root rows named by id; None: every root row in the key range
+    time_from: datetime
+    time_to: datetime
+    # The group's condition on the root table (no alias) and its bound values.
+    where: str
+    params: dict[str, Any]
+    files: dict[str, uuid.UUID] = field(default_factory=dict)  # table -> archive_batch id
+    moved: list[dict[str, str]] = field(default_factory=list)
+    written: dict[str, tuple[int, str]] = field(default_factory=dict)  # table -> rows, checksum
+
+    def key(self, table: str) -> str:
+        return archive_key(table, self.year, self.month, self.files[table])
+
+    def condition(self, member: Member) -> str:
+        return member.where.replace(ROOT, self.where)
+
+
+def cutoff_for(policy: LifecyclePolicy, older_than_days: int | None, now: datetime) -> datetime:
+    days = older_than_days if older_than_days is not None else policy.hot_days or 0
+    return now - timedelta(days=days)
+
+
+def count_eligible(conn: Connection, policy: LifecyclePolicy, cutoff: datetime) -> int:
+    return int(
+        conn.execute(
+            text(f"SELECT count(*) FROM {policy.table} r WHERE {_eligible(policy)}"),
+            {"cutoff": cutoff},
+        ).scalar_one()
+    )
+
+
+def _eligible(policy: LifecyclePolicy) -> str:
+    condition = f"r.{policy.timestamp_column} < :cutoff"
+    extra = ELIGIBLE.get(policy.table)
+    return f"{condition} AND {extra}" if extra else condition
+
+
+def _month_end(at: datetime) -> datetime:
+    return (at.replace(day=28) + timedelta(days=4)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+
+
+def _choose(
+    conn: Connection,
+    policy: LifecyclePolicy,
+    cutoff: datetime,
+    batch_size: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[int | None, datetime, datetime, str, dict[str, Any]] | None:
+    """The next group's rows: (count if named by id, first time, last time, condition, its
+    values)."""
+    ts, table = policy.timestamp_column, policy.table
+    # Past the last group's end when there was one: the index entries before it point at rows
+    # this run deleted, and stepping over them costs a heap visit each.
+    past = f"AND r.{ts} >= :after_ts AND (r.{ts}, r.id) > (:after_ts, :after_id) " if after else ""
+    first = conn.execute(
+        text(
+            f"SELECT r.{ts}, r.id FROM {table} r WHERE {_eligible(policy)} {past}"
+            f"ORDER BY r.{ts}, r.id LIMIT 1"
+        ),
+        {
+            "cutoff": cutoff,
+            "after_ts": after[0] if after else None,
+            "after_id": after[1] if after else None,
+        },
+    ).first()
+    if first is None:
+        return None
+    # One month per group (the files are partitioned by year=/month=), never past the cut-off.
+    until = min(cutoff, _month_end(first[0].astimezone(UTC)))
+    values = {"cutoff": cutoff, "until": until, "lo_ts": first[0], "lo_id": first[1]}
+    window = (
+        f"SELECT r.{ts} AS ts, r.id FROM {table} r WHERE {_eligible(policy)} "
+        f"AND r.{ts} >= :lo_ts AND (r.{ts}, r.id) >= (:lo_ts, :lo_id) AND r.{ts} < :until "
+        f"ORDER BY r.{ts}, r.id LIMIT :n"
+    )
+    if policy.table in ELIGIBLE:
+        # Eligibility beyond age can change while the group is written: name the rows by id.
+        n, ids, time_to = conn.execute(
+            text(f"SELECT count(*), array_agg(id)::text, max(ts) FROM ({window}) s"),
+            {**values, "n": batch_size},
+        ).one()
+        return n, first[0], time_to, "id = ANY(CAST(:ids AS uuid[]))", {"ids": ids}
+    # Age alone decides: the group is every row from the first to the batch's last in key order
+    # (an index walk on (ts, id)), or to the month's or the cut-off's last.
+    last = (
+        conn.execute(
+            text(f"{window.replace('LIMIT :n', 'OFFSET :n LIMIT 1')}"),
+            {**values, "n": batch_size - 1},
+        ).first()
+        or conn.execute(
+            text(
+                f"SELECT r.{ts}, r.id FROM {table} r WHERE r.{ts} >= :lo_ts AND r.{ts} < :until "
+                f"ORDER BY r.{ts} DESC, r.id DESC LIMIT 1"
+            ),
+            values,
+        ).one()
+    )
+    where = (
+        f"{ts} >= :lo_ts AND {ts} <= :hi_ts "
+        f"AND ({ts}, id) >= (:lo_ts, :lo_id) AND ({ts}, id) <= (:hi_ts, :hi_id)"
+    )
+    bounds = {"lo_ts": first[0], "lo_id": first[1], "hi_ts": last[0], "hi_id": last[1]}
+    return None, first[0], last[0], where, bounds
+
+
+def prepare(
+    engine: Engine,
+    policy: LifecyclePolicy,
+    cutoff: datetime,
+    batch_size: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> Group | None:
+    """Choose the next group (the oldest month's oldest rows, past `after`, the key this run's
+    last group of the table ended at) and record its files as `writing`; None when nothing in
+    this table is old enough."""
+    with engine.begin() as conn:
+        chosen = _choose(conn, policy, cutoff, batch_size, after)
+        if chosen is None:
+            return None
+        rows, time_from, time_to, where, params = chosen
+        first = time_from.astimezone(UTC)
+        group = Group(
+            id=new_id(),
+            root=policy.table,
+            year=first.year,
+            month=first.month,
+            rows=rows,
+            time_from=time_from,
+            time_to=time_to,
+            where=where,
+            params=params,
+        )
+        for member in members(policy):
+            group.files[member.table] = new_id()
+        if "audio_asset" in group.files:
+            audio = next(m for m in members(policy) if m.table == "audio_asset")
+            assets = conn.execute(
+                text(
+                    "SELECT id, object_key, sha256, format FROM audio_asset "
+                    f"WHERE {group.condition(audio)}"
+                ),
+                group.params,
+            ).all()
+            group.moved = [
+                {
+                    "asset_id": str(a.id),
+                    "from": a.object_key,
+                    "to": archived_audio_key(a.id, a.format),
+                    "sha256": a.sha256,
+                }
+                for a in assets
+                if not a.object_key.startswith("archive/")
+            ]
+        conn.execute(
+            text(
+                "INSERT INTO archive_batch (id, group_id, root_table, status, table_name, "
+                "object_key, row_count, checksum, time_from, time_to, moved_objects, "
+                "created_at) VALUES (:id, :g, :root, 'writing', :t, :key, 0, '', :tf, :tt, "
+                "CAST(:moved AS jsonb), now())"
+            ),
+            [
+                {
+                    "id": file_id,
+                    "g": group.id,
+                    "root": group.root,
+                    "t": table,
+                    "key": group.key(table),
+                    "tf": group.time_from,
+                    "tt": group.time_to,
+                    "moved": json.dumps(group.moved if table == "audio_asset" else []),
+                }
+                for table, file_id in group.files.items()
+            ],
+        )
+    return group
+
+
+# -- 2. write -------------------------------------------------------------------------------------
+def write(
+    engine: Engine,
+    store: ObjectStore,
+    policy: LifecyclePolicy,
+    group: Group,
+    tmp_dir: Path,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Each member table's rows to its Parquet file in the store; audio copied and verified."""
+    moved = {m["asset_id"]: m["to"] for m in group.moved}
+    for item in group.moved:
+        store.copy(item["from"], item["to"])
+        store.verify(item["to"], expected_sha256=item["sha256"])
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    for member in members(policy):
+        with engine.connect() as conn:
+            columns = columns_of(conn, member.table)
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as handle:
+            if any(c.sql_type.startswith("vector") for c in columns):
+                # Tables with vectors (latent_embedding) hold no object keys to re-key.
+                assert member.table != "audio_asset"
+                ids = _write_vectors(engine, member, group, columns, handle.name)
+            else:
+                rekey = moved if member.table == "audio_asset" else {}
+                ids = _write_copy(engine, member, group, columns, handle.name, rekey)
+            with open(handle.name, "rb") as stream:
+                store.put_stream(group.key(member.table), stream, content_type=PARQUET)
+        group.written[member.table] = (len(ids), checksum(ids))
+        if progress is not None and member.table == policy.table:
+            progress(len(ids))
+
+
+def _schema(columns: Sequence[Column]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(c.name, c.arrow_type()) for c in columns])
+
+
+def _bind(sql: str, params: dict[str, Any]) -> str:
+    """SQLAlchemy's `:name` placeholders as psycopg's `%(name)s` (casts' `::` left alone)."""
+    for name in params:
+        sql = re.sub(rf"(?<![:\w]):{name}\b", f"%({name})s", sql)
+    return sql
+
+
+def _write_vectors(
+    engine: Engine, member: Member, group: Group, columns: Sequence[Column], path: str
+) -> Any:
+    """A server-side cursor into `fixed_size_list<float32>` columns; returns the ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema(columns)
+    select = ", ".join(c.select for c in columns)
+    ids: list[Any] = []
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None
+        with (
+            pq.ParquetWriter(path, schema, compression="zstd") as writer,
+            driver.cursor(name=f"archive_{uuid.uuid4().hex[:12]}") as cur,
+        ):
+            cur.itersize = READ_CHUNK
+            sql = f"SELECT {select} FROM {member.table} WHERE {group.condition(member)}"
+            cur.execute(_bind(sql, group.params), group.params)
+            while chunk := cur.fetchmany(READ_CHUNK):
+                batch = pa.RecordBatch.from_arrays(_arrays(columns, chunk, schema), schema=schema)
+                writer.write_batch(batch)
+                ids.append(batch.column("id").cast(pa.string()))
+        driver.rollback()
+    finally:
+        raw.close()
+    return pa.chunked_array(ids, pa.string())
+
+
+def _write_copy(
+    engine: Engine,
+    member: Member,
+    group: Group,
+    columns: Sequence[Column],
+    path: str,
+    moved: dict[str, str],
+) -> Any:
+    """Tables without vectors: `COPY … TO STDOUT (FORMAT csv)` from a thread into a pipe, read
+    on the other end by pyarrow's streaming CSV reader (C++, typed by the schema) and written
+    a record batch at a time: PostgreSQL and the Parquet writer work at once, and memory holds
+    one block whatever the group's size. Returns the ids written."""
+    import io
+    import os
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    schema = _schema(columns)
+    id_at = schema.get_field_index("id")
+    # Columns as COPY prints them: timestamps in UTC with their offset (`+00`), which pyarrow
+    # parses straight into timestamp[us, UTC]; uuid and jsonb as their text.
+    sql = _bind(
+        f"COPY (SELECT {', '.join(c.name for c in columns)} FROM {member.table} "
+        f"WHERE {group.condition(member)}) TO STDOUT (FORMAT csv)",
+        group.params,
+    )
+    moved_ids = pa.array(list(moved), pa.string())
+    moved_keys = pa.array(list(moved.values()), pa.string())
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+
+    def produce() -> None:
+        try:
+            with (
+                os.fdopen(write_fd, "wb") as sink,
+                driver.cursor() as cur,
+            ):
+                cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'")
+                with cur.copy(sql, group.params) as copy:
+                    for data in copy:
+                        sink.write(data)
+        except BrokenPipeError:
+            pass  # the reader stopped first; its error is the one to report
+        except BaseException as err:  # re-raised in the calling thread
+            failure.append(err)
+
+    producer = threading.Thread(target=produce, name=f"archive-copy-{member.table}")
+    producer.start()
+    ids: list[Any] = []
+    ok = False
+    try:
+        with (
+            io.BufferedReader(os.fdopen(read_fd, "rb"), buffer_size=1 << 20) as source,
+            pq.ParquetWriter(path, schema, compression="zstd") as writer,
+        ):
+            if source.peek(1):  # pyarrow reads no table from no bytes
+                reader = pcsv.open_csv(
+                    source,
+                    read_options=pcsv.ReadOptions(column_names=schema.names),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types=schema,
+                        null_values=[""],
+                        true_values=["t"],
+                        false_values=["f"],
+                        strings_can_be_null=True,
+                        quoted_strings_can_be_null=False,
+                    ),
+                )
+                for batch in reader:
+                    if len(moved_ids):
+                        # Archived asset rows point at the audio's new key under archive/.
+                        at = schema.get_field_index("object_key")
+                        found = pc.take(moved_keys, pc.index_in(batch[id_at], value_set=moved_ids))
+                        batch = batch.set_column(at, "object_key", pc.coalesce(found, batch[at]))
+                    writer.write_batch(batch)
+                    ids.append(batch.column(id_at).cast(pa.string()))
+        producer.join()
+        if failure:
+            raise failure[0]
+        driver.rollback()
+        ok = True
+    finally:
+        producer.join()
+        if ok:
+            raw.close()
+        else:
+            raw.invalidate()  # a COPY cut short leaves the connection unusable
+    return pa.chunked_array(ids, pa.string())
+
+
 def _arrays(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]], schema: Any) -> list[Any]:
     import pyarrow as pa
 
@@ -201,290 +561,61 @@ def _arrays(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]], schema: 
     return arrays
 
 
-# -- 1. prepare -----------------------------------------------------------------------------------
-@dataclass
-class Group:
-    id: uuid.UUID
-    root: str
-    year: int
-    month: int
-    ids: list[uuid.UUID]
-    time_from: datetime
-    time_to: datetime
-    files: dict[str, uuid.UUID] = field(default_factory=dict)  # table -> archive_batch id
-    moved: list[dict[str, str]] = field(default_factory=list)
-    written: dict[str, tuple[int, str]] = field(default_factory=dict)  # table -> rows, checksum
-
-    def key(self, table: str) -> str:
-        return archive_key(table, self.year, self.month, self.files[table])
-
-    @functools.cached_property
-    def ids_text(self) -> str:
-        """The root ids as one array literal (made once: every member query sends it)."""
-        return ids_literal(self.ids)
+# 64-bit mixing constants (splitmix64's finaliser).
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def cutoff_for(policy: LifecyclePolicy, older_than_days: int | None, now: datetime) -> datetime:
-    days = older_than_days if older_than_days is not None else policy.hot_days or 0
-    return now - timedelta(days=days)
+def _mix(h: Any) -> Any:
+    h = h ^ (h >> np.uint64(30))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _M2
+    return h ^ (h >> np.uint64(31))
 
 
-def count_eligible(conn: Connection, policy: LifecyclePolicy, cutoff: datetime) -> int:
-    return int(
-        conn.execute(
-            text(f"SELECT count(*) FROM {policy.table} r WHERE {_eligible(policy)}"),
-            {"cutoff": cutoff},
-        ).scalar_one()
-    )
+def checksum(keys: Any) -> str:
+    """A digest of a set of primary keys, whatever their order: the count, and the sum and xor
+    (mod 2^64) of a 64-bit hash of each key, under sha256. Vectorised: read back and written
+    sides each hash a group's ids in milliseconds, where sorting them took tens.
 
-
-def _eligible(policy: LifecyclePolicy) -> str:
-    condition = f"r.{policy.timestamp_column} < :cutoff"
-    extra = ELIGIBLE.get(policy.table)
-    return f"{condition} AND {extra}" if extra else condition
-
-
-def prepare(
-    engine: Engine, policy: LifecyclePolicy, cutoff: datetime, batch_size: int
-) -> Group | None:
-    """Choose the next group (the oldest month's oldest rows) and record its files as
-    `writing`; None when nothing in this table is old enough."""
-    ts = policy.timestamp_column
-    with engine.begin() as conn:
-        first = conn.execute(
-            text(f"SELECT min(r.{ts}) FROM {policy.table} r WHERE {_eligible(policy)}"),
-            {"cutoff": cutoff},
-        ).scalar()
-        if first is None:
-            return None
-        first = first.astimezone(UTC)
-        month_end = (first.replace(day=28) + timedelta(days=4)).replace(
-            day=1, hour=0, minute=0, second=0, microsecond=0
-        )
-        rows = conn.execute(
-            text(
-                f"SELECT r.id, r.{ts} FROM {policy.table} r WHERE {_eligible(policy)} "
-                f"AND r.{ts} < :month_end ORDER BY r.{ts}, r.id LIMIT :n"
-            ),
-            {"cutoff": cutoff, "month_end": month_end, "n": batch_size},
-        ).all()
-        group = Group(
-            id=new_id(),
-            root=policy.table,
-            year=first.year,
-            month=first.month,
-            ids=[r[0] for r in rows],
-            time_from=rows[0][1],
-            time_to=rows[-1][1],
-        )
-        for member in members(policy):
-            group.files[member.table] = new_id()
-        if "audio_asset" in group.files:
-            assets = conn.execute(
-                text(
-                    "SELECT id, object_key, sha256, format FROM audio_asset "
-                    f"WHERE {next(m for m in members(policy) if m.table == 'audio_asset').where}"
-                ),
-                {"ids": group.ids_text},
-            ).all()
-            group.moved = [
-                {
-                    "asset_id": str(a.id),
-                    "from": a.object_key,
-                    "to": archived_audio_key(a.id, a.format),
-                    "sha256": a.sha256,
-                }
-                for a in assets
-                if not a.object_key.startswith("archive/")
-            ]
-        for table, file_id in group.files.items():
-            conn.execute(
-                text(
-                    "INSERT INTO archive_batch (id, group_id, root_table, status, table_name, "
-                    "object_key, row_count, checksum, time_from, time_to, moved_objects, "
-                    "created_at) VALUES (:id, :g, :root, 'writing', :t, :key, 0, '', :tf, :tt, "
-                    "CAST(:moved AS jsonb), now())"
-                ),
-                {
-                    "id": file_id,
-                    "g": group.id,
-                    "root": group.root,
-                    "t": table,
-                    "key": group.key(table),
-                    "tf": group.time_from,
-                    "tt": group.time_to,
-                    "moved": json.dumps(group.moved if table == "audio_asset" else []),
-                },
-            )
-    return group
-
-
-# -- 2. write -------------------------------------------------------------------------------------
-def write(
-    engine: Engine,
-    store: ObjectStore,
-    policy: LifecyclePolicy,
-    group: Group,
-    tmp_dir: Path,
-    progress: Callable[[int], None] | None = None,
-) -> None:
-    """Each member table's rows to its Parquet file in the store; audio copied and verified."""
-    moved = {m["asset_id"]: m["to"] for m in group.moved}
-    for item in group.moved:
-        store.copy(item["from"], item["to"])
-        store.verify(item["to"], expected_sha256=item["sha256"])
-    for member in members(policy):
-        rows, checksum = _write_table(
-            engine, store, member, group, tmp_dir, moved if member.table == "audio_asset" else {}
-        )
-        group.written[member.table] = (rows, checksum)
-        if progress is not None and member.table == policy.table:
-            progress(rows)
-
-
-def _write_table(
-    engine: Engine,
-    store: ObjectStore,
-    member: Member,
-    group: Group,
-    tmp_dir: Path,
-    moved: dict[str, str],
-) -> tuple[int, str]:
+    `keys`: a pyarrow string array (chunked or not) or a sequence of str."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    with engine.connect() as conn:
-        columns = columns_of(conn, member.table)
-    schema = pa.schema([(c.name, c.arrow_type()) for c in columns])
-    if not any(c.sql_type.startswith("vector") for c in columns):
-        return _write_table_copy(engine, store, member, group, columns, schema, moved)
-    # Tables with vectors (latent_embedding) hold no object keys, so nothing is re-keyed here.
-    assert not moved, f"{member.table}: audio keys to rewrite in a table with vectors"
-    select = ", ".join(c.select for c in columns)
-    keys: list[str] = []
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as handle:
-        raw = engine.raw_connection()
-        try:
-            driver = raw.driver_connection
-            assert driver is not None
-            with (
-                pq.ParquetWriter(handle.name, schema, compression="zstd") as writer,
-                driver.cursor(name=f"archive_{uuid.uuid4().hex[:12]}") as cur,
-            ):
-                cur.itersize = READ_CHUNK
-                sql, params = _bind(
-                    f"SELECT {select} FROM {member.table} WHERE {member.where} ORDER BY id",
-                    group,
-                )
-                cur.execute(sql, params)
-                while chunk := cur.fetchmany(READ_CHUNK):
-                    keys.extend(str(row[0]) for row in chunk)
-                    batch = pa.RecordBatch.from_arrays(
-                        _arrays(columns, chunk, schema), schema=schema
-                    )
-                    writer.write_batch(batch)
-            driver.rollback()
-        finally:
-            raw.close()
-        with open(handle.name, "rb") as stream:
-            store.put_stream(group.key(member.table), stream, content_type=PARQUET)
-    return len(keys), checksum(keys)
-
-
-def _write_table_copy(
-    engine: Engine,
-    store: ObjectStore,
-    member: Member,
-    group: Group,
-    columns: Sequence[Column],
-    schema: Any,
-    moved: dict[str, str],
-) -> tuple[int, str]:
-    """Tables without vectors: `COPY … TO STDOUT (FORMAT csv)` parsed by pyarrow's CSV reader
-    (C++, typed by the schema), the fastest way out of PostgreSQL into Arrow. A group is
-    bounded by the batch size, so its CSV is held once, briefly."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    def expression(c: Column) -> str:
-        if c.sql_type.startswith("timestamp with"):
-            return f"to_char({c.name} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-        return c.select
-
-    read_types = {
-        c.name: (pa.timestamp("us") if c.sql_type.startswith("timestamp with") else c.arrow_type())
-        for c in columns
-    }
-    sql, params = _bind(
-        f"COPY (SELECT {', '.join(expression(c) for c in columns)} FROM {member.table} "
-        f"WHERE {member.where} ORDER BY id) TO STDOUT (FORMAT csv)",
-        group,
+    if not isinstance(keys, pa.Array | pa.ChunkedArray):
+        keys = pa.array([str(k) for k in keys], pa.string())
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks() if keys.num_chunks else pa.array([], pa.string())
+    keys = keys.cast(pa.string())
+    n = len(keys)
+    if keys.null_count:
+        raise StaveError("an archived table has a row with no primary key")
+    offsets = np.frombuffer(keys.buffers()[1], np.int32)[keys.offset : keys.offset + n + 1]
+    data = np.frombuffer(keys.buffers()[2] or b"", np.uint8)
+    lengths = np.diff(offsets)
+    width = int(lengths.max()) if n else 0
+    # Each key left-aligned in a row of 8-byte words, its length in the last word.
+    words = (width + 7) // 8 + 1
+    rows = np.zeros((n, words * 8), np.uint8)
+    if n and np.all(lengths == width):
+        rows[:, :width] = data[offsets[0] : offsets[-1]].reshape(n, width)
+    else:
+        for i in range(n):
+            rows[i, : lengths[i]] = data[offsets[i] : offsets[i + 1]]
+    table = rows.view(np.uint64)
+    table[:, -1] = lengths.astype(np.uint64)
+    h = np.full(n, 0x9E3779B97F4A7C15, np.uint64)
+    for w in range(words):
+        h = _mix(h ^ table[:, w])
+    digest = hashlib.sha256(
+        f"{n}:{int(h.sum(dtype=np.uint64))}:{int(np.bitwise_xor.reduce(h)) if n else 0}".encode()
     )
-    raw = engine.raw_connection()
-    try:
-        driver = raw.driver_connection
-        assert driver is not None
-        with driver.cursor() as cur, cur.copy(sql, params) as copy:
-            data = b"".join(bytes(chunk) for chunk in copy)
-        driver.rollback()
-    finally:
-        raw.close()
-    if data:
-        table = pcsv.read_csv(
-            io.BytesIO(data),
-            read_options=pcsv.ReadOptions(column_names=[c.name for c in columns]),
-            convert_options=pcsv.ConvertOptions(
-                column_types=read_types,
-                null_values=[""],
-                true_values=["t"],
-                false_values=["f"],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-        del data
-        for i, c in enumerate(columns):
-            if c.sql_type.startswith("timestamp with"):
-                utc = table.column(i).cast(pa.timestamp("us", tz="UTC"))
-                table = table.set_column(i, c.name, utc)
-        if moved:
-            # Archived asset rows point at the audio's new key under archive/.
-            ids = table.column("id").to_pylist()
-            keys = table.column("object_key").to_pylist()
-            at = table.schema.get_field_index("object_key")
-            rekeyed = [moved.get(i, k) for i, k in zip(ids, keys, strict=True)]
-            table = table.set_column(at, "object_key", pa.array(rekeyed))
-        table = table.cast(schema)
-    else:  # pyarrow reads no table from no bytes: the group has no rows of this table
-        table = schema.empty_table()
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    keys_written = [str(v) for v in pc.cast(table.column("id"), pa.string()).to_pylist()]
-    sink.seek(0)
-    store.put_stream(group.key(member.table), sink, content_type=PARQUET)
-    return len(keys_written), checksum(keys_written)
-
-
-def _bind(sql: str, group: Group) -> tuple[str, dict[str, Any]]:
-    return sql.replace(":ids", "%(ids)s"), {"ids": group.ids_text}
-
-
-def checksum(keys: Sequence[str]) -> str:
-    """sha256 over the sorted primary keys, one per line."""
-    digest = hashlib.sha256()
-    for key in sorted(keys):
-        digest.update(key.encode() + b"\n")
     return digest.hexdigest()
 
 
 # -- 3. verify ------------------------------------------------------------------------------------
-def read_keys(store: ObjectStore, key: str, tmp_dir: Path) -> list[str]:
-    """The id column of an archived file, read back from the store a record batch at a time."""
+def read_keys(store: ObjectStore, key: str, tmp_dir: Path) -> Any:
+    """The id column of an archived file, read back from the store."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -492,51 +623,103 @@ def read_keys(store: ObjectStore, key: str, tmp_dir: Path) -> list[str]:
         for chunk in store.iter_chunks(key):
             handle.write(chunk)
         handle.flush()
-        found: list[str] = []
-        for batch in pq.ParquetFile(handle.name).iter_batches(columns=["id"], batch_size=65536):
-            found.extend(str(v) for v in batch.column(0).to_pylist())
-        return found
+        column = pq.read_table(handle.name, columns=["id"]).column(0)
+        return column.cast(pa.string())
 
 
 def verify(store: ObjectStore, group: Group, tmp_dir: Path) -> None:
     for table, (rows, expected) in group.written.items():
         found = read_keys(store, group.key(table), tmp_dir)
-        if len(found) != rows or checksum(found) != expected:
+        digest = checksum(found)
+        if len(found) != rows or digest != expected:
             raise ArchiveConflict(
                 f"archive file {group.key(table)} reads back {len(found)} rows with checksum "
-                f"{checksum(found)[:12]}…, expected {rows} and {expected[:12]}…; nothing deleted"
+                f"{digest[:12]}…, expected {rows} and {expected[:12]}…; nothing deleted"
             )
 
 
 # -- 4. commit ------------------------------------------------------------------------------------
-def commit(engine: Engine, store: ObjectStore, policy: LifecyclePolicy, group: Group) -> None:
+def fast_delete_allowed(conn: Connection, policy: LifecyclePolicy) -> bool:
+    """Whether a group's rows may be deleted with the row-by-row foreign-key triggers off.
+
+    Only when (1) every foreign key into a member table comes from a member table, so every row
+    that could refer to the group is itself counted and deleted; (2) the member tables have no
+    triggers of their own (`replica` would silence them too); and (3) this role may set
+    `session_replication_role` (a superuser, or PostgreSQL 15+'s `GRANT SET ON PARAMETER`)."""
+    tables = [m.table for m in members(policy)]
+    allowed = conn.execute(
+        text(
+            "SELECT current_setting('server_version_num')::int >= 150000 "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' "
+            "  AND confrelid = ANY(CAST(:t AS regclass[])) "
+            "  AND NOT conrelid = ANY(CAST(:t AS regclass[]))) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal "
+            "  AND tgrelid = ANY(CAST(:t AS regclass[])))"
+        ),
+        {"t": tables},
+    ).scalar()
+    if not allowed:
+        return False
+    return bool(
+        conn.execute(
+            text("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+        ).scalar()
+    )
+
+
+def commit(
+    engine: Engine,
+    store: ObjectStore,
+    policy: LifecyclePolicy,
+    group: Group,
+    fast: bool | None = None,
+) -> None:
     """Delete exactly the archived rows and mark the files committed, in one transaction; then
-    remove the hot audio objects."""
+    remove the hot audio objects. `fast`: None decides by `fast_delete_allowed`."""
     order = members(policy)
     # Dependants first: embeddings before their assets, travellers before the root.
     ordered = [*sorted(order[1:], key=lambda m: m.depends_on is None), order[0]]
     with engine.begin() as conn:
+        if fast is None:
+            fast = fast_delete_allowed(conn, policy)
+        if fast:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            # Lock the root rows before anything else: a row that refers to one of them and
+            # commits from now on waits for this transaction and then fails its own foreign-key
+            # check; one that committed before is seen, and counted, by the deletes below.
+            locked = conn.execute(
+                text(
+                    f"SELECT count(*) FROM (SELECT 1 FROM {policy.table} "
+                    f"WHERE {group.condition(order[0])} FOR UPDATE) s"
+                ),
+                group.params,
+            ).scalar_one()
+            _check_count(policy.table, locked, group.written[policy.table][0])
         for member in ordered:
             deleted = conn.execute(
-                text(f"DELETE FROM {member.table} WHERE {member.where}"),
-                {"ids": group.ids_text},
+                text(f"DELETE FROM {member.table} WHERE {group.condition(member)}"),
+                group.params,
             ).rowcount
-            expected = group.written[member.table][0]
-            if deleted != expected:
-                raise ArchiveConflict(
-                    f"{member.table}: {deleted} rows to delete but {expected} were archived "
-                    "(rows changed meanwhile); nothing deleted, the next run redoes this batch"
-                )
-        for table, file_id in group.files.items():
-            rows, digest = group.written[table]
-            conn.execute(
-                text(
-                    "UPDATE archive_batch SET status = 'committed', row_count = :n, "
-                    "checksum = :c WHERE id = :id AND status = 'writing'"
-                ),
-                {"n": rows, "c": digest, "id": file_id},
-            )
+            _check_count(member.table, deleted, group.written[member.table][0])
+        conn.execute(
+            text(
+                "UPDATE archive_batch SET status = 'committed', row_count = :n, "
+                "checksum = :c WHERE id = :id AND status = 'writing'"
+            ),
+            [
+                {"n": group.written[t][0], "c": group.written[t][1], "id": file_id}
+                for t, file_id in group.files.items()
+            ],
+        )
     store.delete_many([m["from"] for m in group.moved])
+
+
+def _check_count(table: str, found: int, archived: int) -> None:
+    if found != archived:
+        raise ArchiveConflict(
+            f"{table}: {found} rows to delete but {archived} were archived "
+            "(rows changed meanwhile); nothing deleted, the next run redoes this batch"
+        )
 
 
 # -- recovery of what a crash left ----------------------------------------------------------------
@@ -640,13 +823,17 @@ def _run(
     run = process or default
     for policy in archive_roots():
         cutoff = cutoff_for(policy, older_than_days, now)
-        while (group := prepare(engine, policy, cutoff, batch_size)) is not None:
+        after = None
+        while (group := prepare(engine, policy, cutoff, batch_size, after)) is not None:
             run(policy, group)
-            if group.written.get(policy.table, (0, ""))[0] != len(group.ids):
+            if group.rows is None:  # a key range: every row up to its end is archived
+                after = (group.params["hi_ts"], group.params["hi_id"])
+            written = group.written.get(policy.table, (0, ""))[0]
+            if written == 0 or (group.rows is not None and written != group.rows):
                 # Rows chosen but not archived would be chosen again: stop rather than spin.
+                chosen = "a key range" if group.rows is None else f"{group.rows} rows"
                 raise ArchiveConflict(
-                    f"{policy.table}: group of {len(group.ids)} rows archived "
-                    f"{group.written.get(policy.table, (0, ''))[0]}; stopping"
+                    f"{policy.table}: chose {chosen} but archived {written}; stopping"
                 )
             result.groups += 1
             result.moved_objects += len(group.moved)
