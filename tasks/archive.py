@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 import tempfile
 import uuid
@@ -66,6 +67,7 @@ READ_CHUNK = 5000
 PARQUET = "application/vnd.apache.parquet"
 # Where a traveller's condition puts the group's own condition on the root.
 ROOT = "{root}"
+log = logging.getLogger("stave.archive")
 
 
 class ArchiveConflict(StaveError):
@@ -645,21 +647,34 @@ def fast_delete_allowed(conn: Connection, policy: LifecyclePolicy) -> bool:
     Only when (1) every foreign key into a member table comes from a member table, so every row
     that could refer to the group is itself counted and deleted; (2) the member tables have no
     triggers of their own (`replica` would silence them too); and (3) this role may set
-    `session_replication_role` (a superuser, or PostgreSQL 15+'s `GRANT SET ON PARAMETER`)."""
+    `session_replication_role` (a superuser, or a member of stave_archiver: migration 0007)."""
+    return group_is_closed(conn, policy) and may_skip_triggers(conn)
+
+
+def group_is_closed(conn: Connection, policy: LifecyclePolicy) -> bool:
     tables = [m.table for m in members(policy)]
-    allowed = conn.execute(
-        text(
-            "SELECT current_setting('server_version_num')::int >= 150000 "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' "
-            "  AND confrelid = ANY(CAST(:t AS regclass[])) "
-            "  AND NOT conrelid = ANY(CAST(:t AS regclass[]))) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal "
-            "  AND tgrelid = ANY(CAST(:t AS regclass[])))"
-        ),
-        {"t": tables},
-    ).scalar()
-    if not allowed:
-        return False
+    return bool(
+        conn.execute(
+            text(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' "
+                "  AND confrelid = ANY(CAST(:t AS regclass[])) "
+                "  AND NOT conrelid = ANY(CAST(:t AS regclass[]))) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal "
+                "  AND tgrelid = ANY(CAST(:t AS regclass[])))"
+            ),
+            {"t": tables},
+        ).scalar()
+    )
+
+
+def may_skip_triggers(conn: Connection) -> bool:
+    # Parameter privileges (and has_parameter_privilege) arrived in PostgreSQL 15.
+    if int(conn.execute(text("SHOW server_version_num")).scalar_one()) < 150000:
+        return bool(
+            conn.execute(
+                text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            ).scalar()
+        )
     return bool(
         conn.execute(
             text("SELECT has_parameter_privilege('session_replication_role', 'SET')")
@@ -684,17 +699,20 @@ def commit(
             fast = fast_delete_allowed(conn, policy)
         if fast:
             conn.execute(text("SET LOCAL session_replication_role = replica"))
-            # Lock the root rows before anything else: a row that refers to one of them and
-            # commits from now on waits for this transaction and then fails its own foreign-key
-            # check; one that committed before is seen, and counted, by the deletes below.
-            locked = conn.execute(
-                text(
-                    f"SELECT count(*) FROM (SELECT 1 FROM {policy.table} "
-                    f"WHERE {group.condition(order[0])} FOR UPDATE) s"
-                ),
-                group.params,
-            ).scalar_one()
-            _check_count(policy.table, locked, group.written[policy.table][0])
+            # Lock the rows other members refer to (the root's, the assets'), parents first,
+            # before deleting anything: a row that refers to one of them and commits from now
+            # on waits for this transaction and then fails its own foreign-key check; one that
+            # committed before is seen, and counted, by the deletes below.
+            parents = {m.depends_on or policy.table for m in order[1:]}
+            for member in (m for m in order if m.table in parents):
+                locked = conn.execute(
+                    text(
+                        f"SELECT count(*) FROM (SELECT 1 FROM {member.table} "
+                        f"WHERE {group.condition(member)} FOR UPDATE) s"
+                    ),
+                    group.params,
+                ).scalar_one()
+                _check_count(member.table, locked, group.written[member.table][0])
         for member in ordered:
             deleted = conn.execute(
                 text(f"DELETE FROM {member.table} WHERE {group.condition(member)}"),
@@ -814,6 +832,13 @@ def _run(
     progress: Callable[[int], None] | None,
 ) -> RunResult:
     result = RunResult(cleaned=clean_unfinished(engine, store))
+    with engine.connect() as conn:
+        if not may_skip_triggers(conn) and any(group_is_closed(conn, p) for p in archive_roots()):
+            log.info(
+                "archive: this role may not set session_replication_role, so groups are deleted "
+                "with the foreign-key triggers on (row by row, several times slower); grant "
+                "stave_archiver to this login"
+            )
 
     def default(policy: LifecyclePolicy, group: Group) -> None:
         write(engine, store, policy, group, tmp_dir, progress)

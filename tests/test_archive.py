@@ -197,8 +197,13 @@ def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
     assert sorted(mine) == sorted(str(t[0]) for t in before["tasks"])  # each exactly once
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["triggers-off", "triggers-on"])
 def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
-    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+    prefect_api: str,
+    engine: Engine,
+    stave_env: Callable[..., Settings],
+    tmp_dir: Path,
+    fast: bool,
 ) -> None:
     job = old_job(engine, stave_env, n=2)
     store = make_object_store(stave_env())
@@ -216,7 +221,8 @@ def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
                     ),
                     {"t": first_task},
                 )
-        archive.commit(engine, store, policy, group)
+        closed = policy.table == "generation_task"  # the only root whose group is closed
+        archive.commit(engine, store, policy, group, fast=fast if closed else None)
 
     with pytest.raises(archive.ArchiveConflict, match="nothing deleted"):
         archive.run_archive(engine, store, tmp_dir, process=event_arrives_meanwhile)
@@ -311,3 +317,130 @@ def test_the_weekly_flow_archives_with_progress_and_summary_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["archive-summary"]))
         )
     assert found and any("generation_task" in str(a.data) for a in found)
+
+
+def orphans(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM task_event e WHERE NOT EXISTS "
+                    "(SELECT 1 FROM generation_task t WHERE t.id = e.task_id)) + "
+                    "(SELECT count(*) FROM audio_asset a WHERE a.task_id IS NOT NULL AND NOT "
+                    "EXISTS (SELECT 1 FROM generation_task t WHERE t.id = a.task_id)) + "
+                    "(SELECT count(*) FROM latent_embedding l WHERE NOT EXISTS "
+                    "(SELECT 1 FROM audio_asset a WHERE a.id = l.asset_id))"
+                )
+            ).scalar_one()
+        )
+
+
+def test_with_the_triggers_off_a_row_committed_while_the_delete_waits_is_counted_not_orphaned(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+) -> None:
+    """The race the triggers would have caught: another transaction has inserted an event for
+    an archived task (holding the task's key-share lock) and commits while the archive's
+    delete waits for it. The delete must see that event and give up, not leave it orphaned."""
+    import threading
+    import time
+
+    job = old_job(engine, stave_env, n=2)
+    store = make_object_store(stave_env())
+    task = snapshot(engine, job)["tasks"][0][0]
+    outcome: list[BaseException | None] = []
+
+    def racing(policy: Any, group: archive.Group) -> None:
+        archive.write(engine, store, policy, group, tmp_dir)
+        archive.verify(store, group, tmp_dir)
+        if policy.table != "generation_task":
+            archive.commit(engine, store, policy, group)
+            return
+        other = engine.connect()
+        other.execute(
+            text(
+                "INSERT INTO task_event (task_id, to_status, detail, created_at) "
+                "VALUES (:t, 'published', '{\"racing\": true}', now() - interval '400 days')"
+            ),
+            {"t": task},
+        )  # not committed yet: it holds the key-share lock on the task
+
+        def delete() -> None:
+            try:
+                archive.commit(engine, store, policy, group, fast=True)
+                outcome.append(None)
+            except BaseException as err:
+                outcome.append(err)
+
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        time.sleep(1.0)
+        assert deleting.is_alive(), "the delete should wait for the other transaction"
+        other.commit()
+        other.close()
+        deleting.join(30)
+        assert outcome and isinstance(outcome[0], archive.ArchiveConflict), outcome
+        raise outcome[0]
+
+    with pytest.raises(archive.ArchiveConflict, match="task_event"):
+        archive.run_archive(engine, store, tmp_dir, process=racing)
+    assert orphans(engine) == 0
+    assert len(snapshot(engine, job)["tasks"]) == 2
+
+    archive.run_archive(engine, store, tmp_dir)  # the rerun takes the racing event too
+    assert snapshot(engine, job)["tasks"] == [] and orphans(engine) == 0
+    events = archive.query(engine, store, "task_event", tmp_dir, where=f"task_id = '{task}'")
+    assert any('"racing": true' in d for d in events.column("detail").to_pylist())
+
+
+def test_rows_with_one_timestamp_split_into_groups_by_id_each_archived_once(
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_dir: Path
+) -> None:
+    """A submission's tasks share their created_at: groups are cut by (created_at, id), so a
+    batch smaller than the submission still bounds the group, and no row is skipped."""
+    job = old_job(engine, stave_env, n=3)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE generation_task SET created_at = "
+                "(SELECT min(created_at) FROM generation_task WHERE job_id = :j) WHERE job_id = :j"
+            ),
+            {"j": job},
+        )
+    tasks = {str(t[0]) for t in snapshot(engine, job)["tasks"]}
+    store = make_object_store(stave_env())
+    result = archive.run_archive(engine, store, tmp_dir, batch_size=2)
+    assert result.groups >= 2 + 1  # two groups of tasks (2 + 1), then the job
+    assert snapshot(engine, job)["tasks"] == []
+    ids = archive.query(engine, store, "generation_task", tmp_dir).column("id").to_pylist()
+    assert sorted(i for i in ids if i in tasks) == sorted(tasks)
+
+
+def test_fast_delete_needs_a_closed_group_and_the_parameter_grant(engine: Engine) -> None:
+    policies = {p.table: p for p in archive.archive_roots()}
+    with engine.connect() as conn:
+        # A superuser may; a task's group is closed (only its travellers refer to it).
+        assert archive.fast_delete_allowed(conn, policies["generation_task"])
+        # Jobs are referred to by hot tables (tasks, validation runs): never with triggers off.
+        assert not archive.fast_delete_allowed(conn, policies["generation_job"])
+        conn.execute(text("SET LOCAL ROLE stave_app"))
+        assert not archive.fast_delete_allowed(conn, policies["generation_task"])
+        conn.rollback()
+        # A login in stave_archiver may (migration 0007 granted the parameter to that role).
+        conn.execute(text("CREATE ROLE stave_test_archive_worker IN ROLE stave_archiver"))
+        conn.execute(text("SET LOCAL ROLE stave_test_archive_worker"))
+        assert archive.fast_delete_allowed(conn, policies["generation_task"])
+        conn.rollback()
+
+
+def test_the_checksum_ignores_order_and_sees_any_change() -> None:
+    import pyarrow as pa
+
+    keys = [str(uuid.uuid4()) for _ in range(1000)] + ["7", "a-much-longer-key-than-a-uuid-is-1"]
+    digest = archive.checksum(keys)
+    assert archive.checksum(list(reversed(keys))) == digest
+    assert archive.checksum(pa.chunked_array([pa.array(keys[:10]), pa.array(keys[10:])])) == digest
+    assert archive.checksum(pa.array(keys).slice(0, len(keys))) == digest
+    assert archive.checksum(keys[:-1]) != digest
+    assert archive.checksum([*keys[:-1], keys[-1][:-1] + "2"]) != digest
+    assert archive.checksum([*keys, keys[0]]) != digest
+    assert archive.checksum([]) == archive.checksum(pa.chunked_array([], pa.string()))
