@@ -32,7 +32,7 @@ def archive_group(policy: LifecyclePolicy, group: archive.Group) -> dict[str, tu
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)
     archive.write(engine, store, policy, group, settings.tmp_dir / "archive")
-    archive.verify(store, group, settings.tmp_dir / "archive")
+    archive.verify(store, group)
     archive.commit(engine, store, policy, group)
     return group.written
 

@@ -28,6 +28,7 @@ leave hot audio objects no record points to, which `stave gc` removes. No Prefec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -35,7 +36,7 @@ import logging
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from infra.db import plain_row
 from infra.errors import InvalidInput, NotFound, StaveError
@@ -64,6 +66,8 @@ ELIGIBLE = {
     ),
 }
 READ_CHUNK = 5000
+# How long a group's delete waits for writers of its travellers to finish.
+LOCK_WAIT_S = 5
 PARQUET = "application/vnd.apache.parquet"
 # Where a traveller's condition puts the group's own condition on the root.
 ROOT = "{root}"
@@ -482,7 +486,7 @@ def _write_copy(
     def produce() -> None:
         try:
             with (
-                os.fdopen(write_fd, "wb") as sink,
+                os.fdopen(write_fd, "wb", buffering=1 << 20) as sink,
                 driver.cursor() as cur,
             ):
                 cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'")
@@ -615,23 +619,19 @@ def checksum(keys: Any) -> str:
 
 
 # -- 3. verify ------------------------------------------------------------------------------------
-def read_keys(store: ObjectStore, key: str, tmp_dir: Path) -> Any:
-    """The id column of an archived file, read back from the store."""
+def read_keys(store: ObjectStore, key: str) -> Any:
+    """The id column of an archived file, read back from the store (into memory: a file holds
+    one group, bounded by the batch size)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as handle:
-        for chunk in store.iter_chunks(key):
-            handle.write(chunk)
-        handle.flush()
-        column = pq.read_table(handle.name, columns=["id"]).column(0)
-        return column.cast(pa.string())
+    data = pa.BufferReader(store.get_bytes(key))
+    return pq.read_table(data, columns=["id"]).column(0).cast(pa.string())
 
 
-def verify(store: ObjectStore, group: Group, tmp_dir: Path) -> None:
+def verify(store: ObjectStore, group: Group) -> None:
     for table, (rows, expected) in group.written.items():
-        found = read_keys(store, group.key(table), tmp_dir)
+        found = read_keys(store, group.key(table))
         digest = checksum(found)
         if len(found) != rows or digest != expected:
             raise ArchiveConflict(
@@ -699,20 +699,24 @@ def commit(
             fast = fast_delete_allowed(conn, policy)
         if fast:
             conn.execute(text("SET LOCAL session_replication_role = replica"))
-            # Lock the rows other members refer to (the root's, the assets'), parents first,
-            # before deleting anything: a row that refers to one of them and commits from now
-            # on waits for this transaction and then fails its own foreign-key check; one that
-            # committed before is seen, and counted, by the deletes below.
-            parents = {m.depends_on or policy.table for m in order[1:]}
-            for member in (m for m in order if m.table in parents):
-                locked = conn.execute(
-                    text(
-                        f"SELECT count(*) FROM (SELECT 1 FROM {member.table} "
-                        f"WHERE {group.condition(member)} FOR UPDATE) s"
-                    ),
-                    group.params,
-                ).scalar_one()
-                _check_count(member.table, locked, group.written[member.table][0])
+            # Nothing may write the travellers while the group goes (SHARE conflicts with
+            # INSERT, UPDATE and DELETE): a writer that got there first is waited for, and what
+            # it committed is seen, and counted, by the deletes below; one that comes later
+            # waits for this transaction, then fails its own foreign-key check. O(1): locking
+            # the parent rows instead cost a heap write per row (0.44 vs 0.56 of the baseline's
+            # throughput). Writers queue behind a waiting LOCK, so the wait is kept short.
+            travellers = ", ".join(m.table for m in order[1:])
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'"))
+            try:
+                if travellers:
+                    conn.execute(text(f"LOCK TABLE {travellers} IN SHARE MODE"))
+            except OperationalError as err:
+                if getattr(err.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                raise ArchiveBusy(
+                    f"{travellers} stayed busy for {LOCK_WAIT_S} s (long write transactions); "
+                    "nothing deleted, the next run redoes this batch"
+                ) from err
         for member in ordered:
             deleted = conn.execute(
                 text(f"DELETE FROM {member.table} WHERE {group.condition(member)}"),
@@ -809,13 +813,22 @@ def run_archive(
     """Archive every root table's old rows, group by group; `process` does one group (write,
     verify, commit: a Prefect task in the flow, a plain call elsewhere)."""
     now = now or datetime.now(UTC)
+    with exclusive(engine):
+        return _run(engine, store, tmp_dir, older_than_days, batch_size, now, process, progress)
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine) -> Iterator[None]:
+    """One archive run or restore at a time: a second run would take the first one's files
+    for debris, and a restore puts old rows back into the key ranges a run is cutting."""
     with engine.connect() as lock:
-        # One archive run at a time: a second one would take the first one's files for debris.
         if not lock.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ARCHIVE_LOCK}).scalar():
-            raise ArchiveBusy("an archive run is already in progress; wait for it to finish")
+            raise ArchiveBusy(
+                "an archive run or restore is already in progress; wait for it to finish"
+            )
         lock.commit()
         try:
-            return _run(engine, store, tmp_dir, older_than_days, batch_size, now, process, progress)
+            yield
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ARCHIVE_LOCK})
             lock.commit()
@@ -842,7 +855,7 @@ def _run(
 
     def default(policy: LifecyclePolicy, group: Group) -> None:
         write(engine, store, policy, group, tmp_dir, progress)
-        verify(store, group, tmp_dir)
+        verify(store, group)
         commit(engine, store, policy, group)
 
     run = process or default
@@ -997,7 +1010,7 @@ def restore(
         raise NotFound(f"no archived {table} rows for {year:04d}-{month:02d} (stave archive list)")
     restored: dict[str, int] = {}
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
+    with exclusive(engine), tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
         for group_id in groups:
             with engine.connect() as conn:
                 files = {

@@ -174,7 +174,7 @@ def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
 
     def crash_after_write(policy: Any, group: archive.Group) -> None:
         archive.write(engine, store, policy, group, tmp_dir)
-        archive.verify(store, group, tmp_dir)
+        archive.verify(store, group)
         raise SystemExit("killed after writing, before deleting")
 
     with pytest.raises(SystemExit):
@@ -211,7 +211,7 @@ def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
 
     def event_arrives_meanwhile(policy: Any, group: archive.Group) -> None:
         archive.write(engine, store, policy, group, tmp_dir)
-        archive.verify(store, group, tmp_dir)
+        archive.verify(store, group)
         if policy.table == "generation_task":
             with engine.begin() as conn:
                 conn.execute(
@@ -351,7 +351,7 @@ def test_with_the_triggers_off_a_row_committed_while_the_delete_waits_is_counted
 
     def racing(policy: Any, group: archive.Group) -> None:
         archive.write(engine, store, policy, group, tmp_dir)
-        archive.verify(store, group, tmp_dir)
+        archive.verify(store, group)
         if policy.table != "generation_task":
             archive.commit(engine, store, policy, group)
             return
@@ -444,3 +444,40 @@ def test_the_checksum_ignores_order_and_sees_any_change() -> None:
     assert archive.checksum([*keys[:-1], keys[-1][:-1] + "2"]) != digest
     assert archive.checksum([*keys, keys[0]]) != digest
     assert archive.checksum([]) == archive.checksum(pa.chunked_array([], pa.string()))
+
+
+def test_a_long_writer_of_the_travellers_makes_the_delete_give_up_not_wait(
+    prefect_api: str,
+    engine: Engine,
+    stave_env: Callable[..., Settings],
+    tmp_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writers queue behind a waiting LOCK TABLE, so the delete waits only LOCK_WAIT_S for a
+    transaction that holds a traveller table, then gives up with nothing deleted; and a
+    restore is refused while a run holds the archive."""
+    monkeypatch.setattr(archive, "LOCK_WAIT_S", 1)
+    job = old_job(engine, stave_env, n=1)
+    store = make_object_store(stave_env())
+    task = snapshot(engine, job)["tasks"][0][0]
+    writer = engine.connect()
+    writer.execute(
+        text(
+            "INSERT INTO task_event (task_id, to_status, detail, created_at) "
+            "VALUES (:t, 'published', '{}', now())"
+        ),
+        {"t": task},
+    )
+    try:
+        with pytest.raises(archive.ArchiveBusy, match="stayed busy"):
+            archive.run_archive(engine, store, tmp_dir)
+        assert len(snapshot(engine, job)["tasks"]) == 1
+    finally:
+        writer.rollback()
+        writer.close()
+
+    archive.run_archive(engine, store, tmp_dir)
+    assert snapshot(engine, job)["tasks"] == [] and orphans(engine) == 0
+    month = datetime.fromisoformat(archive.list_batches(engine, "generation_task")[-1]["time_from"])
+    with archive.exclusive(engine), pytest.raises(archive.ArchiveBusy, match="in progress"):
+        archive.restore(engine, store, "generation_task", month.year, month.month, tmp_dir)
