@@ -46,7 +46,7 @@ def archive_old_records(
     Args:
         older_than_days: Override every table's hot period (days).
         dry_run: Count what would move; write nothing.
-        batch_size: Root rows per Parquet group (default from settings, 100000).
+        batch_size: Root rows per Parquet group (default from settings, 250000).
     """
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)

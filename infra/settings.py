@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     backfill_fetch_threads: int = Field(default=8, ge=1, le=64)
 
     # Archival: root rows per Parquet group (one transaction deletes a group's rows).
-    archive_batch_size: int = Field(default=100_000, ge=1, le=1_000_000)
+    archive_batch_size: int = Field(default=250_000, ge=1, le=1_000_000)
 
     # Prefect housekeeping: finished flow runs (with their task runs, logs and artifacts) older
     # than this are deleted from Prefect's database.

@@ -805,7 +805,7 @@ def run_archive(
     tmp_dir: Path,
     *,
     older_than_days: int | None = None,
-    batch_size: int = 10_000,
+    batch_size: int = 250_000,
     now: datetime | None = None,
     process: Callable[[LifecyclePolicy, Group], None] | None = None,
     progress: Callable[[int], None] | None = None,
