@@ -609,9 +609,11 @@ def checksum(keys: Any) -> str:
             rows[i, : lengths[i]] = data[offsets[i] : offsets[i + 1]]
     table = rows.view(np.uint64)
     table[:, -1] = lengths.astype(np.uint64)
+    # FNV-style over the words (one xor and one multiply each), then one full mix per key.
     h = np.full(n, 0x9E3779B97F4A7C15, np.uint64)
     for w in range(words):
-        h = _mix(h ^ table[:, w])
+        h = (h ^ table[:, w]) * _M2
+    h = _mix(h)
     digest = hashlib.sha256(
         f"{n}:{int(h.sum(dtype=np.uint64))}:{int(np.bitwise_xor.reduce(h)) if n else 0}".encode()
     )
