@@ -475,8 +475,9 @@ def _write_copy(
         f"WHERE {group.condition(member)}) TO STDOUT (FORMAT csv)",
         group.params,
     )
-    moved_ids = pa.array(list(moved), pa.string())
-    moved_keys = pa.array(list(moved.values()), pa.string())
+    if moved:
+        moved_ids = pa.array(list(moved), pa.string())
+        moved_keys = pa.array(list(moved.values()), pa.string())
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
     raw = engine.raw_connection()
@@ -521,7 +522,7 @@ def _write_copy(
                     ),
                 )
                 for batch in reader:
-                    if len(moved_ids):
+                    if moved:
                         # Archived asset rows point at the audio's new key under archive/.
                         at = schema.get_field_index("object_key")
                         found = pc.take(moved_keys, pc.index_in(batch[id_at], value_set=moved_ids))
@@ -590,7 +591,8 @@ def checksum(keys: Any) -> str:
     if not isinstance(keys, pa.Array | pa.ChunkedArray):
         keys = pa.array([str(k) for k in keys], pa.string())
     if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks() if keys.num_chunks else pa.array([], pa.string())
+        # (No chunks: pa.nulls, because combining none, like pa.array([]), imports pandas.)
+        keys = keys.combine_chunks() if keys.num_chunks else pa.nulls(0, pa.string())
     keys = keys.cast(pa.string())
     n = len(keys)
     if keys.null_count:
@@ -627,8 +629,10 @@ def read_keys(store: ObjectStore, key: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose first import
+    # (pandas with it) costs a quarter of a second per run.
     data = pa.BufferReader(store.get_bytes(key))
-    return pq.read_table(data, columns=["id"]).column(0).cast(pa.string())
+    return pq.ParquetFile(data).read(columns=["id"]).column(0).cast(pa.string())
 
 
 def verify(store: ObjectStore, group: Group) -> None:
