@@ -18,8 +18,9 @@ the asset's embeddings). A group of files is archived in four durable steps:
 4. `commit`: one transaction deletes exactly the archived rows (counts must match, or nothing
    is deleted) and marks the files `committed`; the hot audio objects are deleted after it.
    When every foreign key into the group comes from the group's own tables, the deletes run
-   with the row-by-row foreign-key triggers off (`fast_delete`): the root rows are locked
-   first, so a row referring to them that commits meanwhile is counted, not orphaned.
+   with the row-by-row foreign-key triggers off (`fast_delete_allowed`): the traveller tables
+   are locked against writes first, so a row referring to the group that commits meanwhile is
+   counted, not orphaned.
 
 A crash before 4 leaves `writing` rows: the next run removes their files (and audio copies of
 assets still hot) and starts over, so nothing is lost or archived twice. A crash after 4 can
@@ -468,6 +469,7 @@ def _write_copy(
 
     schema = _schema(columns)
     id_at = schema.get_field_index("id")
+    key_at = schema.get_field_index("object_key")
     # Columns as COPY prints them: timestamps in UTC with their offset (`+00`), which pyarrow
     # parses straight into timestamp[us, UTC]; uuid and jsonb as their text.
     sql = _bind(
@@ -524,9 +526,10 @@ def _write_copy(
                 for batch in reader:
                     if moved:
                         # Archived asset rows point at the audio's new key under archive/.
-                        at = schema.get_field_index("object_key")
                         found = pc.take(moved_keys, pc.index_in(batch[id_at], value_set=moved_ids))
-                        batch = batch.set_column(at, "object_key", pc.coalesce(found, batch[at]))
+                        batch = batch.set_column(
+                            key_at, "object_key", pc.coalesce(found, batch[key_at])
+                        )
                     writer.write_batch(batch)
                     ids.append(batch.column(id_at).cast(pa.string()))
         producer.join()
@@ -851,8 +854,11 @@ def _run(
     progress: Callable[[int], None] | None,
 ) -> RunResult:
     result = RunResult(cleaned=clean_unfinished(engine, store))
+    # Decided once per run, not per group: the catalogue and this role's grants do not change.
     with engine.connect() as conn:
-        if not may_skip_triggers(conn) and any(group_is_closed(conn, p) for p in archive_roots()):
+        may_skip = may_skip_triggers(conn)
+        closed = {p.table: group_is_closed(conn, p) for p in archive_roots()}
+        if not may_skip and any(closed.values()):
             log.info(
                 "archive: this role may not set session_replication_role, so groups are deleted "
                 "with the foreign-key triggers on (row by row, several times slower); grant "
@@ -862,7 +868,7 @@ def _run(
     def default(policy: LifecyclePolicy, group: Group) -> None:
         write(engine, store, policy, group, tmp_dir, progress)
         verify(store, group)
-        commit(engine, store, policy, group)
+        commit(engine, store, policy, group, fast=may_skip and closed[policy.table])
 
     run = process or default
     for policy in archive_roots():
