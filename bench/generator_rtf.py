@@ -38,16 +38,19 @@ def main() -> None:
     rtf = args.clips * 10.0 / wall
     stages = clips[0].timings
 
-    # Raw baseline: the denoiser forward passes alone (2 per step for CFG), same shapes.
+    # Raw baseline: the denoiser forward passes alone, same shapes: 2 per step for CFG, 3 where
+    # the model reads keys (the held-out prompts name one: mode guidance adds a pass).
+    passes = 3 if generator.denoiser.cfg.structure else 2
     frames = generator._frames(10.0)
     x = torch.randn(
-        args.clips * 2, generator.ae.cfg.latent_channels, frames, device=generator.device
+        args.clips * passes, generator.ae.cfg.latent_channels, frames, device=generator.device
     )
     from generator.text import tokenize
 
     with torch.no_grad():
-        text = generator.denoiser.encode_text(tokenize(["x"] * args.clips * 2).to(generator.device))
-        t = torch.full((args.clips * 2,), 0.5, device=generator.device)
+        prompts = [r.prompt for r in requests] * passes
+        text = generator.denoiser.encode_text(tokenize(prompts).to(generator.device))
+        t = torch.full((args.clips * passes,), 0.5, device=generator.device)
         generator.denoiser(x, t, text)
         raw_started = time.perf_counter()
         for _ in range(DEFAULT_STEPS):

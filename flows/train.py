@@ -63,15 +63,17 @@ def train_config(
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
-def train_model(out_dir: Path, cfg: Any, device: str) -> Path:
+def train_model(out_dir: Path, cfg: Any, device: str, autoencoder_from: Path | None = None) -> Path:
     from generator.train import train
 
     progress_id: Any = create_progress_artifact(progress=0.0, description="training: all phases")
-    total = cfg.ae_steps + cfg.embedding_steps + cfg.denoiser_steps
+    total = cfg.denoiser_steps
+    if autoencoder_from is None:
+        total += cfg.ae_steps + cfg.embedding_steps
     offsets = {
         "autoencoder": 0,
         "embedding": cfg.ae_steps,
-        "denoiser": cfg.ae_steps + cfg.embedding_steps,
+        "denoiser": total - cfg.denoiser_steps,
     }
     log = run_logger("stave.flows.train")
     last = 0.0
@@ -87,7 +89,7 @@ def train_model(out_dir: Path, cfg: Any, device: str) -> Path:
         shown = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
         log.info("%s %d/%d %s", phase, step, phase_total, shown)
 
-    return train(out_dir, cfg, device=device, progress=progress)
+    return train(out_dir, cfg, device=device, progress=progress, autoencoder_from=autoencoder_from)
 
 
 @task(name="publish-checkpoint", cache_policy=NO_CACHE)
@@ -119,7 +121,7 @@ def publish_checkpoint(checkpoint: Path) -> dict[str, Any]:
 @flow(name="train", log_prints=True)
 def train_generator(
     run_name: str = "default",
-    clips: int = 320,
+    clips: int = 1280,
     clip_seconds: float = 10.0,
     ae_steps: int = 1400,
     embedding_steps: int = 300,
@@ -127,6 +129,7 @@ def train_generator(
     seed: int = 0,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     overrides: dict[str, Any] | None = None,
+    autoencoder_from: str | None = None,
 ) -> dict[str, Any]:
     """Train the built-in generator (autoencoder, embedding head, then denoiser) and publish
     its checkpoint and model card to the object store under models/.
@@ -142,6 +145,9 @@ def train_generator(
         seed: Corpus and initialisation seed.
         device: auto (CUDA when the worker has one), cpu or cuda.
         overrides: Advanced: other training settings by name (e.g. {"denoiser_batch": 16}).
+        autoencoder_from: Keep this checkpoint's autoencoder and train only the denoiser:
+            "shipped" for the packaged model, or a checkpoint path on the worker. Embeddings
+            already stored stay comparable with the new model's.
     """
     if not RUN_NAME.match(run_name):
         raise InvalidInput(
@@ -150,6 +156,11 @@ def train_generator(
     cfg = train_config(
         clips, clip_seconds, ae_steps, embedding_steps, denoiser_steps, seed, overrides
     )
+    from generator.train import autoencoder_source_path
+
+    source = autoencoder_source_path(autoencoder_from)
+    if source is not None and not source.is_file():
+        raise InvalidInput(f"autoencoder_from: no checkpoint at {source}")
     out_dir = get_settings().data_dir / "models" / run_name
-    checkpoint = train_model(out_dir, cfg, device)
+    checkpoint = train_model(out_dir, cfg, device, source)
     return publish_checkpoint(checkpoint)

@@ -6,6 +6,16 @@ with the number of frames, not its square. Position comes from a depthwise convo
 feed-forward block (no fixed length). The timestep and the pooled prompt modulate every block
 (adaptive layer norm, as in DiT); cross-attention reads the prompt's tokens (a handful, so
 softmax there is still linear in the number of frames).
+
+With `structure` on, two facts the prompt names are given to the model directly rather than
+left to the word features (as ACE-Step conditions on its own structure tags):
+- a beat clock: per frame, the sine and cosine of the phase of the phrase, bar, half bar, beat
+  and eighth note at the prompt's tempo, counted from the clip's first frame. A clip must hold one
+  exact period for ten seconds and more; the convolutions and linear attention cannot count
+  frames that far, but with the clock an onset is a local decision ("the beat phase is zero").
+- the key (tonic and mode) as one embedding in the block modulation, so "minor" is not a word
+  among a dozen in the pooled prompt.
+A prompt that names no tempo (or no key) gets zeros there, as the unconditional branch does.
 """
 
 from __future__ import annotations
@@ -18,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.text import TextEncoder, Tokens
+from generator.text import N_KEYS, EncodedPrompt, TextEncoder, Tokens
+
+# Clock periods in beats: the four-bar phrase, the bar (4/4), the half bar, the beat and the
+# eighth note. The phrase clock says which chord of a four-chord progression is due.
+CLOCK_BEATS = (16.0, 4.0, 2.0, 1.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,9 @@ class DenoiserConfig:
     attention: Literal["linear", "softmax"] = "linear"
     # Rotary positions in self-attention (off in checkpoints trained before it existed).
     rope: bool = False
+    # Beat clock and key embedding from the prompt (off in checkpoints from before them).
+    structure: bool = False
+    frame_rate: float = 31.25  # latent frames per second, for the beat clock
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -42,6 +59,25 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
     args = t[:, None].float() * 1000 * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def beat_clock(
+    bpm: torch.Tensor, frames: int, frame_rate: float, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, frames, 2 * len(CLOCK_BEATS) + 1): sin/cos of each clock's phase and a has-tempo flag.
+
+    `offset` (B,) shifts the count when the frames are a crop from later in a clip. The phase is
+    reduced in float64, so ten minutes at 400 bpm loses nothing to rounding.
+    """
+    n = torch.arange(frames, device=bpm.device, dtype=torch.float64)[None]
+    if offset is not None:
+        n = n + offset.to(torch.float64)[:, None]
+    beats = n / frame_rate * (bpm.to(torch.float64)[:, None] / 60.0)  # (B, frames)
+    periods = torch.tensor(CLOCK_BEATS, device=bpm.device, dtype=torch.float64)
+    phase = 2 * math.pi * torch.remainder(beats[..., None] / periods, 1.0)
+    has = (bpm > 0).to(torch.float64)[:, None, None]
+    features = torch.cat([phase.sin(), phase.cos()], dim=-1) * has
+    return torch.cat([features, has.expand(-1, frames, 1)], dim=-1).float()
 
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
@@ -154,6 +190,10 @@ class Denoiser(nn.Module):
             nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)
         )
         self.pooled = nn.Linear(cfg.text_dim, cfg.dim)
+        if cfg.structure:
+            self.clock = nn.Linear(2 * len(CLOCK_BEATS) + 1, cfg.dim)
+            self.key = nn.Embedding(N_KEYS + 1, cfg.dim)
+            nn.init.normal_(self.key.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.final_mod = nn.Linear(cfg.dim, 2 * cfg.dim)
@@ -162,21 +202,29 @@ class Denoiser(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def encode_text(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode_text(self, tokens: Tokens) -> EncodedPrompt:
         return self.text(tokens)
 
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        text: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        text: EncodedPrompt,
         mask: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, C, T), t (B,), encoded text -> velocity (B, C, T)."""
-        tokens, token_mask, pooled = text
+        """x (B, C, T), t (B,), encoded text -> velocity (B, C, T).
+
+        `offset` (B,): the frame in its clip where each crop starts (training); 0 by default.
+        """
         h = self.inp(x.transpose(1, 2))
-        cond = F.silu(self.time(timestep_embedding(t, self.cfg.dim)) + self.pooled(pooled))
+        cond = self.time(timestep_embedding(t, self.cfg.dim)) + self.pooled(text.pooled)
+        if self.cfg.structure:
+            clock = beat_clock(text.bpm, x.shape[-1], self.cfg.frame_rate, offset)
+            h = h + self.clock(clock.to(h.dtype))
+            cond = cond + self.key(text.key)
+        cond = F.silu(cond)
         for block in self.blocks:
-            h = block(h, cond, tokens, token_mask, mask)
+            h = block(h, cond, text.tokens, text.mask, mask)
         shift, scale = self.final_mod(cond)[:, None].chunk(2, dim=-1)
         return self.out(self.final_norm(h) * (1 + scale) + shift).transpose(1, 2)

@@ -27,17 +27,30 @@ def initial_noise(seeds: Sequence[int], channels: int, frames: int) -> torch.Ten
 
 
 def guided(
-    model: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], guidance: torch.Tensor
+    model: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor],
+    guidance: torch.Tensor,
+    contrast: torch.Tensor | None = None,
 ) -> Velocity:
-    """Classifier-free guidance: v = v_uncond + g * (v_cond - v_uncond), per request."""
+    """Classifier-free guidance: v = v_uncond + g * (v_cond - v_uncond), per request.
+
+    With `contrast` (per request, 0 for none), a second term pushes away from the model's
+    "contrast" branch, a prompt that differs in one named fact (a negative prompt):
+    v += c * (v_cond - v_contrast). The model is asked for branch "cond", "uncond" or
+    "contrast".
+    """
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_cond = model(x, t, "cond")
         if bool((guidance == 1).all()):
-            return model(x, t, True)
-        v_cond = model(x, t, True)
-        v_uncond = model(x, t, False)
-        g = guidance.to(x.dtype)[:, None, None]
-        return v_uncond + g * (v_cond - v_uncond)
+            v = v_cond
+        else:
+            v_uncond = model(x, t, "uncond")
+            g = guidance.to(x.dtype)[:, None, None]
+            v = v_uncond + g * (v_cond - v_uncond)
+        if contrast is not None and bool((contrast != 0).any()):
+            c = contrast.to(x.dtype)[:, None, None]
+            v = v + c * (v_cond - model(x, t, "contrast"))
+        return v
 
     return velocity
 

@@ -20,6 +20,7 @@ import torch
 
 from generator.autoencoder import Autoencoder, AutoencoderConfig
 from generator.denoiser import Denoiser
+from generator.errors import CheckpointError
 from generator.pool import CorpusPool
 
 PHASES = ("autoencoder", "embedding", "denoiser")
@@ -29,7 +30,7 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 @dataclass(frozen=True)
 class TrainConfig:
     corpus_seed: int = 0
-    corpus_clips: int = 320
+    corpus_clips: int = 1280
     clip_seconds: float = 10.0
     ae_steps: int = 1400
     ae_batch: int = 8
@@ -41,6 +42,7 @@ class TrainConfig:
     denoiser_frames: int = 128  # latent frames per crop: 4.1 s
     denoiser_lr: float = 1e-3
     rope: bool = False  # rotary positions in the denoiser's self-attention
+    structure: bool = True  # the denoiser's beat clock and key embedding (denoiser.py)
     checkpoint_every: int = 250
     seed: int = 0
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -73,6 +75,8 @@ class Trainer:
         self.phase = PHASES[0]
         self.step = 0
         self.history: dict[str, list[dict[str, float]]] = {p: [] for p in PHASES}
+        # Where the autoencoder came from when the run started from another checkpoint's.
+        self.autoencoder_source: dict[str, str] | None = None
         self.started = time.time()
 
     # -- persistence --------------------------------------------------------------------------
@@ -89,6 +93,7 @@ class Trainer:
             "history": self.history,
             "rng": torch.get_rng_state(),
             "latent_stats": self.latent_stats,
+            "autoencoder_source": self.autoencoder_source,
         }
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -103,6 +108,7 @@ class Trainer:
         self.head_opt.load_state_dict(state["head_opt"])
         self.phase, self.step, self.history = state["phase"], state["step"], state["history"]
         self.latent_stats = state.get("latent_stats")
+        self.autoencoder_source = state.get("autoencoder_source")
         torch.set_rng_state(state["rng"].cpu())
         if state["denoiser"] is not None:
             self._make_denoiser()
@@ -257,9 +263,41 @@ def model_card(trainer: Trainer, sha256: str, seconds: float) -> dict[str, Any]:
             "seconds": round(seconds, 1),
             "torch": torch.__version__,
         },
+        "autoencoder_from": trainer.autoencoder_source,
         "final_losses": {phase: last(phase) for phase in PHASES},
         "loss_history": trainer.history,
     }
+
+
+def autoencoder_source_path(name: str | None) -> Path | None:
+    """'shipped' is the packaged checkpoint; anything else is a path (checked when loaded)."""
+    from generator.checkpoint import PACKAGED
+
+    if name is None:
+        return None
+    return PACKAGED if name == "shipped" else Path(name)
+
+
+def start_from_autoencoder(trainer: Trainer, checkpoint: Path) -> None:
+    """Begin at the denoiser phase with the (verified) autoencoder of an earlier checkpoint.
+
+    A new denoiser on an unchanged autoencoder keeps the latent space, and so the 512-d
+    embedding space: vectors already stored for sounds-alike search stay comparable.
+    """
+    from generator.checkpoint import load_checkpoint, model_card_path
+
+    payload = load_checkpoint(checkpoint)
+    if payload["autoencoder_config"] != trainer.cfg.autoencoder.as_dict():
+        raise CheckpointError(
+            f"checkpoint {checkpoint} has autoencoder {payload['autoencoder_config']}, "
+            f"not the configured {trainer.cfg.autoencoder.as_dict()}"
+        )
+    trainer.ae.load_state_dict(payload["autoencoder"])
+    trainer.phase, trainer.step = "denoiser", 0
+    card = json.loads(model_card_path(checkpoint).read_text())
+    for phase in ("autoencoder", "embedding"):  # the card keeps the phases' figures
+        trainer.history[phase] = card.get("loss_history", {}).get(phase, [])
+    trainer.autoencoder_source = {"checkpoint": checkpoint.name, "sha256": payload["sha256"]}
 
 
 def train(
@@ -268,14 +306,21 @@ def train(
     *,
     device: str = "auto",
     progress: Progress | None = None,
+    autoencoder_from: Path | None = None,
 ) -> Path:
-    """Train (or resume) into `out_dir`; return the checkpoint path (model card beside it)."""
+    """Train (or resume) into `out_dir`; return the checkpoint path (model card beside it).
+
+    With `autoencoder_from`, a fresh run takes that checkpoint's autoencoder and embedding head
+    and trains only the denoiser.
+    """
     from generator.checkpoint import model_card_path, save_checkpoint
 
     cfg = cfg or TrainConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(out_dir, cfg, pick_device(device))
-    trainer.resume()
+    if not trainer.resume() and autoencoder_from is not None:
+        start_from_autoencoder(trainer, autoencoder_from)
+        trainer.save()  # a resumed run must not go back to training the autoencoder
     started = time.time()
     pool = CorpusPool.render(cfg.corpus_seed, cfg.corpus_clips, cfg.clip_seconds)
     trainer.run(pool, progress or (lambda *_: None))

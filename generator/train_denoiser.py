@@ -44,8 +44,15 @@ class DenoiserData:
 
 
 def make_denoiser(cfg: TrainConfig, device: torch.device) -> tuple[Denoiser, torch.optim.Optimizer]:
+    from generator.synth import SAMPLE_RATE
+
     model = Denoiser(
-        DenoiserConfig(latent_channels=cfg.autoencoder.latent_channels, rope=cfg.rope)
+        DenoiserConfig(
+            latent_channels=cfg.autoencoder.latent_channels,
+            rope=cfg.rope,
+            structure=cfg.structure,
+            frame_rate=SAMPLE_RATE / cfg.autoencoder.compression,
+        )
     ).to(device)
     return model, torch.optim.AdamW(model.parameters(), cfg.denoiser_lr, weight_decay=0.01)
 
@@ -72,7 +79,9 @@ def denoiser_step(
     t = torch.sigmoid(torch.randn(batch, device=device))
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
     text = model.encode_text(tokenize(prompts).to(device))
-    loss = F.mse_loss(model(xt, t, text), x1 - x0)
+    # The crop's start tells the beat clock where in its clip (and so in its bar) it begins.
+    offset = torch.from_numpy(starts).to(device)
+    loss = F.mse_loss(model(xt, t, text, offset=offset), x1 - x0)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

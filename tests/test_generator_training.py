@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from generator.pipeline import GenerationRequest, StaveGenerator
 from generator.pool import CorpusPool
 from generator.train import TrainConfig, Trainer, pick_device, train
 from infra.settings import Settings
+from tests.utils.assets import write_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,32 @@ def test_train_resumes_and_ships_a_loadable_checkpoint(tmp_path: Path) -> None:
         ]
     )[0]
     assert clip.audio.shape == (16_000,) and np.isfinite(clip.audio).all()
+
+
+def test_a_new_denoiser_can_keep_an_earlier_checkpoints_autoencoder(tmp_path: Path) -> None:
+    from generator.checkpoint import load_checkpoint
+    from generator.errors import CheckpointError
+
+    first = train(tmp_path / "first", TOY, device="cpu")
+    seen: list[str] = []
+    second = train(
+        tmp_path / "second",
+        dataclasses.replace(TOY, seed=1),
+        device="cpu",
+        progress=lambda p, *_: seen.append(p),
+        autoencoder_from=first,
+    )
+    assert seen == ["denoiser"] * TOY.denoiser_steps  # the autoencoder was not trained again
+    old, new = load_checkpoint(first), load_checkpoint(second)
+    assert all(torch.equal(old["autoencoder"][k], v) for k, v in new["autoencoder"].items())
+    assert not torch.equal(old["denoiser"]["out.weight"], new["denoiser"]["out.weight"])
+    card = json.loads(second.with_suffix(".json").read_text())
+    assert card["autoencoder_from"] == {"checkpoint": first.name, "sha256": old["sha256"]}
+    assert card["loss_history"]["autoencoder"]  # the autoencoder's figures come along
+    # An autoencoder of another shape is refused in one line, before any training.
+    other = write_tiny_checkpoint(tmp_path / "tiny.pt")
+    with pytest.raises(CheckpointError, match=r"has autoencoder .* not the configured"):
+        train(tmp_path / "third", TOY, device="cpu", autoencoder_from=other)
 
 
 @pytest.mark.integration

@@ -16,10 +16,10 @@ from generator.corpus import (
     render,
     sample_labels,
 )
-from generator.denoiser import SelfAttention
-from generator.sampler import initial_noise, sample
+from generator.denoiser import CLOCK_BEATS, Denoiser, DenoiserConfig, SelfAttention, beat_clock
+from generator.sampler import guided, initial_noise, sample
 from generator.synth import HOP, N_NOISE, N_OSC, SAMPLE_RATE, synthesize
-from generator.text import tokenize
+from generator.text import parallel_key, tokenize
 
 
 def test_synth_is_linear_and_deterministic() -> None:
@@ -87,6 +87,81 @@ def test_tokenizer_numbers_keys_and_unknown_words() -> None:
     assert tokens.mask[1].sum() == 1  # the <null> token
     assert (tokens.ids[2][tokens.mask[2]] >= 60).all()  # unknown words hash into buckets
     assert torch.equal(tokenize(["zither solo"]).ids, tokenize(["zither solo"]).ids)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "bpm", "key"),
+    [
+        ("bright bell arpeggio in D minor, 96 bpm, with drums", 96, (2, "minor")),
+        ("organ chords in C# major at 120bpm", 120, (1, "major")),
+        ("square lead, tempo 72, e flat major", 72, (3, "major")),
+        ("bass in bb minor 140 BPM", 140, (10, "minor")),
+        ("a slow organ tune", 0, None),  # "a" the article, no mode after it: no key
+        ("a minor melody, 5 bpm", 0, (9, "minor")),  # 5 bpm is no tempo
+        ("", 0, None),
+    ],
+)
+def test_tokenizer_reads_the_tempo_and_key_a_prompt_names(
+    prompt: str, bpm: int, key: tuple[int, str] | None
+) -> None:
+    tokens = tokenize([prompt])
+    assert tokens.bpm.tolist() == [bpm]
+    expected = 0 if key is None else 1 + 2 * key[0] + MODES.index(key[1])
+    assert tokens.key.tolist() == [expected]
+
+
+def test_beat_clock_counts_from_the_clip_start_and_is_off_without_a_tempo() -> None:
+    bpm = torch.tensor([120.0, 0.0])
+    whole = beat_clock(bpm, 300, 31.25)
+    assert whole.shape == (2, 300, 2 * len(CLOCK_BEATS) + 1)
+    # A crop starting at frame 50 sees the same clock as frames 50.. of the whole clip.
+    crop = beat_clock(bpm, 100, 31.25, offset=torch.tensor([50, 50]))
+    assert torch.allclose(crop, whole[:, 50:150], atol=1e-5)
+    # At 120 bpm a beat is 15.625 frames, so 250 frames are 16 beats: every clock, the
+    # four-bar phrase's included, has come round; 125 frames (8 beats) are half a phrase.
+    assert torch.allclose(whole[0, 250], whole[0, 0], atol=1e-5)
+    assert not torch.allclose(whole[0, 125], whole[0, 0], atol=1e-3)
+    assert whole[0, 0, -1] == 1 and whole[1].abs().sum() == 0  # no tempo: all zeros
+
+
+def test_the_parallel_key_swaps_the_mode_and_keeps_the_tonic() -> None:
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(latent_channels=4, dim=32, depth=1, heads=2, text_dim=32))
+    prompts = ["bell in d minor", "bell in c# major", "bell"]
+    twin = parallel_key(model.encode_text(tokenize(prompts)))
+    assert twin.key.tolist() == tokenize(["d major", "c# minor", "bell"]).key.tolist()
+
+
+def test_guidance_adds_the_contrast_term_only_where_asked() -> None:
+    x, t = torch.zeros(3, 1, 2), torch.zeros(3)
+    outputs = {"cond": 1.0, "uncond": 0.0, "contrast": 0.5}
+    velocity = guided(
+        lambda x, _t, branch: torch.full_like(x, outputs[branch]),
+        guidance=torch.tensor([1.0, 3.0, 3.0]),
+        contrast=torch.tensor([0.0, 0.0, 4.0]),
+    )
+    # cond 1, plus g * (cond - uncond) beyond it, plus c * (cond - contrast).
+    assert velocity(x, t)[:, 0, 0].tolist() == [1.0, 3.0, 3.0 + 4 * 0.5]
+
+
+def test_the_denoiser_reads_the_beat_clock_and_key() -> None:
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(latent_channels=4, dim=32, depth=1, heads=2, text_dim=32, structure=True)
+    model = Denoiser(cfg).eval()
+    for layer in (model.out, model.final_mod):  # zero at initialisation: give them weights
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    x, t = torch.randn(1, 4, 40), torch.full((1,), 0.5)
+    with torch.no_grad():
+        prompt = model.encode_text(tokenize(["organ in c major, 100 bpm"]))
+        base = model(x, t, prompt)
+        # Only the tempo or only the key changed, the word features left as they are.
+        assert not torch.allclose(base, model(x, t, prompt._replace(bpm=torch.tensor([130.0]))))
+        assert not torch.allclose(base, model(x, t, prompt._replace(key=torch.tensor([2]))))
+        assert torch.equal(
+            base, model(x, t, model.encode_text(tokenize(["organ in c major, 100 bpm"])))
+        )
+        # A crop that starts later in its clip sees a later beat phase.
+        assert not torch.allclose(base, model(x, t, prompt, offset=torch.tensor([7])))
 
 
 def test_linear_attention_matches_its_definition() -> None:

@@ -14,19 +14,26 @@ def train(
         None, "--out", help="Output folder (default: <home>/<env>/data/models)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    clips: int = typer.Option(320, min=8, help="Corpus clips rendered for training."),
+    clips: int = typer.Option(1280, min=8, help="Corpus clips rendered for training."),
     ae_steps: int = typer.Option(1400, min=1, help="Autoencoder steps."),
     embedding_steps: int = typer.Option(300, min=1, help="Embedding-head steps."),
     denoiser_steps: int = typer.Option(4000, min=1, help="Denoiser steps."),
     seed: int = typer.Option(0, help="Corpus and initialisation seed."),
+    autoencoder_from: str | None = typer.Option(
+        None,
+        "--autoencoder-from",
+        help="Keep this checkpoint's autoencoder ('shipped' or a path) and train only the "
+        "denoiser: stored embeddings stay comparable.",
+    ),
 ) -> None:
     """Train the built-in generator (autoencoder, then denoiser); resumes an interrupted run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from generator.train import TrainConfig
+    from generator.train import TrainConfig, autoencoder_source_path
     from generator.train import train as run_training
 
     current = settings()
+    source = autoencoder_source_path(autoencoder_from)
     folder = out or current.data_dir / "models"
     cfg = TrainConfig(
         corpus_clips=clips,
@@ -52,7 +59,9 @@ def train(
             shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
             bar.update(tasks[phase], completed=step, loss=shown)  # type: ignore[arg-type]
 
-        checkpoint = run_training(folder, cfg, device=device, progress=progress)
+        checkpoint = run_training(
+            folder, cfg, device=device, progress=progress, autoencoder_from=source
+        )
     typer.echo(f"checkpoint {checkpoint}")
     typer.echo(f"model card {checkpoint.with_suffix('.json')}")
 
