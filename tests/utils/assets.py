@@ -25,7 +25,7 @@ from tasks.storage import encode_flac
 
 TINY_AE = AutoencoderConfig(width=8)
 TINY_DENOISER = DenoiserConfig(
-    latent_channels=TINY_AE.latent_channels, dim=32, depth=1, heads=2, text_dim=32
+    latent_channels=TINY_AE.latent_channels, dim=32, depth=1, heads=2, text_dim=32, structure=True
 )
 
 
