@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -141,6 +142,8 @@ def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
     tasks = archive.query(engine, store, "generation_task", tmp_dir, where=f"job_id = '{job}'")
     assert sorted(tasks.column("id").to_pylist()) == sorted(str(t[0]) for t in before["tasks"])
     vectors = archive.query(engine, store, "latent_embedding", tmp_dir)
+    assert vectors.schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    assert tasks.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     by_id = {r["id"]: r["embedding"] for r in vectors.to_pylist()}
     for vector_id, vector in before["vectors"]:
         assert np.array_equal(np.asarray(by_id[str(vector_id)], dtype=np.float32), vector)
@@ -249,7 +252,6 @@ def test_nothing_old_enough_writes_nothing(
 
 
 def test_where_clauses_are_parsed_or_refused_in_one_line() -> None:
-    import pyarrow as pa
 
     from infra.errors import InvalidInput
 
@@ -433,7 +435,6 @@ def test_fast_delete_needs_a_closed_group_and_the_parameter_grant(engine: Engine
 
 
 def test_the_checksum_ignores_order_and_sees_any_change() -> None:
-    import pyarrow as pa
 
     keys = [str(uuid.uuid4()) for _ in range(1000)] + ["7", "a-much-longer-key-than-a-uuid-is-1"]
     digest = archive.checksum(keys)
@@ -490,3 +491,16 @@ def test_a_long_writer_of_the_travellers_makes_the_delete_give_up_not_wait(
     month = datetime.fromisoformat(archive.list_batches(engine, "generation_task")[-1]["time_from"])
     with archive.exclusive(engine), pytest.raises(archive.ArchiveBusy, match="in progress"):
         archive.restore(engine, store, "generation_task", month.year, month.month, tmp_dir)
+
+
+def test_an_unreachable_server_is_one_line_with_nothing_deleted() -> None:
+    from sqlalchemy import create_engine
+
+    from infra.errors import DatabaseUnavailable
+
+    nowhere = create_engine("postgresql+psycopg://stave:secret@127.0.0.1:1/stave")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        archive.ArrowSource(nowhere)
+    message = str(caught.value)
+    assert "\n" not in message and "port 1 failed" in message and "nothing was deleted" in message
+    assert "secret" not in message
