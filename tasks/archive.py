@@ -10,9 +10,9 @@ the asset's embeddings). A group of files is archived in four durable steps:
    group's first row to its last; one with a further condition (a job no hot task points at)
    names its rows by id.
 2. `write`: each table's rows stream out of PostgreSQL (binary `COPY … TO STDOUT` decoded into
-   Arrow by the ADBC driver, or a server-side cursor for vectors) into a zstd Parquet file one
-   record batch at a time, so memory does not grow with the group, and up to the store; audio
-   objects are copied to the archive prefix and verified.
+   Arrow by the ADBC driver) into a zstd Parquet file one record batch at a time, so memory
+   does not grow with the group, and up to the store; audio objects are copied to the archive
+   prefix and verified.
 3. `verify`: each file is read back from the store: its row count and a checksum over its
    primary keys must match what was written.
 4. `commit`: one transaction deletes exactly the archived rows (counts must match, or nothing
@@ -149,9 +149,11 @@ class Column:
         array type, not pgvector's own), whatever the archive keeps as text as PostgreSQL
         prints it (uuid, and jsonb, whose JSON text round-trips exactly), the rest (numbers,
         booleans, timestamps) in binary."""
+        import pyarrow as pa
+
         if self.sql_type.startswith("vector("):
             return f"{self.name}::real[] AS {self.name}"
-        if self.arrow_type() == _string():
+        if self.arrow_type() == pa.string():
             return f"{self.name}::text AS {self.name}"
         return self.name
 
@@ -175,12 +177,6 @@ class Column:
             "timestamp with time zone": pa.timestamp("us", tz="UTC"),
             "timestamp without time zone": pa.timestamp("us"),
         }.get(t, pa.string() if t.startswith("character") else None) or pa.string()
-
-
-def _string() -> Any:
-    import pyarrow as pa
-
-    return pa.string()
 
 
 def columns_of(conn: Connection, table: str) -> list[Column]:
