@@ -43,7 +43,7 @@ def peak_mb() -> float:
 def fill(n: int) -> None:
     from common import migrated_engine
 
-    from models.base import new_id
+    from stave.models.base import new_id
 
     _, engine = migrated_engine()
     jobs = [new_id() for _ in range(max(1, n // 1000))]
@@ -152,8 +152,8 @@ def ours() -> dict[str, float]:
     import pyarrow.parquet  # noqa: F401
     from common import migrated_engine
 
-    from infra.objectstore import make_object_store
-    from tasks import archive
+    from stave.infra.objectstore import make_object_store
+    from stave.tasks import archive
 
     settings, engine = migrated_engine()
     started = time.perf_counter()

@@ -42,8 +42,8 @@ def main() -> None:
 
     from sqlalchemy import text
 
-    from models.base import new_id
-    from tasks import backfill
+    from stave.models.base import new_id
+    from stave.tasks import backfill
 
     settings, engine = migrated_engine()
     args.batch = args.batch or settings.backfill_batch_size

@@ -29,12 +29,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
 
-    from infra import migrate
-    from infra.db import database_url, get_engine
-    from infra.embedded_pg import bin_dir
-    from infra.objectstore import make_object_store
-    from infra.settings import get_settings
-    from tasks import backup
+    from stave.infra import migrate
+    from stave.infra.db import database_url, get_engine, libpq_target
+    from stave.infra.embedded_pg import bin_dir
+    from stave.infra.objectstore import make_object_store
+    from stave.infra.settings import get_settings
+    from stave.tasks import backup
 
     settings = get_settings()
     url = database_url(settings)
@@ -47,7 +47,7 @@ def main() -> None:
         ).scalar_one()
     print(f"database size: {size / 2**30:.2f} GiB")
 
-    target, env = backup._libpq(url)
+    target, env = libpq_target(url)
     out = os.path.join(settings.tmp_dir, "baseline.dump")
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -87,7 +87,7 @@ def fill(engine: object, url: str, gb: float) -> None:
     import psycopg
     from sqlalchemy import text
 
-    from infra.db import psycopg_dsn
+    from stave.infra.db import psycopg_dsn
 
     rows = int(gb * 2**30 / 2600)  # about 2.6 KB per asset + embedding row with indexes
     with engine.connect() as conn:  # type: ignore[attr-defined]

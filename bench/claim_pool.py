@@ -30,8 +30,8 @@ from common import migrated_engine, throwaway_home
 
 def pending_job(engine: Any, settings: Any, n: int) -> uuid.UUID:
     """n pending tasks in one job, through the real submission path."""
-    from tasks.intake import rows_from_parameter
-    from tasks.submission import submit
+    from stave.tasks.intake import rows_from_parameter
+    from stave.tasks.submission import submit
 
     tag = uuid.uuid4().hex[:8]
     rows = [{"prompt": f"bench {tag} {i}", "seed": i} for i in range(n)]
@@ -65,7 +65,7 @@ def warm(engine: Any) -> None:
 
 
 def drain(engine: Any, job: uuid.UUID, claimers: int, batch: int) -> tuple[float, list[Any], int]:
-    from tasks.queue import claim
+    from stave.tasks.queue import claim
 
     claimed: list[list[Any]] = [[] for _ in range(claimers)]
     start = threading.Barrier(claimers + 1)
@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     throwaway_home()
 
-    from infra.db import database_url, make_engine
+    from stave.infra.db import database_url, make_engine
 
     settings, default_engine = migrated_engine()
     url = database_url(settings)

@@ -20,9 +20,9 @@ def throwaway_home() -> None:
 
 
 def migrated_engine() -> tuple[Any, Engine]:
-    from infra import migrate
-    from infra.db import database_url, get_engine
-    from infra.settings import get_settings
+    from stave.infra import migrate
+    from stave.infra.db import database_url, get_engine
+    from stave.infra.settings import get_settings
 
     settings = get_settings()
     migrate.upgrade(database_url(settings))
@@ -45,7 +45,7 @@ def copy_into(engine: Engine, sql: str) -> Iterator[Any]:
 
 def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID], list[datetime]]:
     """n audio_asset rows (no objects: the write benchmarks never read audio), 1 ms apart."""
-    from models.base import new_id
+    from stave.models.base import new_id
 
     ids = [new_id() for _ in range(n)]
     created = [start + timedelta(milliseconds=i) for i in range(n)]
@@ -62,7 +62,7 @@ def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID
 
 def copy_embeddings(engine: Engine, ids: list[uuid.UUID], vectors: Any, version: str) -> None:
     """The vectors into latent_embedding for `version`, with the backfill's binary COPY."""
-    from tasks.backfill import copy_chunks
+    from stave.tasks.backfill import copy_chunks
 
     sql = (
         "COPY latent_embedding (id, asset_id, encoder_version, embedding) "

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from generator.denoiser import Denoiser, DenoiserConfig
-from generator.text import tokenize
+from stave.generator.denoiser import Denoiser, DenoiserConfig
+from stave.generator.text import tokenize
 
 BASE_FRAMES = 313  # 10 s at 31.25 latent frames per second
 

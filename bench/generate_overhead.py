@@ -33,18 +33,18 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    from generator.corpus import prompt_for
-    from generator.evaluate import held_out
-    from infra import migrate
-    from infra.db import database_url
-    from infra.settings import get_settings
-    from tasks import inference
+    from stave.generator.corpus import prompt_for
+    from stave.generator.evaluate import held_out
+    from stave.infra import migrate
+    from stave.infra.db import database_url
+    from stave.infra.settings import get_settings
+    from stave.tasks import inference
 
     settings = get_settings()
     migrate.upgrade(database_url(settings))
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.generate import generate
+    from stave.flows.generate import generate
 
     labels = held_out(args.clips, offset=70_000)
     prompts = [prompt_for(lab) for lab in labels]
@@ -62,7 +62,7 @@ def main() -> None:
         model = inference.load_model(settings)
         size = settings.batch_size or model.batch_size(settings.default_duration_s)
 
-        from generator.pipeline import GenerationRequest
+        from stave.generator.pipeline import GenerationRequest
 
         flow_times, raw_times = [], []
         for _ in range(args.repeats):

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from generator.corpus import prompt_for
-from generator.evaluate import held_out
-from generator.pipeline import DEFAULT_STEPS, GenerationRequest, StaveGenerator
+from stave.generator.corpus import prompt_for
+from stave.generator.evaluate import held_out
+from stave.generator.pipeline import DEFAULT_STEPS, GenerationRequest, StaveGenerator
 
 TARGET_RTF = 5.0
 
@@ -45,7 +45,7 @@ def main() -> None:
     x = torch.randn(
         args.clips * passes, generator.ae.cfg.latent_channels, frames, device=generator.device
     )
-    from generator.text import tokenize
+    from stave.generator.text import tokenize
 
     with torch.no_grad():
         prompts = [r.prompt for r in requests] * passes

@@ -55,7 +55,7 @@ def main() -> None:
 
     from sqlalchemy import text
 
-    from tasks import search, vector_index
+    from stave.tasks import search, vector_index
 
     settings, engine = migrated_engine()
     with engine.connect() as conn:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from infra import migrate
-from infra.db import ensure_database, make_engine
-from infra.embedded_pg import EmbeddedPostgres, RunningServer
-from infra.settings import Settings, get_settings
+from stave.infra import migrate
+from stave.infra.db import ensure_database, make_engine
+from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer
+from stave.infra.settings import Settings, get_settings
 
 TEST_DATABASE = "stave_test"
 

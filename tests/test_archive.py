@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from tasks import archive
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.models import archive_policies
+from stave.tasks import archive
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ TINY = {"default_duration_s": 1, "default_steps": 2, "batch_size": 4}
 def old_job(engine: Engine, stave_env: Callable[..., Settings], n: int = 3, days: int = 400) -> Any:
     """A job made by the real generation flow, then back-dated `days` (with its tasks, events,
     assets, embeddings and prompt revisions)."""
-    from flows.generate import generate
+    from stave.flows.generate import generate
 
     stave_env(**TINY)
     tag = uuid.uuid4().hex[:8]
@@ -175,8 +176,8 @@ def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
     before = snapshot(engine, job)
     store = make_object_store(stave_env())
 
-    def crash_after_write(policy: Any, group: archive.Group) -> None:
-        archive.write(engine, store, policy, group, tmp_dir)
+    def crash_after_write(policy: Any, group: archive.Group, context: Any) -> Any:
+        archive.write(engine, store, policy, group, tmp_dir, source=context.source)
         archive.verify(store, group)
         raise SystemExit("killed after writing, before deleting")
 
@@ -212,8 +213,8 @@ def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
     store = make_object_store(stave_env())
     first_task = snapshot(engine, job)["tasks"][0][0]
 
-    def event_arrives_meanwhile(policy: Any, group: archive.Group) -> None:
-        archive.write(engine, store, policy, group, tmp_dir)
+    def event_arrives_meanwhile(policy: Any, group: archive.Group, context: Any) -> Any:
+        archive.write(engine, store, policy, group, tmp_dir, source=context.source)
         archive.verify(store, group)
         if policy.table == "generation_task":
             with engine.begin() as conn:
@@ -226,6 +227,7 @@ def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
                 )
         closed = policy.table == "generation_task"  # the only root whose group is closed
         archive.commit(engine, store, policy, group, fast=fast if closed else None)
+        return group.written
 
     with pytest.raises(archive.ArchiveConflict, match="nothing deleted"):
         archive.run_archive(engine, store, tmp_dir, process=event_arrives_meanwhile)
@@ -253,7 +255,7 @@ def test_nothing_old_enough_writes_nothing(
 
 def test_where_clauses_are_parsed_or_refused_in_one_line() -> None:
 
-    from infra.errors import InvalidInput
+    from stave.infra.errors import InvalidInput
 
     schema = pa.schema(
         [
@@ -304,7 +306,7 @@ def test_the_weekly_flow_archives_with_progress_and_summary_artifacts(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.archive import archive_old_records
+    from stave.flows.archive import archive_old_records
 
     job = old_job(engine, stave_env, n=2)
     plan = archive_old_records(dry_run=True)
@@ -351,12 +353,12 @@ def test_with_the_triggers_off_a_row_committed_while_the_delete_waits_is_counted
     task = snapshot(engine, job)["tasks"][0][0]
     outcome: list[BaseException | None] = []
 
-    def racing(policy: Any, group: archive.Group) -> None:
-        archive.write(engine, store, policy, group, tmp_dir)
+    def racing(policy: Any, group: archive.Group, context: Any) -> Any:
+        archive.write(engine, store, policy, group, tmp_dir, source=context.source)
         archive.verify(store, group)
         if policy.table != "generation_task":
             archive.commit(engine, store, policy, group)
-            return
+            return group.written
         other = engine.connect()
         other.execute(
             text(
@@ -418,7 +420,7 @@ def test_rows_with_one_timestamp_split_into_groups_by_id_each_archived_once(
 
 
 def test_fast_delete_needs_a_closed_group_and_the_parameter_grant(engine: Engine) -> None:
-    policies = {p.table: p for p in archive.archive_roots()}
+    policies = {p.table: p for p in archive_policies()}
     with engine.connect() as conn:
         # A superuser may; a task's group is closed (only its travellers refer to it).
         assert archive.fast_delete_allowed(conn, policies["generation_task"])
@@ -466,7 +468,7 @@ def test_a_long_writer_of_the_travellers_makes_the_delete_give_up_not_wait(
     """Writers queue behind a waiting LOCK TABLE, so the delete waits only LOCK_WAIT_S for a
     transaction that holds a traveller table, then gives up with nothing deleted; and a
     restore is refused while a run holds the archive."""
-    monkeypatch.setattr(archive, "LOCK_WAIT_S", 1)
+    monkeypatch.setattr(archive.steps, "LOCK_WAIT_S", 1)
     job = old_job(engine, stave_env, n=1)
     store = make_object_store(stave_env())
     task = snapshot(engine, job)["tasks"][0][0]
@@ -496,11 +498,11 @@ def test_a_long_writer_of_the_travellers_makes_the_delete_give_up_not_wait(
 def test_an_unreachable_server_is_one_line_with_nothing_deleted() -> None:
     from sqlalchemy import create_engine
 
-    from infra.errors import DatabaseUnavailable
+    from stave.infra.errors import DatabaseUnavailable
 
     nowhere = create_engine("postgresql+psycopg://stave:secret@127.0.0.1:1/stave")
     with pytest.raises(DatabaseUnavailable) as caught:
-        archive.ArrowSource(nowhere)
+        archive.arrow_source(nowhere)
     message = str(caught.value)
     assert "\n" not in message and "port 1 failed" in message and "nothing was deleted" in message
     assert "secret" not in message

@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from tasks import backfill, vector_index
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.tasks import backfill, vector_index
+from stave.tasks.encoders import Encoder, load_encoder
 from tests.utils.assets import embedding_counts, make_assets, window, write_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def plain_process(
-    engine: Engine, settings: Settings, encoder: backfill.Encoder
+    engine: Engine, settings: Settings, encoder: Encoder
 ) -> Callable[..., backfill.BatchResult]:
     store = make_object_store(settings)
 
@@ -52,8 +53,8 @@ def test_a_new_encoder_version_is_backfilled_resuming_after_a_kill(
 ) -> None:
     start, end = window()
     assets = make_assets(engine, make_object_store(settings), 30, start)
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
-    assert encoder.version != backfill.load_encoder(engine, settings, None, None).version
+    encoder = load_encoder(engine, settings, None, str(tiny))
+    assert encoder.version != load_encoder(engine, settings, None, None).version
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
 
     # A worker process that is killed (SIGKILL) after it has committed a few batches.
@@ -63,13 +64,14 @@ def test_a_new_encoder_version_is_backfilled_resuming_after_a_kill(
             f"""
             import time
             from datetime import datetime
-            from infra.db import get_engine
-            from infra.objectstore import make_object_store
-            from infra.settings import get_settings
-            from tasks import backfill
+            from stave.infra.db import get_engine
+            from stave.infra.objectstore import make_object_store
+            from stave.infra.settings import get_settings
+            from stave.tasks import backfill
+            from stave.tasks.encoders import load_encoder
 
             settings, engine = get_settings(), get_engine()
-            encoder = backfill.load_encoder(engine, settings, None, {str(tiny)!r})
+            encoder = load_encoder(engine, settings, None, {str(tiny)!r})
             scope = backfill.resolve_scope(
                 engine, encoder.version, datetime.fromisoformat({start.isoformat()!r}),
                 datetime.fromisoformat({end.isoformat()!r}))
@@ -154,7 +156,7 @@ def test_missing_corrupted_and_non_audio_objects_are_reported_and_the_rest_go_on
             text("UPDATE audio_asset SET sha256 = :s WHERE id = :id"),
             {"s": hashlib.sha256(junk).hexdigest(), "id": assets[7].id},
         )
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     run, progress, status = backfill.run_backfill(
         engine, scope, plain_process(engine, settings, encoder), batch_size=4
@@ -176,7 +178,7 @@ def test_a_vector_of_the_wrong_dimension_is_refused_for_that_clip_only(
 ) -> None:
     start, end = window()
     assets = make_assets(engine, make_object_store(settings), 3, start)
-    real = backfill.load_encoder(engine, settings, None, str(tiny))
+    real = load_encoder(engine, settings, None, str(tiny))
 
     class Truncating:
         """An encoder whose second vector comes back short (a broken third-party encoder)."""
@@ -202,7 +204,7 @@ def test_a_limit_stops_the_run_and_the_next_resumes_it(
 ) -> None:
     start, end = window()
     assets = make_assets(engine, make_object_store(settings), 10, start)
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     process = plain_process(engine, settings, encoder)
     first, progress, status = backfill.run_backfill(engine, scope, process, 4, limit=6)
@@ -218,7 +220,7 @@ def test_a_batch_committed_twice_is_counted_once(
 ) -> None:
     start, end = window()
     make_assets(engine, make_object_store(settings), 3, start)
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     run = backfill.open_run(engine, scope)
     refs = backfill.next_page(engine, scope, run, None, 10)
@@ -235,7 +237,7 @@ def test_a_second_runner_of_the_same_backfill_is_refused(
     engine: Engine, settings: Settings, tiny: Path
 ) -> None:
     start, end = window()
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     with (
         backfill.exclusive(engine, scope),
@@ -248,7 +250,7 @@ def test_a_second_runner_of_the_same_backfill_is_refused(
 def test_scope_errors_are_one_line(engine: Engine, settings: Settings) -> None:
     from datetime import UTC, datetime
 
-    from infra.errors import InvalidInput, NotFound
+    from stave.infra.errors import InvalidInput, NotFound
 
     with pytest.raises(NotFound, match="no such model version"):
         backfill.resolve_scope(engine, "stave-ae-x", model_version="nope")
@@ -258,18 +260,18 @@ def test_scope_errors_are_one_line(engine: Engine, settings: Settings) -> None:
     with pytest.raises(InvalidInput, match="encoder version"):
         backfill.resolve_scope(engine, "bad'version")
     with pytest.raises(InvalidInput, match="no checkpoint for it"):
-        backfill.load_encoder(engine, settings, "stave-ae-000000000000", None)
+        load_encoder(engine, settings, "stave-ae-000000000000", None)
 
 
 def test_the_flow_dry_run_writes_nothing_and_the_run_builds_the_index(
     prefect_api: str, engine: Engine, settings: Settings, tiny: Path, stave_env: Any
 ) -> None:
-    from flows.backfill import backfill_embeddings
+    from stave.flows.backfill import backfill_embeddings
 
     stave_env(backfill_batch_size=4)
     start, end = window()
     assets = make_assets(engine, make_object_store(settings), 7, start)
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     with engine.connect() as conn:
         runs_before = conn.execute(text("SELECT count(*) FROM backfill_run")).scalar_one()
 
@@ -310,7 +312,7 @@ def test_a_conflict_or_a_vanished_asset_takes_the_idempotent_upsert_path(
     start, end = window()
     store = make_object_store(settings)
     assets = make_assets(engine, store, 5, start)
-    encoder = backfill.load_encoder(engine, settings, None, str(tiny))
+    encoder = load_encoder(engine, settings, None, str(tiny))
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     run = backfill.open_run(engine, scope)
     refs = backfill.next_page(engine, scope, run, None, 10)

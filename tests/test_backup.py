@@ -13,11 +13,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from infra.embedded_pg import EmbeddedPostgres
-from infra.errors import InvalidInput, ObjectCorrupted, StorageUnavailable
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from tasks import backup
+from stave.infra.embedded_pg import EmbeddedPostgres
+from stave.infra.errors import InvalidInput, ObjectCorrupted, StorageUnavailable
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.tasks import backup
 from tests.test_cli import assert_one_line_error, stave
 from tests.utils.flaky_proxy import FlakyProxy
 
@@ -217,7 +217,7 @@ def test_the_nightly_flow_dumps_drills_and_reports(
     pg_cluster: EmbeddedPostgres,
     stave_env: Callable[..., Settings],
 ) -> None:
-    from flows.backup import nightly_backup
+    from stave.flows.backup import nightly_backup
 
     stave_env(wal_spool_dir=pg_cluster.wal_spool)
     summary = nightly_backup()
@@ -253,7 +253,7 @@ def test_a_failed_backup_fails_the_flow_run_with_the_cause(
     bucket_name: str,
     stave_env: Callable[..., Settings],
 ) -> None:
-    from flows.backup import nightly_backup
+    from stave.flows.backup import nightly_backup
 
     with FlakyProxy(s3_endpoint, failures=10**9) as proxy:
         stave_env(

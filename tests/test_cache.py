@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.cache import ConfigCache, LocalCache, RedisCache, cache_key, get_cache
-from infra.errors import InvalidInput
-from infra.settings import Settings
-from tasks import catalog
-from tasks.intake import rows_from_parameter
-from tasks.submission import submit
+from stave.infra.cache import ConfigCache, LocalCache, RedisCache, cache_key, get_cache
+from stave.infra.errors import InvalidInput
+from stave.infra.settings import Settings
+from stave.tasks import catalog
+from stave.tasks.intake import rows_from_parameter
+from stave.tasks.submission import submit
 from tests.test_cli import assert_one_line_error, stave
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ def test_redis_down_degrades_to_database_reads(
 ) -> None:
     down = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60)
     name, user = f"tpl-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
-    with caplog.at_level(logging.WARNING, logger="infra.cache"):
+    with caplog.at_level(logging.WARNING, logger="stave.infra.cache"):
         catalog.put_template(engine, down, settings, name, {"steps": 7})
         catalog.put_preferences(engine, down, settings, user, {"duration_s": 4})
         assert read_steps(engine, down, settings, name) == 7

@@ -173,7 +173,7 @@ def test_eval_with_a_missing_or_corrupted_checkpoint_is_one_line(tmp_path: Path)
     )
     assert missing.returncode == 1
     assert "checkpoint not found" in assert_one_line_error(missing)
-    from generator.checkpoint import PACKAGED, model_card_path
+    from stave.generator.checkpoint import PACKAGED, model_card_path
 
     bad = tmp_path / "bad.pt"
     data = bytearray(PACKAGED.read_bytes())

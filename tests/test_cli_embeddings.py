@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from infra.objectstore import make_object_store
-from infra.settings import Settings
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
 from tests.test_cli import assert_one_line_error, stave
 from tests.utils.assets import make_assets, window, write_tiny_checkpoint
 
@@ -99,7 +99,7 @@ def test_backfill_status_similar_index_and_gallery_from_the_command_line(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("similar", "not-a-uuid"), "is not an asset id"),
+        (("similar", "not-a-uuid"), "is not an id"),
         (("similar", "01a20b84-0000-7000-8000-000000000000"), "no such asset"),
         (("similar",), "give an asset id or --file"),
         (("backfill", "--model-version", "ghost", "--dry-run"), "no such model version"),

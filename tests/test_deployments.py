@@ -33,14 +33,13 @@ from sqlalchemy.engine import Engine
 from tests.test_cli import STAVE, assert_one_line_error, stave
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+SPEC = yaml.safe_load((ROOT / "stave" / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
 
 
 def load_entrypoint(entrypoint: str) -> Any:
-    path, name = entrypoint.split(":")
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return getattr(module, name)
+    module, name = entrypoint.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def test_every_entrypoint_is_a_flow_with_a_described_form() -> None:
@@ -68,7 +67,7 @@ def test_every_entrypoint_is_a_flow_with_a_described_form() -> None:
 
 
 def test_schedules_and_no_credentials() -> None:
-    raw = (ROOT / "prefect.yaml").read_text()
+    raw = (ROOT / "stave" / "prefect.yaml").read_text()
     assert DEPLOYMENTS["nightly-backup"]["schedules"][0]["cron"] == "0 2 * * *"
     assert DEPLOYMENTS["nightly-backup"]["schedules"][0]["timezone"] == "{{ $STAVE_TIMEZONE }}"
     assert DEPLOYMENTS["weekly-archive"]["schedules"][0]["cron"].endswith("* * 0")

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.db import psycopg_dsn
-from infra.embedded_pg import EmbeddedPostgres
+from stave.infra.db import psycopg_dsn
+from stave.infra.embedded_pg import EmbeddedPostgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def test_start_reuse_stop_restart_on_the_same_port(tmp_path: Path) -> None:
             assert conn.execute("SELECT inet_server_addr()::text").fetchone() == ("127.0.0.1/32",)
         # Another process finds the running server instead of starting a second one.
         script = (
-            "from pathlib import Path; from infra.embedded_pg import EmbeddedPostgres;"
+            "from pathlib import Path; from stave.infra.embedded_pg import EmbeddedPostgres;"
             f"s = EmbeddedPostgres(Path({str(tmp_path / 'pg')!r}), log_file=Path('/dev/null'));"
             "print(s.ensure_running().pid)"
         )
@@ -61,7 +61,7 @@ def test_runs_as_a_normal_user(tmp_path: Path) -> None:
     for parent in [tmp_path, *tmp_path.parents]:
         parent.chmod(parent.stat().st_mode | 0o055)
     script = (
-        "import os; from pathlib import Path; from infra.embedded_pg import EmbeddedPostgres;"
+        "import os; from pathlib import Path; from stave.infra.embedded_pg import EmbeddedPostgres;"
         f"s = EmbeddedPostgres(Path({str(home / 'pg')!r}),"
         f" log_file=Path({str(home / 'pg.log')!r}));"
         "r = s.ensure_running(); import psycopg;"

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from infra.errors import InvalidInput, NotFound
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from tasks import backfill, gallery
+from stave.infra.errors import InvalidInput, NotFound
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.tasks import backfill, gallery
+from stave.tasks.encoders import load_encoder
 from tests.utils.assets import make_assets, window
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def clips(engine: Engine, settings: Settings, user: str) -> list[Any]:
     """Six assets of one user with embeddings for the current encoder (through a backfill)."""
     start, end = window()
     assets = make_assets(engine, make_object_store(settings), 6, start, user_id=user)
-    encoder = backfill.load_encoder(engine, settings, None, None)
+    encoder = load_encoder(engine, settings, None, None)
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     store = make_object_store(settings)
 

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.embedded_pg import EmbeddedPostgres
-from infra.objectstore import make_object_store
-from infra.settings import Settings
+from stave.infra.embedded_pg import EmbeddedPostgres
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
 from tests.utils.flaky_proxy import FlakyProxy
 
 pytestmark = pytest.mark.integration
@@ -64,8 +64,8 @@ def job_tasks(engine: Engine, job_id: str) -> list[Any]:
 def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit(
     prefect_api: str, engine: Engine, tmp_path: Path, stave_env: Callable[..., Settings]
 ) -> None:
-    from flows.generate import generate
-    from tasks.regenerate import regenerate
+    from stave.flows.generate import generate
+    from stave.tasks.regenerate import regenerate
 
     settings = stave_env(**TINY)
     rows = [*unique_rows(5), {"prompt": "bad", "steps": 0}]
@@ -116,7 +116,7 @@ def test_progress_and_summary_artifacts_are_written(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.generate import generate
+    from stave.flows.generate import generate
 
     stave_env(**{**TINY, "batch_size": 2})
     state = generate(rows=[*unique_rows(5), {"prompt": "x", "guidance": 99}], return_state=True)
@@ -162,7 +162,7 @@ def test_progress_and_summary_artifacts_are_written(
 def test_clips_failing_the_suite_are_quarantined_with_the_failed_expectations(
     prefect_api: str, engine: Engine, stave_env: Callable[..., Settings]
 ) -> None:
-    from flows.generate import generate
+    from stave.flows.generate import generate
 
     stave_env(**TINY, min_loudness_lufs=-1)  # no clip is that loud
     summary = generate(rows=unique_rows(2))
@@ -188,8 +188,8 @@ def test_store_outage_fails_the_batch_as_storage_unavailable_and_the_retry_publi
     bucket_name: str,
     stave_env: Callable[..., Settings],
 ) -> None:
-    from flows.generate import generate, run_pending
-    from tasks.gc import sweep
+    from stave.flows.generate import generate, run_pending
+    from stave.tasks.gc import sweep
 
     with FlakyProxy(s3_endpoint, failures=10**9) as proxy:
         settings = stave_env(
@@ -260,7 +260,7 @@ def test_a_killed_worker_s_tasks_are_claimed_again_after_the_lease(
     database_url: str,
     stave_env: Callable[..., Settings],
 ) -> None:
-    from flows.generate import generate, run_pending
+    from stave.flows.generate import generate, run_pending
 
     stave_env(**TINY)
     queued = generate(rows=unique_rows(4, duration_s=20, steps=8), run=False)
@@ -313,7 +313,7 @@ def test_database_restart_mid_run_leaves_no_half_written_records(
     pg_cluster: EmbeddedPostgres,
     stave_env: Callable[..., Settings],
 ) -> None:
-    from flows.generate import generate, run_pending
+    from stave.flows.generate import generate, run_pending
 
     stave_env(**{**TINY, "batch_size": 2})
     queued = generate(rows=unique_rows(6), run=False)
@@ -358,16 +358,15 @@ def test_inference_waits_for_a_slot_of_the_gpu_concurrency_limit(
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
 
-    from flows.generate import generate
-    from tasks import generation
+    from stave.flows.generate import generate
 
     stave_env(**TINY)
     generate(rows=unique_rows(1))  # model and suite loaded: the timed run below is ~1 s
     name = f"gpu-{uuid.uuid4().hex[:8]}"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    # A new limit name: gpu_slot looks it up afresh (it remembers names, not answers).
     stave_env(**TINY, gpu_concurrency_limit=name)
-    generation._limits.clear()
     held, released = threading.Event(), threading.Event()
 
     def occupy_the_only_slot() -> None:

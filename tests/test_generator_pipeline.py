@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator.acestep import AceStepGenerator, acestep_params
-from generator.checkpoint import model_card_path
-from generator.errors import CheckpointError, GeneratorError, InvalidRequest
-from generator.pipeline import GenerationRequest, StaveGenerator
+from stave.generator.acestep import AceStepGenerator, acestep_params
+from stave.generator.checkpoint import model_card_path
+from stave.generator.errors import CheckpointError, GeneratorError, InvalidRequest
+from stave.generator.pipeline import GenerationRequest, StaveGenerator
 from tests.utils.assets import write_tiny_checkpoint
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from generator.pipeline import GenerationRequest, StaveGenerator
-from generator.pool import CorpusPool
-from generator.train import TrainConfig, Trainer, pick_device, train
-from infra.settings import Settings
+from stave.generator.pipeline import GenerationRequest, StaveGenerator
+from stave.generator.pool import CorpusPool
+from stave.generator.train import Trainer, pick_device, train
+from stave.generator.train_config import TrainConfig
+from stave.infra.settings import Settings
 from tests.utils.assets import write_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -63,8 +64,8 @@ def test_train_resumes_and_ships_a_loadable_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_new_denoiser_can_keep_an_earlier_checkpoints_autoencoder(tmp_path: Path) -> None:
-    from generator.checkpoint import load_checkpoint
-    from generator.errors import CheckpointError
+    from stave.generator.checkpoint import load_checkpoint
+    from stave.generator.errors import CheckpointError
 
     first = train(tmp_path / "first", TOY, device="cpu")
     seen: list[str] = []
@@ -92,9 +93,9 @@ def test_a_new_denoiser_can_keep_an_earlier_checkpoints_autoencoder(tmp_path: Pa
 def test_the_training_flow_publishes_checkpoint_and_card(
     prefect_api: str, stave_env: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    from flows.train import train_generator
-    from generator.checkpoint import load_checkpoint
-    from infra.objectstore import make_object_store
+    from stave.flows.train import train_generator
+    from stave.generator.checkpoint import load_checkpoint
+    from stave.infra.objectstore import make_object_store
 
     settings = stave_env(home=tmp_path / "home")
     toy = {
@@ -133,8 +134,8 @@ def test_the_training_flow_publishes_checkpoint_and_card(
 def test_training_overrides_are_checked_by_name_and_type(
     overrides: dict[str, object], message: str
 ) -> None:
-    from flows.train import train_config
-    from infra.errors import InvalidInput
+    from stave.flows.train import train_config
+    from stave.infra.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match=message):
         train_config(8, 3.0, 1, 1, 1, 0, overrides)

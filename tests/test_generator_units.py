@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from generator.analysis import estimate_key, estimate_tempo, loudness_lufs, peak_dbfs, tempo_matches
-from generator.corpus import (
+from stave.generator.analysis import (
+    estimate_key,
+    estimate_tempo,
+    loudness_lufs,
+    peak_dbfs,
+    tempo_matches,
+)
+from stave.generator.corpus import (
     MODES,
     NOTE_NAMES,
     TIMBRES,
@@ -16,10 +22,16 @@ from generator.corpus import (
     render,
     sample_labels,
 )
-from generator.denoiser import CLOCK_BEATS, Denoiser, DenoiserConfig, SelfAttention, beat_clock
-from generator.sampler import guided, initial_noise, sample
-from generator.synth import HOP, N_NOISE, N_OSC, SAMPLE_RATE, synthesize
-from generator.text import parallel_key, tokenize
+from stave.generator.denoiser import (
+    CLOCK_BEATS,
+    Denoiser,
+    DenoiserConfig,
+    SelfAttention,
+    beat_clock,
+)
+from stave.generator.sampler import guided, initial_noise, sample
+from stave.generator.synth import HOP, N_NOISE, N_OSC, SAMPLE_RATE, synthesize
+from stave.generator.text import parallel_key, tokenize
 
 
 def test_synth_is_linear_and_deterministic() -> None:
@@ -205,7 +217,7 @@ def test_sampler_integrates_a_known_flow(scheduler: str) -> None:
 
 
 def test_rotary_linear_attention_matches_its_definition() -> None:
-    from generator.denoiser import rotate
+    from stave.generator.denoiser import rotate
 
     torch.manual_seed(1)
     attn = SelfAttention(16, 2, "linear", rope=True)

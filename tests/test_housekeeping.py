@@ -27,7 +27,7 @@ def test_finished_runs_older_than_the_retention_are_removed(prefect_api: str) ->
         FlowFilterName,
     )
 
-    from flows.housekeeping import prefect_housekeeping
+    from stave.flows.housekeeping import prefect_housekeeping
 
     tag = uuid.uuid4().hex[:8]
     probe(tag)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra.errors import InvalidInput
-from tasks.intake import check_rows, read_file, rows_from_parameter
+from stave.infra.errors import InvalidInput
+from stave.tasks.intake import check_rows, read_file, rows_from_parameter
 
 
 def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
@@ -104,7 +104,7 @@ BAD_ROWS = [
     ({"prompt": "ok", "seed": 2**63}, "seed", "63-bit non-negative"),
     ({"prompt": "ok", "seed": True}, "seed", "not true/false"),
     ({"prompt": "ok", "user_id": "a b"}, "user_id", "letters, digits"),
-    ({"prompt": "ok", "parent_revision": "not-a-uuid"}, "parent_revision", "is not a UUID"),
+    ({"prompt": "ok", "parent_revision": "not-a-uuid"}, "parent_revision", "is not an id (a UUID)"),
     ({"prompt": 42}, "prompt", "must be text"),
 ]
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
-from infra.db import apply_user_scope
-from infra.embedded_pg import RunningServer
-from infra.errors import NotFound
-from infra.settings import Settings
+from stave.infra.db import apply_user_scope
+from stave.infra.embedded_pg import RunningServer
+from stave.infra.errors import NotFound
+from stave.infra.settings import Settings
 from tests.test_cli import assert_one_line_error, stave
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,8 @@ USER_TABLES = ("generation_task", "audio_asset", "prompt_revision")
 @pytest.fixture(scope="module")
 def two_users(prefect_api: str, engine: Engine) -> dict[str, Any]:
     """Clips of two users, made by the real generation flow in one job."""
-    from flows.generate import generate
-    from infra.settings import get_settings
+    from stave.flows.generate import generate
+    from stave.infra.settings import get_settings
 
     tag = uuid.uuid4().hex[:6]
     alice, bob = f"alice-{tag}", f"bob-{tag}"
@@ -108,7 +108,7 @@ def test_the_app_role_is_isolated_and_cannot_write_for_another_user(
 def test_search_and_reports_for_a_user_see_only_theirs(
     engine: Engine, settings: Settings, two_users: dict[str, Any]
 ) -> None:
-    from tasks import reports, search
+    from stave.tasks import reports, search
 
     alice, bob = two_users["alice"], two_users["bob"]
     mine, theirs = two_users["assets"][alice], two_users["assets"][bob]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.errors import InvalidKey
-from infra.objectstore.keys import (
+from stave.infra.errors import InvalidKey
+from stave.infra.objectstore.keys import (
     archive_key,
     archived_audio_key,
     audio_key,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from infra.logs import RedactSecrets
+from stave.infra.logs import RedactSecrets
 
 
 def test_secrets_are_redacted_from_messages_args_and_tracebacks(

@@ -15,13 +15,13 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
-import models  # noqa: F401
-from infra import migrate
-from infra.db import ensure_database, make_engine, psycopg_dsn
-from infra.embedded_pg import RunningServer
-from infra.errors import ConfigError
-from sql.autogen import include_object
-from sql.roles import APP, REPORTING
+import stave.models  # noqa: F401
+from stave.infra import migrate
+from stave.infra.db import ensure_database, make_engine, psycopg_dsn
+from stave.infra.embedded_pg import RunningServer
+from stave.infra.errors import ConfigError
+from stave.infra.roles import APP, REPORTING
+from stave.sql.autogen import include_object
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from infra.errors import StorageUnavailable
+from stave.infra.errors import StorageUnavailable
 from tests.test_objectstore_contract import minio_store
 from tests.utils.flaky_proxy import FlakyProxy
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from models import (
+from stave.models import (
     EMBEDDING_DIM,
     AudioAsset,
     GenerationJob,
@@ -18,7 +18,7 @@ from models import (
     lifecycle_policies,
     policy_for,
 )
-from models.base import new_id
+from stave.models.base import new_id
 
 
 def test_every_table_declares_a_lifecycle_policy() -> None:

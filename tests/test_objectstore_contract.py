@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import InvalidKey, ObjectCorrupted, ObjectNotFound
-from infra.objectstore.base import ObjectStore, sha256_hex
-from infra.objectstore.filesystem import FilesystemStore
-from infra.objectstore.minio_store import MinioStore
+from stave.infra.errors import InvalidKey, ObjectCorrupted, ObjectNotFound
+from stave.infra.objectstore.base import ObjectStore, sha256_hex
+from stave.infra.objectstore.filesystem import FilesystemStore
+from stave.infra.objectstore.minio_store import MinioStore
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from infra.embedded_pg import EmbeddedPostgres
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from tasks import pitr
+from stave.infra.embedded_pg import EmbeddedPostgres
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.tasks import pitr
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.settings import Settings
-from models.base import new_id
-from tasks import queue
-from tasks.intake import rows_from_parameter
-from tasks.submission import submit
+from stave.infra.settings import Settings
+from stave.models.base import new_id
+from stave.tasks import queue
+from stave.tasks.intake import rows_from_parameter
+from stave.tasks.submission import submit
 
 pytestmark = pytest.mark.integration
 

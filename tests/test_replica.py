@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from infra import replica as routing
-from infra.embedded_pg import EmbeddedPostgres, RunningServer
-from infra.settings import Settings
+from stave.infra import replica as routing
+from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer
+from stave.infra.settings import Settings
 from tests.test_cli import stave
 from tests.utils.replica import start_replica
 
@@ -129,7 +129,7 @@ def test_a_lagging_replica_sends_reads_to_the_primary_with_a_warning(
         name = add_template(engine)
         time.sleep(1.5)
         routing.reset()
-        with caplog.at_level(logging.WARNING, logger="infra.replica"):
+        with caplog.at_level(logging.WARNING, logger="stave.infra.replica"):
             route = routing.read_route()
         assert route.target == "primary" and "behind" in route.reason, route.reason
         assert any("reading from the primary" in r.message for r in caplog.records)
@@ -146,7 +146,7 @@ def test_a_down_replica_sends_reads_to_the_primary(
 ) -> None:
     standby.stop()
     try:
-        with caplog.at_level(logging.WARNING, logger="infra.replica"):
+        with caplog.at_level(logging.WARNING, logger="stave.infra.replica"):
             route = routing.read_route()
         assert route.target == "primary" and "is down" in route.reason, route.reason
         with route.engine.connect() as conn:

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from infra.errors import InvalidInput
-from infra.settings import Settings
-from tasks import reports
+from stave.infra.errors import InvalidInput
+from stave.infra.settings import Settings
+from stave.tasks import reports
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_models_failures_and_prompt_history(
     prefect_api: str, engine: Engine, stave_env: Callable[..., Settings]
 ) -> None:
-    from flows.generate import generate
+    from stave.flows.generate import generate
 
     stave_env(default_duration_s=1, default_steps=2, batch_size=4)
     user = f"rep-{uuid.uuid4().hex[:6]}"

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from infra.errors import InvalidInput, NotFound
-from infra.objectstore import make_object_store
-from infra.settings import Settings
-from models.assets import EMBEDDING_DIM
-from models.base import new_id
-from tasks import search, vector_index
+from stave.infra.errors import InvalidInput, NotFound
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.models.assets import EMBEDDING_DIM
+from stave.models.base import new_id
+from stave.tasks import search, vector_index
+from stave.tasks.encoders import load_encoder
 from tests.utils.assets import Asset, make_assets, window
 
 pytestmark = pytest.mark.integration
@@ -201,9 +202,9 @@ def test_real_clips_find_their_own_kind_through_a_backfill_of_the_current_encode
 ) -> None:
     """Corpus audio of three timbres, embedded by the shipped encoder through a backfill:
     each clip's nearest neighbours are clips of its timbre."""
-    from generator.corpus import render, sample_labels
-    from tasks import backfill
-    from tasks.inference import current_encoder_version
+    from stave.generator.corpus import render, sample_labels
+    from stave.tasks import backfill
+    from stave.tasks.inference import current_encoder_version
 
     timbres = ("bell", "organ", "bass")
     labels = [
@@ -217,7 +218,7 @@ def test_real_clips_find_their_own_kind_through_a_backfill_of_the_current_encode
     assets = make_assets(
         engine, make_object_store(settings), len(audios), start, audios=audios, user_id=user
     )
-    encoder = backfill.load_encoder(engine, settings, None, None)
+    encoder = load_encoder(engine, settings, None, None)
     assert encoder.version == current_encoder_version(settings)
     scope = backfill.resolve_scope(engine, encoder.version, start, end)
     store = make_object_store(settings)

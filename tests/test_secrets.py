@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from tests.test_cli import stave
+from tests.utils.flaky_proxy import FlakyProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,7 +25,17 @@ def dead_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_no_secret_is_written_anywhere(database_url: str, engine: Engine, tmp_path: Path) -> None:
+@pytest.fixture
+def store_failing_clips(s3_endpoint: str) -> Iterator[str]:
+    """An S3 endpoint that answers the store's health probe but fails every clip it is given:
+    a batch fails to store (storage_unavailable) after the command's own checks passed."""
+    with FlakyProxy(s3_endpoint, failures=0, failing_paths=("/audio/",)) as proxy:
+        yield proxy.endpoint
+
+
+def test_no_secret_is_written_anywhere(
+    database_url: str, engine: Engine, store_failing_clips: str, bucket_name: str, tmp_path: Path
+) -> None:
     mark = uuid.uuid4().hex[:10]
     secrets = {
         "db": f"DbPw{mark}",
@@ -39,8 +51,8 @@ def test_no_secret_is_written_anywhere(database_url: str, engine: Engine, tmp_pa
     env = {
         "STAVE_HOME": str(home),
         "STAVE_DATABASE_URL": with_password.render_as_string(hide_password=False),
-        # An object store that is not there: every batch fails to store (storage_unavailable).
-        "STAVE_S3_ENDPOINT": f"127.0.0.1:{dead_port()}",
+        "STAVE_S3_ENDPOINT": store_failing_clips,
+        "STAVE_BUCKET": bucket_name,
         "STAVE_S3_ACCESS_KEY": secrets["access"],
         "STAVE_S3_SECRET_KEY": secrets["secret"],
         "STAVE_S3_MAX_RETRIES": "0",

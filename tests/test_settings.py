@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigError
-from infra.settings import load_settings, mask_url, normalise_pg_url
+from stave.infra.errors import ConfigError
+from stave.infra.settings import load_settings, mask_url, normalise_pg_url
 
 GOOD_PROD = {
     "STAVE_ENV": "prod",

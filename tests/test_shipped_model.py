@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from generator.checkpoint import PACKAGED, file_sha256, model_card_path
-from generator.pipeline import GenerationRequest, StaveGenerator
+from stave.generator.checkpoint import PACKAGED, file_sha256, model_card_path
+from stave.generator.pipeline import GenerationRequest, StaveGenerator
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ import torch
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from generator.autoencoder import Autoencoder, AutoencoderConfig
-from generator.checkpoint import model_card_path, save_checkpoint
-from generator.denoiser import Denoiser, DenoiserConfig
-from infra.objectstore import ObjectStore
-from infra.objectstore.keys import audio_key
-from models.base import new_id
-from tasks.storage import encode_flac
+from stave.generator.autoencoder import Autoencoder, AutoencoderConfig
+from stave.generator.checkpoint import model_card_path, save_checkpoint
+from stave.generator.denoiser import Denoiser, DenoiserConfig
+from stave.infra.objectstore import ObjectStore
+from stave.infra.objectstore.keys import audio_key
+from stave.models.base import new_id
+from stave.tasks.storage import encode_flac
 
 TINY_AE = AutoencoderConfig(width=8)
 TINY_DENOISER = DenoiserConfig(

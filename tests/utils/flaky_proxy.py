@@ -1,6 +1,8 @@
-"""An HTTP proxy on loopback that answers 503 to the first N requests, then forwards.
+"""An HTTP proxy on loopback that answers 503 to the first N requests (and to every request
+for a path containing one of `failing_paths`), and forwards the rest.
 
-Used to prove that the MinIO store retries server errors with backoff against a real server.
+Used to prove that the MinIO store retries server errors with backoff against a real server,
+and to make a store that answers its health probe but fails to store clips.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FlakyProxy:
-    def __init__(self, upstream: str, failures: int) -> None:
+    def __init__(self, upstream: str, failures: int, failing_paths: tuple[str, ...] = ()) -> None:
         self.upstream = upstream
         self.failures_left = failures
         self.requests = 0
@@ -25,6 +27,7 @@ class FlakyProxy:
                     fail = proxy.failures_left > 0
                     if fail:
                         proxy.failures_left -= 1
+                    fail = fail or any(part in self.path for part in failing_paths)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if fail:

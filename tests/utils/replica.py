@@ -7,7 +7,7 @@ import pwd
 import subprocess
 from pathlib import Path
 
-from infra.embedded_pg import SUPERUSER, EmbeddedPostgres, RunningServer, bin_dir
+from stave.infra.embedded_pg import SUPERUSER, EmbeddedPostgres, RunningServer, bin_dir
 
 
 def start_replica(primary: RunningServer, pgdata: Path) -> EmbeddedPostgres:

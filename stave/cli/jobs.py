@@ -1,0 +1,347 @@
+"""`stave generate | submit | run-pending | jobs | job | task | retry | regenerate | gc`."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import typer
+
+from stave.cli.common import (
+    JSON_HELP,
+    Device,
+    FileFormat,
+    PollingBar,
+    engine,
+    in_process_prefect,
+    print_json,
+    print_rejections,
+    settings,
+)
+from stave.infra import stop
+from stave.infra.errors import InvalidInput
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.models import TaskStatus
+from stave.models.base import parse_id
+from stave.tasks import submission
+from stave.tasks.gc import sweep
+from stave.tasks.inference import check_generator
+from stave.tasks.intake import SourceRows, read_file
+from stave.tasks.queue import job_state, requeue_failed
+from stave.tasks.records import job_detail, job_summary, list_jobs, task_detail
+from stave.tasks.regenerate import regenerate as remake
+
+FILE_HELP = "Prompt file: .csv, .jsonl or .parquet (columns: prompt, and optional others)."
+FORMAT_HELP = "The file's format when its name does not say."
+SETTLED = ("published", "quarantined", "failed")
+
+
+def _checked_source(
+    current: Settings, file: Path, fmt: FileFormat | None, *, generating: bool
+) -> SourceRows:
+    """Everything that would make the command fail later, checked before anything is written:
+    the file readable as its format, the generator's settings (when clips will be made here)
+    and the object store reachable."""
+    source = read_file(file, fmt.value if fmt else None)
+    if generating:
+        check_generator(current)
+    make_object_store(current).check()
+    return source
+
+
+def _job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
+    """A progress bar over a job's clips, fed from the database while the flow runs here."""
+
+    def poll() -> tuple[int, int, dict[str, Any]] | None:
+        counts = job_state(engine(settings()), job_id).counts
+        if not counts:
+            return None
+        settled = {s: counts.get(s, 0) for s in SETTLED}
+        return total, sum(settled.values()), settled
+
+    return PollingBar(poll, desc="generating", unit="clip", total=total)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    verb = "submitted" if summary.get("created", True) else "already submitted; nothing new"
+    typer.echo(f"job {summary['job_id']} ({verb})")
+    for name in ("published", "quarantined", "failed", "rejected", "pending"):
+        typer.echo(f"  {name:<12}{summary.get(name, 0)}")
+    typer.echo(f"  clips in    {summary['objects']}")
+    typer.echo(f"  data docs   {summary['data_docs']}")
+    if summary.get("quarantined") or summary.get("failed"):
+        typer.echo(f"  details     stave job {summary['job_id']}")
+
+
+def _no_row_accepted(file: Path, queued: submission.Submission, as_json: bool) -> None:
+    """Every row was rejected: the rejections (or the JSON summary), then one error line."""
+    rejections = [r.to_dict() for r in queued.rejected]
+    if as_json:
+        print_json(queued.to_dict())
+    print_rejections(rejections, as_json)
+    raise InvalidInput(f"{file}: no row was accepted ({len(rejections)} rejected); nothing queued")
+
+
+def generate(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    fmt: FileFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Check, submit and generate a prompt file in this process; print a summary."""
+    current = settings()
+    source = _checked_source(current, file, fmt, generating=True)
+    db = engine(current)
+    # Submission happens outside the flow first so the progress bar knows the job; the flow's
+    # own submission then finds every row already there and reuses the job.
+    queued = submission.submit(db, source, current, user_id=user)
+    if queued.job_id is None:
+        _no_row_accepted(file, queued, as_json)
+    print_rejections([r.to_dict() for r in queued.rejected], as_json)
+    if job_state(db, queued.job_id).open == 0:
+        # Nothing to make (a resubmission of finished work): report without starting Prefect.
+        summary = job_summary(queued.job_id)
+    else:
+        in_process_prefect(current)
+        from stave.flows.generate import generate as generate_flow  # prefect
+
+        with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
+            summary = generate_flow(file=str(file), format=cast(Any, source.fmt), user_id=user)
+    summary["created"] = queued.created
+    summary["rejected"] = len(queued.rejected)
+    summary["rejections"] = [r.to_dict() for r in queued.rejected]
+    _print_summary(summary, as_json)
+    if stop.requested():
+        typer.echo(f"stave run-pending --job {queued.job_id} finishes the job", err=True)
+    stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
+
+
+def submit(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    fmt: FileFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check and queue a prompt file without generating; print the job id."""
+    current = settings()
+    source = _checked_source(current, file, fmt, generating=False)
+    queued = submission.submit(engine(current), source, current, user_id=user)
+    if queued.job_id is None:
+        _no_row_accepted(file, queued, as_json)
+    if as_json:
+        print_json(queued.to_dict())
+        return
+    print_rejections([r.to_dict() for r in queued.rejected], False)
+    state = "queued" if queued.created else "already submitted; nothing new"
+    typer.echo(
+        f"job {queued.job_id} {state}: {queued.accepted} task(s) queued, "
+        f"{len(queued.rejected)} row(s) rejected"
+    )
+
+
+def run_pending(
+    job: str | None = typer.Option(None, "--job", help="Only this job's tasks."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many tasks."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Generate whatever is queued (by `stave submit`, or left by a worker that died)."""
+    current = settings()
+    job_id = parse_id(job, "job") if job else None
+    check_generator(current)
+    make_object_store(current).check()
+    waiting = job_state(engine(current), job_id).open
+    if waiting == 0:
+        if as_json:
+            print_json({"job_id": job, "batches": 0, "pending": 0})
+        else:
+            typer.echo("nothing pending")
+        return
+    in_process_prefect(current)
+    from stave.flows.generate import run_pending as run_pending_flow  # prefect
+
+    with _job_bar(job_id, min(waiting, limit or waiting)):
+        summary = run_pending_flow(job_id=job_id, limit=limit)
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(
+            f"processed {summary['batches']} batch(es): {summary['published_now']} published, "
+            f"{summary['quarantined_now']} quarantined, {summary['failed_now']} failed, "
+            f"{summary['retried_now']} to retry; {summary['pending']} still pending"
+        )
+    stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
+
+
+def jobs(
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The latest jobs with their task counts."""
+    rows = list_jobs(engine(settings()), limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no jobs yet: stave generate FILE")
+        return
+    typer.echo(
+        f"{'job':<36}  {'created':<19}  {'rows':>5} {'rej':>4} {'pend':>5} {'pub':>5} "
+        f"{'quar':>5} {'fail':>5}  source"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['id']!s:<36}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['total_rows']:>5} "
+            f"{r['rejected_rows']:>4} {r['pending'] + r['running']:>5} {r['published']:>5} "
+            f"{r['quarantined']:>5} {r['failed']:>5}  {r['source_uri'] or '(rows)'}"
+        )
+
+
+def job(
+    job_id: str = typer.Argument(..., help="Job id."),
+    limit: int = typer.Option(20, "--limit", min=0, help="Tasks to list (0: none)."),
+    status: TaskStatus | None = typer.Option(None, "--status", help="Only tasks in this status."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """One job: counts per status, rejected rows, and its first tasks with their clips."""
+    detail = job_detail(
+        engine(settings()), job_id, limit=limit, status=status.value if status else None
+    )
+    if as_json:
+        print_json(detail)
+        return
+    typer.echo(f"job {detail['id']}  created {detail['created_at']:%Y-%m-%d %H:%M:%S}")
+    typer.echo(
+        f"  source      {detail['source_uri'] or '(rows)'}  sha256 {detail['source_sha256']}"
+    )
+    typer.echo(
+        f"  rows        {detail['total_rows']} ({detail['accepted_rows']} accepted, "
+        f"{detail['rejected_rows']} rejected)"
+    )
+    typer.echo(
+        "  tasks       " + ", ".join(f"{k} {v}" for k, v in sorted(detail["counts"].items()))
+    )
+    for r in detail["rejections"][:20]:
+        typer.echo(f"  rejected    row {r['row']}, {r['field']}: {r['reason']}")
+    for t in detail["tasks"]:
+        where = t["object_key"] or (
+            f"{t['error_class']}: {t['error_message']}" if t["error_class"] else ""
+        )
+        typer.echo(f"  {t['id']}  {t['status']:<11}  {where}")
+    shown = detail["tasks_shown"]
+    if shown["shown"] < shown["of"]:
+        typer.echo(
+            f"  … {shown['shown']} of {shown['of']} task(s) shown "
+            "(--limit N, --status S, or --json)"
+        )
+
+
+def task(
+    task_id: str = typer.Argument(..., help="Task id."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """One task: parameters, provenance, its clip, its events and its prompt's history."""
+    detail = task_detail(engine(settings()), task_id)
+    if as_json:
+        print_json(detail)
+        return
+    typer.echo(f"task {detail['id']}  {detail['status']}  (job {detail['job_id']})")
+    typer.echo(f"  user        {detail['user_id']}")
+    typer.echo(f"  prompt      {detail['prompt']}")
+    typer.echo(f"  parameters  {detail['parameters']}")
+    typer.echo(f"  attempts    {detail['attempts']} of {detail['max_attempts']}")
+    if detail["error_class"]:
+        typer.echo(f"  error       {detail['error_class']}: {detail['error_message']}")
+    if detail.get("model_version"):
+        mv = detail["model_version"]
+        typer.echo(f"  model       {mv['name']} {mv['version']} (sha256 {mv['checkpoint_sha256']})")
+    prov = detail["provenance"]
+    if prov:
+        typer.echo(
+            f"  made on     {prov['device']} {prov['dtype']}, seed {prov['actual_seeds'][0]}, "
+            f"code {prov['code_version']}"
+        )
+    if detail["asset"]:
+        a = detail["asset"]
+        typer.echo(
+            f"  clip        {a['object_key']}  {a['duration_s']:.2f} s  "
+            f"{a['loudness_lufs']:.1f} LUFS  peak {a['peak_dbfs']:.1f} dBFS  sha256 {a['sha256']}"
+        )
+    for depth, rev in enumerate(detail["prompt_history"]):
+        typer.echo(f"  revision {depth}  {rev['created_at']:%Y-%m-%d %H:%M}  {rev['prompt']}")
+    for e in detail["events"]:
+        typer.echo(
+            f"  {e['created_at']:%Y-%m-%d %H:%M:%S}  {e['from_status'] or '-'} -> {e['to_status']}"
+        )
+
+
+def retry(
+    job_id: str = typer.Argument(..., help="Job id."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Queue a job's failed tasks again, with fresh attempts (then `stave run-pending`)."""
+    db = engine(settings())
+    detail = job_detail(db, job_id, limit=0)  # says "no job" for an unknown id
+    count = requeue_failed(db, parse_id(detail["id"], "job"), by=os.environ.get("USER", "cli"))
+    if as_json:
+        print_json({"job_id": str(detail["id"]), "requeued": count})
+        return
+    typer.echo(f"re-queued {count} failed task(s) of job {detail['id']}; run: stave run-pending")
+
+
+def regenerate(
+    task_id: str = typer.Argument(..., help="Task id of a published or quarantined clip."),
+    verify: bool = typer.Option(False, "--verify", help="Exit 1 unless the bytes match."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the FLAC here."),
+    device: Device | None = typer.Option(None, "--device", help="Default: the recorded device."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Make a clip again from its record; with --verify, check it is byte-identical."""
+    result = remake(engine(settings()), task_id, device=device.value if device else None)
+    if output is not None:
+        output.write_bytes(result.data)
+    if as_json:
+        print_json(result.to_dict())
+    elif result.matches:
+        typer.echo(
+            f"task {result.task_id}: regenerated {result.size} bytes, sha256 {result.sha256}"
+        )
+        typer.echo("identical to the published clip")
+    else:
+        typer.echo(
+            f"task {result.task_id}: regenerated sha256 {result.sha256} differs from the record's "
+            f"{result.recorded_sha256} (made on {result.recorded_device}, now {result.device})"
+        )
+    if verify and not result.matches:
+        raise typer.Exit(1)
+
+
+def gc(
+    delete: bool = typer.Option(False, "--delete", help="Remove the orphans (default: list)."),
+    grace_minutes: int = typer.Option(60, "--grace-minutes", min=0, help="Skip younger objects."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Find (and with --delete remove) audio objects that no record points to."""
+    current = settings()
+    result = sweep(
+        engine(current),
+        make_object_store(current),
+        delete=delete,
+        grace=timedelta(minutes=grace_minutes),
+    )
+    if as_json:
+        print_json(result.__dict__)
+        return
+    action = "deleted" if delete else "would delete (dry run; --delete to remove)"
+    typer.echo(
+        f"scanned {result.scanned} object(s): {len(result.orphans)} orphan(s), "
+        f"{result.orphan_bytes} bytes, {action}; {result.too_young} too young to judge"
+    )
+    for key in result.orphans[:20]:
+        typer.echo(f"  {key}")

@@ -1,0 +1,253 @@
+"""`stave server | pools setup | worker | deploy | prompts upload`: running Stave on Prefect.
+
+Each command is a thin layer over Prefect's own: the value is in one environment built from
+Stave's settings (API URL, auth string, Prefect's home and database) and one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from stave.cli.common import (
+    JSON_HELP,
+    FileFormat,
+    engine,
+    print_json,
+    print_rejections,
+    settings,
+)
+from stave.infra import prefect_env
+from stave.infra.errors import ConfigError, InvalidInput, StaveError
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import Settings
+from stave.tasks.intake import check_rows, read_file
+
+
+class Pool(StrEnum):
+    gpu = prefect_env.GPU_POOL
+    cpu = prefect_env.CPU_POOL
+
+
+pools_app = typer.Typer(help="Prefect work pools and the gpu concurrency limit.")
+prompts_app = typer.Typer(help="Prompt files in the object store, for the UI's bulk generation.")
+
+
+def _exec(args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    """Become Prefect's command: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if cwd is not None:
+        os.chdir(cwd)
+    os.execvpe(args[0], args, {**os.environ, **env})
+
+
+def server() -> None:
+    """Start the Prefect server (API and UI) for this environment.
+
+    SQLite under <home>/<env>/data/prefect unless STAVE_PREFECT_DATABASE_URL names a
+    PostgreSQL; STAVE_PREFECT_API_AUTH_STRING, when set, is required of every client.
+    """
+
+    current = settings()
+    prefect_env.check_server_database(current)
+    current.prefect_home.mkdir(parents=True, exist_ok=True)
+    env = prefect_env.server_env(current)
+    typer.echo(
+        f"Prefect server for {current.env}: API {current.prefect_server_url} "
+        f"(database: {'PostgreSQL' if current.prefect_database_url else 'SQLite'})",
+        err=True,
+    )
+    _exec(
+        [
+            prefect_env.prefect_executable(),
+            "server",
+            "start",
+            "--host",
+            current.prefect_server_host,
+            "--port",
+            str(current.prefect_server_port),
+        ],
+        env,
+    )
+
+
+def _connect(current: Settings) -> str:
+    """Point this process's Prefect client at the server; fail in one line if it is down."""
+
+    api = current.prefect_server_url
+    # Before Prefect is imported: it reads its settings from the environment once.
+    prefect_env.apply_client_env(current, api, override=True)
+    from stave.flows import admin  # prefect
+
+    admin.check_api(api)
+    return api
+
+
+@pools_app.command("setup")
+def pools_setup(
+    gpus: int | None = typer.Option(
+        None,
+        "--gpus",
+        min=0,
+        help="GPUs to size the gpu limit for (default: those on this host, at least 1).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Create the gpu and cpu work pools and the gpu concurrency limit (idempotent)."""
+
+    current = settings()
+    api = _connect(current)
+    from stave.flows import admin  # prefect
+
+    result = admin.setup_pools(current.gpu_concurrency_limit, gpus)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    for name in result.created_pools:
+        typer.echo(f"created work pool {name} (process)")
+    for name in result.existing_pools:
+        typer.echo(f"work pool {name} already exists")
+    typer.echo(
+        f"concurrency limit {result.limit_name}: {result.limit} slot(s) ({result.limit_action})"
+    )
+    typer.echo(f"Prefect API: {api}")
+
+
+def worker(
+    gpu: int | None = typer.Option(
+        None, "--gpu", min=0, help="Pin to this GPU (CUDA_VISIBLE_DEVICES) in the gpu pool."
+    ),
+    pool: Pool | None = typer.Option(None, "--pool", help="Default: gpu with --gpu, else cpu."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Flow runs at once (default: 1 on gpu, 4 on cpu)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Worker name (default: host-gpuN)."),
+) -> None:
+    """Start a Prefect process worker; with --gpu N it serves the gpu pool on that GPU only."""
+
+    chosen = (pool or (Pool.gpu if gpu is not None else Pool.cpu)).value
+    if gpu is not None and chosen != prefect_env.GPU_POOL:
+        raise ConfigError("--gpu pins a worker of the gpu pool; drop --pool cpu or --gpu")
+    current = settings()
+    _connect(current)
+    from stave.flows import admin  # prefect
+
+    admin.require_pool(chosen)
+    # Every flow run this worker starts needs the schema: check it once, here, in one line.
+    engine(current)
+    runs = limit or (1 if chosen == prefect_env.GPU_POOL else 4)
+    worker_name = name or prefect_env.worker_name(chosen, gpu)
+    pinned = f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
+    typer.echo(f"worker {worker_name}: pool {chosen}, {runs} run(s) at once{pinned}", err=True)
+    _exec(
+        [
+            prefect_env.prefect_executable(),
+            "worker",
+            "start",
+            "--pool",
+            chosen,
+            "--type",
+            "process",
+            "--name",
+            worker_name,
+            "--limit",
+            str(runs),
+            "--no-create-pool-if-not-found",
+        ],
+        prefect_env.worker_env(current, gpu),
+        # Entrypoints are modules of the installed package: the folder does not matter, so the
+        # worker runs in its own scratch folder rather than wherever it was started.
+        cwd=_scratch(current, "worker"),
+    )
+
+
+def _scratch(current: Settings, name: str) -> Path:
+    folder = current.tmp_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def deploy(
+    name: list[str] = typer.Option(
+        [], "--name", "-n", help="Only these deployments (default: all in prefect.yaml)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Apply prefect.yaml: create or update every deployment and its schedule."""
+
+    current = settings()
+    _connect(current)
+    from stave.flows import admin  # prefect
+
+    admin.setup_pools(current.gpu_concurrency_limit, None)
+    selection = [arg for n in name for arg in ("--name", n)] or ["--all"]
+    # _connect put the client's variables in this environment; prefect.yaml's schedules
+    # read the timezone from it.
+    env = {**os.environ, "STAVE_TIMEZONE": current.timezone}
+    done = subprocess.run(
+        [
+            prefect_env.prefect_executable(),
+            "deploy",
+            "--prefect-file",
+            str(admin.DEPLOYMENTS_FILE),
+            *selection,
+            "--no-prompt",
+        ],
+        cwd=_scratch(current, "deploy"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+        raise StaveError(f"prefect deploy failed: {lines[-1] if lines else done.returncode}")
+    deployed = admin.list_deployments()
+    if as_json:
+        print_json(deployed)
+        return
+    for row in deployed:
+        deployment = f"{row['flow']}/{row['name']}"
+        typer.echo(f"{deployment:<42} pool {row['pool']:<4} {row['schedule'] or 'manual'}")
+
+
+@prompts_app.command("upload")
+def prompts_upload(
+    file: Path = typer.Argument(..., help="Prompt file: .csv, .jsonl or .parquet."),
+    fmt: FileFormat | None = typer.Option(None, "--format", help="The file's format."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check a prompt file and put it in the object store; print the key to give the
+    bulk-generation deployment as file_key."""
+
+    current = settings()
+    # The checks a submission makes on each row's own values, before anything is stored: an
+    # operator learns about a bad row now, not from a failed run later.
+    source = read_file(file, fmt.value if fmt else None)
+    checked, rejected = check_rows(source)
+    if not checked:
+        first = f" (first: {rejected[0]})" if rejected else ""
+        raise InvalidInput(f"{file}: no row would be accepted{first}; nothing uploaded")
+    key = f"prompts/{source.sha256}.{source.fmt}"
+    store = make_object_store(current)
+    with open(file, "rb") as handle:
+        stored = store.put_stream(key, handle)
+    rejections = [r.to_dict() for r in rejected]
+    print_rejections(rejections, as_json)
+    result = {
+        "file_key": key,
+        "bytes": stored.size,
+        "rows": len(checked),
+        "rejected": len(rejected),
+        "rejections": rejections,
+    }
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(key)

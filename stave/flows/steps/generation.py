@@ -1,0 +1,111 @@
+"""The Prefect tasks of bulk generation: submit, claim, generate, store, validate, publish.
+
+Each is one unit of work over a whole batch, so a job's task runs grow with its batches, not its
+clips. The logic lives in plain modules (intake, submission, queue, inference, storage,
+validation, publish) that tests and the CLI call directly; these wrappers add what Prefect
+gives: names in the UI, retries for transient database trouble, the `gpu` concurrency slot.
+Retries of *clips* are not Prefect retries: they go through the queue (backoff, attempts,
+leases), so they survive the worker process dying.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stave.flows.steps.gpu import gpu_slot
+from stave.infra.db import get_engine
+from stave.infra.errors import InvalidInput
+from stave.infra.objectstore import make_object_store
+from stave.infra.settings import get_settings
+from stave.tasks import inference, intake, publish, queue, storage, submission, validation
+
+
+@task(name="submit-rows", cache_policy=NO_CACHE)
+def submit_rows(
+    file: str | None,
+    rows: list[dict[str, Any]] | None,
+    fmt: str | None,
+    user_id: str | None,
+    submitted_by: str | None,
+    file_key: str | None = None,
+) -> submission.Submission:
+    if sum(x is not None for x in (file, rows, file_key)) != 1:
+        raise InvalidInput("give exactly one of file_key, rows or file")
+    if file_key is not None:
+        source = intake.read_object(make_object_store(get_settings()), file_key, fmt)
+    elif file is not None:
+        source = intake.read_file(Path(file), fmt)
+    else:
+        source = intake.rows_from_parameter(rows or [])
+    return submission.submit(
+        get_engine(), source, get_settings(), submitted_by=submitted_by, user_id=user_id
+    )
+
+
+# Claims are cheap and idempotent to retry: a database restart costs a few seconds, not the job.
+@task(name="claim-batch", cache_policy=NO_CACHE, retries=4, retry_delay_seconds=[1, 2, 4, 8])
+def claim_batch(worker: str, limit: int, job_id: uuid.UUID | None) -> list[queue.ClaimedTask]:
+    return queue.claim(get_engine(), worker, limit, get_settings().lease_s, job_id)
+
+
+# No task tags: in Prefect 3.8 a tag makes every run look up a tag concurrency limit (about
+# 2 s per batch here); the `gpu` slot is taken explicitly below instead.
+@task(name="generate-batch", cache_policy=NO_CACHE)
+def generate_batch(
+    claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID
+) -> list[tuple[uuid.UUID, Any, dict[str, Any]]]:
+    settings = get_settings()
+    model = inference.load_model(settings)
+    requests = inference.requests_for(claimed)
+    # One slot per GPU: a worker waits here rather than oversubscribing a device.
+    with gpu_slot(settings.gpu_concurrency_limit):
+        clips = model.generator.generate(requests)
+    return [
+        (t.id, clip, inference.provenance(clip, model, model_version_id))
+        for t, clip in zip(claimed, clips, strict=True)
+    ]
+
+
+@task(name="store-batch", cache_policy=NO_CACHE)
+def store_batch(made: list[tuple[uuid.UUID, Any, dict[str, Any]]]) -> list[storage.StoredClip]:
+    return storage.store_clips(make_object_store(get_settings()), made)
+
+
+@task(name="validate-batch", cache_policy=NO_CACHE)
+def validate_batch(
+    stored: list[storage.StoredClip], batch_id: str, sample_rate: int
+) -> validation.Verdict:
+    return validation.validate(stored, get_settings(), batch_id=batch_id, sample_rate=sample_rate)
+
+
+@task(name="publish-batch", cache_policy=NO_CACHE)
+def publish_batch(
+    worker: str,
+    job_id: uuid.UUID | None,
+    stored: list[storage.StoredClip],
+    verdict: validation.Verdict,
+    model_version_id: uuid.UUID,
+    encoder_version: str,
+) -> publish.Published:
+    return publish.publish(
+        get_engine(),
+        make_object_store(get_settings()),
+        worker=worker,
+        job_id=job_id,
+        stored=stored,
+        verdict=verdict,
+        model_version_id=model_version_id,
+        encoder_version=encoder_version,
+    )
+
+
+@task(name="build-data-docs", cache_policy=NO_CACHE)
+def build_data_docs() -> str:
+    settings = get_settings()
+    validation.build_data_docs(settings)
+    return str(settings.data_docs_dir / "index.html")

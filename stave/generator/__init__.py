@@ -1,0 +1,42 @@
+"""Stave's music generator: torch only, no Prefect and no database.
+
+from stave.generator import GenerationRequest, StaveGenerator
+request = GenerationRequest("warm organ chords in A minor, 90 bpm", seed=7)
+clips = StaveGenerator.load().generate([request])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stave.generator.errors import (
+        CheckpointError,
+        GeneratorError,
+        InvalidRequest,
+        ResourceExhausted,
+    )
+    from stave.generator.pipeline import Clip, GenerationRequest, StaveGenerator
+
+__all__ = [
+    "CheckpointError",
+    "Clip",
+    "GenerationRequest",
+    "GeneratorError",
+    "InvalidRequest",
+    "ResourceExhausted",
+    "StaveGenerator",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import generator.corpus` (or the CLI) does not pay for torch until it needs it.
+    if name in ("Clip", "GenerationRequest", "StaveGenerator"):
+        from stave.generator import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("CheckpointError", "GeneratorError", "InvalidRequest", "ResourceExhausted"):
+        from stave.generator import errors
+
+        return getattr(errors, name)
+    raise AttributeError(name)

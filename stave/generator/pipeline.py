@@ -1,0 +1,359 @@
+"""The inference API: `StaveGenerator.generate(requests) -> list[Clip]`.
+
+Requests are grouped by length (so no clip is padded by another's), batched to fit the device,
+and run through text conditioning, flow-matching diffusion and decoding. CUDA runs under bf16
+autocast; the CPU in float32. The same request, seed, checkpoint, device and dtype give the same
+samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stave.generator.autoencoder import EMBEDDING_DIM, Autoencoder, AutoencoderConfig
+from stave.generator.checkpoint import PACKAGED, load_checkpoint
+from stave.generator.denoiser import Denoiser, DenoiserConfig
+from stave.generator.errors import Interrupted, InvalidRequest, ResourceExhausted
+from stave.generator.sampler import SCHEDULERS, guided, initial_noise, sample
+from stave.generator.synth import SAMPLE_RATE
+from stave.generator.text import EncodedPrompt, parallel_key, tokenize
+
+DEFAULT_STEPS = 16
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_SCHEDULER = "euler"
+# Guidance away from the parallel key (a minor prompt's major twin): tonic and tempo are easy,
+# the mode is one semitone in one chord tone, and without it minor prompts drift to major.
+MODE_GUIDANCE = 2.0
+MAX_SEED = 2**63 - 1
+CPU_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    duration_s: float = 10.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    scheduler: str = DEFAULT_SCHEDULER
+    seed: int | None = None
+    lyrics: str | None = None  # carried for the record; the built-in model sings no words
+
+    def validate(self) -> None:
+        checks = [
+            (
+                bool(self.prompt.strip()) and len(self.prompt) <= 512,
+                "prompt",
+                "must be 1-512 characters",
+            ),
+            (
+                self.lyrics is None or len(self.lyrics) <= 4096,
+                "lyrics",
+                "must be at most 4096 characters",
+            ),
+            (
+                math.isfinite(self.duration_s) and 1 <= self.duration_s <= 600,
+                "duration_s",
+                "must be 1-600 seconds",
+            ),
+            (1 <= self.steps <= 200, "steps", "must be 1-200"),
+            (
+                math.isfinite(self.guidance) and 0 <= self.guidance <= 30,
+                "guidance",
+                "must be a finite number 0-30",
+            ),
+            (self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
+            (
+                self.seed is None or 0 <= self.seed <= MAX_SEED,
+                "seed",
+                "must be a 63-bit non-negative integer",
+            ),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise InvalidRequest(f"request field {name} {rule} (got {getattr(self, name)!r})")
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # (samples,) float32 in [-1, 1]
+    sample_rate: int
+    embedding: np.ndarray  # (512,) float32, unit norm
+    seed: int
+    timings: dict[str, float]  # seconds per stage for the batch this clip was made in
+    device: str
+    dtype: str
+    request: GenerationRequest
+    latents: np.ndarray = field(repr=False)
+    # The requests (seeds resolved) this clip was computed together with, and its place among
+    # them: a matrix product's rounding depends on the batch, so making the same bytes again
+    # means running the same batch again (`run_batch`).
+    batch: tuple[GenerationRequest, ...] = field(default=(), repr=False)
+    batch_position: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+# Clips per encoder pass when embedding many.
+EMBED_PASS = 16
+
+
+class StaveGenerator:
+    """The built-in model, loaded once and reused for every batch."""
+
+    name = "stave-small"
+
+    def __init__(self, payload: dict[str, Any], device: str = "auto") -> None:
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.sha256: str = payload["sha256"]
+        self.meta: dict[str, Any] = payload.get("meta", {})
+        self.ae = Autoencoder(AutoencoderConfig(**payload["autoencoder_config"]))
+        self.ae.load_state_dict(payload["autoencoder"])
+        self.denoiser = Denoiser(DenoiserConfig(**payload["denoiser_config"]))
+        self.denoiser.load_state_dict(payload["denoiser"])
+        self.latent_mean = payload["latent_mean"].to(self.device)
+        self.latent_std = payload["latent_std"].to(self.device)
+        for module in (self.ae, self.denoiser):
+            module.to(self.device).eval()
+        # Asked between denoiser steps; True abandons the batch (`Interrupted`), so a caller
+        # told to stop (Ctrl-C, a supervisor's SIGTERM) need not wait for the batch to end.
+        self.interrupt: Callable[[], bool] | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str | None = None,
+        *,
+        device: str = "auto",
+        expected_sha256: str | None = None,
+    ) -> StaveGenerator:
+        return cls(load_checkpoint(Path(path) if path else PACKAGED, expected_sha256), device)
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.ae.cfg.compression
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
+        for request in requests:
+            request.validate()
+        seeds = [
+            r.seed if r.seed is not None else secrets.randbelow(MAX_SEED + 1) for r in requests
+        ]
+        # Batches share length, steps and scheduler; guidance is applied per clip.
+        by_length: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            key = (
+                self._frames(request.duration_s),
+                request.steps,
+                request.scheduler,
+            )
+            by_length[key].append(i)
+        clips: list[Clip | None] = [None] * len(requests)
+        for (frames, _, _), members in by_length.items():
+            size = self.batch_size(frames)
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                made = self._with_oom_fallback(
+                    [requests[i] for i in chunk], [seeds[i] for i in chunk], frames
+                )
+                for i, clip in zip(chunk, made, strict=True):
+                    clips[i] = clip
+        return [c for c in clips if c is not None]
+
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
+        """Run `requests` (seeded, same length, steps and scheduler) as exactly one batch."""
+        for request in requests:
+            request.validate()
+        first = requests[0]
+        frames = self._frames(first.duration_s)
+        for request in requests:
+            if request.seed is None:
+                raise InvalidRequest("run_batch needs a seed on every request")
+            if (self._frames(request.duration_s), request.steps, request.scheduler) != (
+                frames,
+                first.steps,
+                first.scheduler,
+            ):
+                raise InvalidRequest("run_batch needs one length, step count and scheduler")
+        return self._run(list(requests), [int(r.seed) for r in requests], frames)  # type: ignore[arg-type]
+
+    def _frames(self, duration_s: float) -> int:
+        return max(1, math.ceil(duration_s * self.frame_rate))
+
+    def batch_size(self, frames: int) -> int:
+        """Clips per batch: from free memory on CUDA, a fixed bound on the CPU."""
+        if self.device.type != "cuda":
+            return CPU_MAX_BATCH
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_clip = frames * self.ae.cfg.compression * 4 * 600  # decode dominates; 600x headroom
+        return max(1, min(64, int(free * 0.7 // per_clip)))
+
+    def _with_oom_fallback(
+        self, requests: list[GenerationRequest], seeds: list[int], frames: int
+    ) -> list[Clip]:
+        try:
+            return self._run(requests, seeds, frames)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(requests) == 1:
+                raise ResourceExhausted(
+                    f"out of device memory generating one {frames}-frame clip"
+                ) from None
+        half = len(requests) // 2
+        try:
+            return self._run(requests[:half], seeds[:half], frames) + self._run(
+                requests[half:], seeds[half:], frames
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise ResourceExhausted(
+                f"out of device memory even at batch {half} for {frames}-frame clips"
+            ) from None
+
+    @torch.no_grad()
+    def _run(self, requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[Clip]:
+        first = requests[0]
+        timings: dict[str, float] = {}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            started = time.perf_counter()
+            cond = self.denoiser.encode_text(tokenize([r.prompt for r in requests]).to(self.device))
+            null = self.denoiser.encode_text(tokenize([""] * len(requests)).to(self.device))
+            branches = {"cond": cond, "uncond": null, "contrast": parallel_key(cond)}
+            timings["conditioning"] = self._lap(started)
+
+            def model(x: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
+                if self.interrupt is not None and self.interrupt():
+                    raise Interrupted("generation interrupted between denoiser steps")
+                return self.denoiser(x, t, branches[branch]).float()
+
+            started = time.perf_counter()
+            noise = initial_noise(seeds, self.ae.cfg.latent_channels, frames).to(self.device)
+            guidance = torch.tensor([r.guidance for r in requests], device=self.device)
+            contrast = self._mode_guidance(cond)
+            velocity = guided(model, guidance, contrast)
+            latents = sample(velocity, noise, first.steps, first.scheduler)  # type: ignore[arg-type]
+            timings["diffusion"] = self._lap(started)
+
+            started = time.perf_counter()
+            raw = (
+                latents * self.latent_std[None, :, None] + self.latent_mean[None, :, None]
+            ).float()
+            # One clip at a time: the decoder's convolutions pick kernels by batch size, and a
+            # clip must not change with the company it was generated in (the denoiser's
+            # matrix products do not: its latents are identical alone or batched).
+            audio = torch.cat([self.ae.decode(raw[i : i + 1]) for i in range(len(requests))])
+            audio = audio.float().clamp(-1, 1)
+            timings["decode"] = self._lap(started)
+        # The embedding is the clip's audio encoded (float32, as `embed_audio` does), not the
+        # sampled latents: a published clip, a backfilled one and a file given to search are
+        # then embedded alike, so one encoder version means one space.
+        started = time.perf_counter()
+        embeddings = torch.cat(
+            [
+                self.ae.embed(self.ae.encode(audio[i : i + 1, : self._samples(r)]))
+                for i, r in enumerate(requests)
+            ]
+        ).float()
+        timings["embed"] = self._lap(started)
+        clips = []
+        members = tuple(
+            dataclasses.replace(r, seed=seed) for r, seed in zip(requests, seeds, strict=True)
+        )
+        for row, (request, seed) in enumerate(zip(requests, seeds, strict=True)):
+            samples = self._samples(request)
+            clips.append(
+                Clip(
+                    audio=audio[row, :samples].cpu().numpy(),
+                    sample_rate=SAMPLE_RATE,
+                    embedding=embeddings[row].cpu().numpy(),
+                    seed=seed,
+                    timings=dict(timings),
+                    device=str(self.device),
+                    dtype=str(self.dtype).removeprefix("torch."),
+                    request=request,
+                    latents=raw[row].float().cpu().numpy(),
+                    batch=members,
+                    batch_position=row,
+                )
+            )
+        return clips
+
+    def _mode_guidance(self, cond: EncodedPrompt) -> torch.Tensor | None:
+        """Per request, the mode guidance: where the model reads keys and the prompt names one."""
+        if not self.denoiser.cfg.structure or not bool((cond.key > 0).any()):
+            return None
+        return (cond.key > 0).float() * MODE_GUIDANCE
+
+    @staticmethod
+    def _samples(request: GenerationRequest) -> int:
+        return round(request.duration_s * SAMPLE_RATE)
+
+    def _lap(self, started: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    # -- embeddings of any audio -------------------------------------------------------------
+    def embed_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """A 512-d unit vector for any audio (mono or (samples, channels)), at any rate."""
+        vector = self.embed_many([(audio, sample_rate)])[0]
+        assert vector.shape == (EMBEDDING_DIM,)
+        return vector
+
+    @torch.no_grad()
+    def embed_many(self, clips: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """Unit vectors (n, 512) for many clips: clips of equal length share one encoder pass.
+
+        A backfill's clips mostly share a duration, so this batches nearly everything; the
+        pooled embedding must not see padding, hence grouping by length rather than padding.
+        """
+        mono = [self._mono_at_model_rate(audio, rate) for audio, rate in clips]
+        out = np.zeros((len(mono), EMBEDDING_DIM), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, samples in enumerate(mono):
+            by_length.setdefault(len(samples), []).append(i)
+        for same_length in by_length.values():
+            # Bounded passes keep the encoder's activations small whatever the batch.
+            for start in range(0, len(same_length), EMBED_PASS):
+                members = same_length[start : start + EMBED_PASS]
+                x = torch.from_numpy(np.stack([mono[i] for i in members])).to(self.device)
+                out[members] = self.ae.embed(self.ae.encode(x)).float().cpu().numpy()
+        return out
+
+    def _mono_at_model_rate(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+        if sample_rate != SAMPLE_RATE:
+            from scipy.signal import resample_poly
+
+            g = math.gcd(SAMPLE_RATE, sample_rate)
+            mono = resample_poly(mono, SAMPLE_RATE // g, sample_rate // g)
+        minimum = self.ae.cfg.compression
+        if len(mono) < minimum:
+            mono = np.pad(mono, (0, minimum - len(mono)))
+        return np.ascontiguousarray(mono, dtype=np.float32)
+
+    def embed_file(self, path: Path | str) -> np.ndarray:
+        import soundfile
+
+        try:
+            audio, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise InvalidRequest(f"cannot read audio file {path}: {err}") from err
+        return self.embed_audio(audio, int(rate))

@@ -1,0 +1,80 @@
+"""Logging: a file per environment under <home>/<env>/log, warnings on stderr, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+
+from stave.infra.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RedactSecrets(logging.Filter):
+    """Replace every configured secret in a record's final message with `***`."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        # Longest first, so a secret containing another is masked whole.
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        redacted = message
+        exc_text = record.exc_text
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "***")
+            if exc_text:
+                exc_text = exc_text.replace(secret, "***")
+        record.msg, record.args, record.exc_text = redacted, None, exc_text
+        return True
+
+
+OWN_LOGGERS = ("stave",)
+
+
+# `extra=FILE_ONLY` keeps a record off the terminal: a traceback the user was told about in
+# one line goes to the log file alone.
+FILE_ONLY = {"file_only": True}
+
+
+def _ours_or_error(record: logging.LogRecord) -> bool:
+    # Libraries' warnings (urllib3 retries, ...) go to the log file; the terminal gets ours.
+    if getattr(record, "file_only", False):
+        return False
+    return record.name.split(".")[0] in OWN_LOGGERS or record.levelno >= logging.ERROR
+
+
+def is_configured() -> bool:
+    return _configured
+
+
+_configured = False
+
+
+def configure_logging(settings: Settings, *, stderr_level: int = logging.WARNING) -> None:
+    """Send logs to <log_dir>/stave.log (rotated) and warnings to stderr; idempotent."""
+    global _configured
+    if _configured:
+        return
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    redact = RedactSecrets(settings.secret_values())
+    file_handler = logging.handlers.RotatingFileHandler(
+        settings.log_dir / "stave.log", maxBytes=20 * 1024 * 1024, backupCount=5, encoding="utf-8"
+    )
+    file_handler.setLevel(settings.log_level)
+    stderr_handler = logging.StreamHandler()
+    stderr_handler.setLevel(stderr_level)
+    stderr_handler.addFilter(_ours_or_error)
+    for handler in (file_handler, stderr_handler):
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(redact)
+    root = logging.getLogger()
+    root.setLevel(min(logging.getLevelName(settings.log_level), stderr_level))
+    root.addHandler(file_handler)
+    root.addHandler(stderr_handler)
+    _configured = True

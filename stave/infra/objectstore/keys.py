@@ -1,0 +1,83 @@
+"""Object keys: the only place that decides where things live in the object store.
+
+Keys are built from server-made ids and fixed words only, never from user text, and every key
+that reaches a store is validated here first.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+from stave.infra.errors import InvalidKey
+
+MAX_KEY_LENGTH = 512
+AUDIO_FORMATS = frozenset({"flac", "wav", "ogg", "mp3"})
+
+# Segments of lower-case letters, digits and `_ . = -`, starting with a letter or digit (so no
+# hidden files and no `..`), joined by single slashes; `=` allows hive partitions (year=2026).
+_SEGMENT = r"[a-z0-9][a-z0-9_.=-]{0,127}"
+_KEY = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})*$")
+_PREFIX = re.compile(rf"^(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?$")
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe object key, else raise InvalidKey saying why."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("object key is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"object key is longer than {MAX_KEY_LENGTH} characters")
+    if key.startswith("/"):
+        raise InvalidKey(f"object key {key[:80]!r} starts with '/'")
+    if ".." in key:
+        raise InvalidKey(f"object key {key[:80]!r} contains '..'")
+    if not _KEY.match(key):
+        raise InvalidKey(
+            f"object key {key[:80]!r} has characters outside [a-z0-9_.=-] or an empty segment"
+        )
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like validate_key, but allows the empty prefix and a trailing slash."""
+    if ".." in prefix or prefix.startswith("/") or not _PREFIX.match(prefix):
+        raise InvalidKey(f"object key prefix {prefix[:80]!r} is not a safe prefix")
+    return prefix
+
+
+def _fmt(fmt: str) -> str:
+    if fmt not in AUDIO_FORMATS:
+        raise InvalidKey(f"audio format {fmt!r} is not one of {sorted(AUDIO_FORMATS)}")
+    return fmt
+
+
+def audio_key(asset_id: uuid.UUID, fmt: str = "flac") -> str:
+    """audio/<asset id>.<format>: a published clip."""
+    return validate_key(f"audio/{asset_id}.{_fmt(fmt)}")
+
+
+def is_archived_key(key: str) -> bool:
+    """Whether an object already lives under the archive prefix (moved there by archival)."""
+    return key.startswith("archive/")
+
+
+def archived_audio_key(asset_id: uuid.UUID, fmt: str = "flac") -> str:
+    """archive/audio/<asset id>.<format>: a clip whose records were archived."""
+    return validate_key(f"archive/audio/{asset_id}.{_fmt(fmt)}")
+
+
+def backup_key(env: str, kind: str, backup_id: uuid.UUID, started_at: datetime) -> str:
+    """backups/<env>/<kind>/<yyyy>/<mm>/<dd>/<backup id>.<ext>."""
+    ext = {"dump": "dump", "base": "tar"}.get(kind)
+    if ext is None:
+        raise InvalidKey(f"backup kind {kind!r} is not 'dump' or 'base'")
+    day = started_at.strftime("%Y/%m/%d")
+    return validate_key(f"backups/{env}/{kind}/{day}/{backup_id}.{ext}")
+
+
+def archive_key(table: str, year: int, month: int, batch_id: uuid.UUID) -> str:
+    """archive/<table>/year=<yyyy>/month=<mm>/<batch id>.parquet (hive partitions)."""
+    if not 1 <= month <= 12:
+        raise InvalidKey(f"month {month} is not 1-12")
+    return validate_key(f"archive/{table}/year={year:04d}/month={month:02d}/{batch_id}.parquet")

@@ -1,0 +1,128 @@
+"""Storage: encode each clip (FLAC), measure the written file, put it under an id-only key.
+
+The measurements (sha256, size, duration, sample rate, loudness, peak) are taken from the
+encoded bytes that go to the store, not from the float samples they were made from. If any put
+fails, the objects already written for the batch are removed before the error is raised: a
+failed batch leaves nothing behind for `stave gc` to find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stave.generator.analysis import loudness_lufs, peak_dbfs
+from stave.infra.errors import StaveError, StorageUnavailable
+from stave.infra.objectstore.base import ObjectStore
+from stave.infra.objectstore.keys import audio_key
+from stave.models.base import new_id
+
+AUDIO_FORMAT = "flac"
+CONTENT_TYPE = "audio/flac"
+
+
+@dataclass
+class StoredClip:
+    task_id: uuid.UUID
+    asset_id: uuid.UUID
+    object_key: str
+    sha256: str
+    bytes: int
+    format: str
+    sample_rate: int
+    channels: int
+    duration_s: float
+    requested_duration_s: float
+    loudness_lufs: float
+    peak_dbfs: float
+    nonfinite_samples: int
+    embedding: np.ndarray
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+    device: str
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit FLAC; deterministic for the same samples and libsndfile version."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    samples = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    soundfile.write(buffer, samples, sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def measure(data: bytes) -> dict[str, Any]:
+    """What a written audio file is, read back from its bytes."""
+    import soundfile
+
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "sample_rate": int(rate),
+        "channels": int(audio.shape[1]),
+        "duration_s": len(audio) / rate,
+        "loudness_lufs": float(loudness_lufs(mono, int(rate))),
+        "peak_dbfs": float(peak_dbfs(mono)),
+    }
+
+
+def store_clips(
+    store: ObjectStore,
+    made: list[tuple[uuid.UUID, Any, dict[str, Any]]],
+) -> list[StoredClip]:
+    """Encode, measure and put each (task id, clip, provenance); all or nothing."""
+    written: list[str] = []
+    stored: list[StoredClip] = []
+    try:
+        for task_id, clip, record in made:
+            data = encode_flac(clip.audio, clip.sample_rate)
+            facts = measure(data)
+            asset_id = new_id()
+            key = audio_key(asset_id, AUDIO_FORMAT)
+            try:
+                store.put_bytes(key, data, content_type=CONTENT_TYPE)
+            except StaveError:
+                raise
+            except Exception as err:
+                raise StorageUnavailable(
+                    f"writing {key} to {store.describe()} failed: {err}"
+                ) from err
+            written.append(key)
+            stored.append(
+                StoredClip(
+                    task_id=task_id,
+                    asset_id=asset_id,
+                    object_key=key,
+                    format=AUDIO_FORMAT,
+                    requested_duration_s=float(clip.request.duration_s),
+                    nonfinite_samples=int(np.count_nonzero(~np.isfinite(clip.audio))),
+                    embedding=np.asarray(clip.embedding, dtype=np.float32),
+                    provenance=record,
+                    timings=dict(clip.timings),
+                    device=clip.device,
+                    **facts,
+                )
+            )
+    except BaseException:
+        remove_objects(store, written)
+        raise
+    return stored
+
+
+def remove_objects(store: ObjectStore, keys: list[str]) -> list[str]:
+    """Delete `keys`, best effort; returns the keys that could not be removed (for gc)."""
+    left: list[str] = []
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            left.append(key)
+    return left

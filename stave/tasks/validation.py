@@ -1,0 +1,211 @@
+"""Validation: a Great Expectations suite over each batch's clip metadata, before publishing.
+
+One frame row per clip. A clip that fails any expectation is quarantined, with the failed
+expectations (type, column, observed value) recorded; the others are published. Great
+Expectations is imported lazily (3 s) and its context, suite and checkpoint are built once per
+process. Data Docs are built under `STAVE_HOME/<env>/log/data_docs` when a job ends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stave.infra.settings import Settings
+from stave.tasks.storage import StoredClip
+
+SUITE = "clip_metadata"
+_lock = threading.Lock()
+_contexts: dict[tuple[Any, ...], _Validator] = {}
+
+
+@dataclass
+class Verdict:
+    batch_id: str
+    success: bool
+    failures: dict[uuid.UUID, list[dict[str, Any]]]  # task id -> failed expectations
+    statistics: dict[str, Any]
+    failed_expectations: list[dict[str, Any]] = field(default_factory=list)
+
+    def passed(self, task_id: uuid.UUID) -> bool:
+        return task_id not in self.failures
+
+
+def metadata_frame(stored: list[StoredClip]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "task_id": str(c.task_id),
+                "duration_s": c.duration_s,
+                "duration_error_s": abs(c.duration_s - c.requested_duration_s),
+                "sample_rate": c.sample_rate,
+                "channels": c.channels,
+                "loudness_lufs": c.loudness_lufs,
+                "peak_dbfs": c.peak_dbfs,
+                "nonfinite_samples": c.nonfinite_samples,
+                "embedding_dims": int(c.embedding.shape[0]) if c.embedding.ndim == 1 else -1,
+                "embedding_norm": float(np.linalg.norm(c.embedding)),
+                "embedding_finite": bool(np.isfinite(c.embedding).all()),
+                "sha256": c.sha256,
+                "bytes": c.bytes,
+                "model_version": c.provenance.get("model_version"),
+                "checkpoint_sha256": c.provenance.get("checkpoint_sha256"),
+            }
+            for c in stored
+        ]
+    )
+
+
+class _Validator:
+    def __init__(self, settings: Settings, sample_rate: int) -> None:
+
+        import great_expectations as gx
+
+        # The expectation classes are re-exported lazily, which mypy cannot see.
+        gxe: Any = importlib.import_module("great_expectations.expectations")
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.docs_dir = settings.data_docs_dir
+        self.context.add_data_docs_site(
+            "local",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(self.docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        batch = (
+            self.context.data_sources.add_pandas("generated_clips")
+            .add_dataframe_asset("clip_metadata")
+            .add_batch_definition_whole_dataframe("batch")
+        )
+        suite = self.context.suites.add(gx.ExpectationSuite(name=SUITE))
+        for expectation in (
+            gxe.ExpectColumnValuesToBeUnique(column="task_id"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="duration_error_s", min_value=0, max_value=settings.duration_tolerance_s
+            ),
+            gxe.ExpectColumnValuesToBeInSet(column="sample_rate", value_set=[sample_rate]),
+            gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[1]),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="loudness_lufs", min_value=settings.min_loudness_lufs, max_value=0
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="peak_dbfs", min_value=-60, max_value=settings.max_peak_dbfs
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="nonfinite_samples", min_value=0, max_value=0),
+            gxe.ExpectColumnValuesToBeInSet(column="embedding_dims", value_set=[512]),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="embedding_norm", min_value=0.999, max_value=1.001
+            ),
+            gxe.ExpectColumnValuesToBeInSet(column="embedding_finite", value_set=[True]),
+            gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
+            gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1),
+            gxe.ExpectColumnValuesToNotBeNull(column="model_version"),
+            gxe.ExpectColumnValuesToMatchRegex(column="checkpoint_sha256", regex=r"^[0-9a-f]{64}$"),
+        ):
+            suite.add_expectation(expectation)
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=SUITE, data=batch, suite=suite)
+        )
+        self.checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=SUITE,
+                validation_definitions=[definition],
+                actions=[],
+                result_format={"result_format": "COMPLETE"},
+            )
+        )
+
+    def run(self, frame: Any, batch_id: str) -> Any:
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        result = self.checkpoint.run(
+            batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=batch_id)
+        )
+        return next(iter(result.run_results.values()))
+
+    def build_docs(self) -> None:
+        self.docs_dir.mkdir(parents=True, exist_ok=True)
+        self.context.build_data_docs()
+
+
+def _validator(settings: Settings, sample_rate: int) -> _Validator:
+    key = (
+        str(settings.data_docs_dir),
+        sample_rate,
+        settings.duration_tolerance_s,
+        settings.min_loudness_lufs,
+        settings.max_peak_dbfs,
+    )
+    with _lock:
+        if key not in _contexts:
+            _contexts[key] = _Validator(settings, sample_rate)
+        return _contexts[key]
+
+
+def validate(
+    stored: list[StoredClip], settings: Settings, *, batch_id: str, sample_rate: int
+) -> Verdict:
+    """Run the suite over the batch's metadata; which clips failed which expectations."""
+    frame = metadata_frame(stored)
+    result = _validator(settings, sample_rate).run(frame, batch_id)
+    failures: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    failed: list[dict[str, Any]] = []
+    for outcome in result.results:
+        if outcome.success:
+            continue
+        config = outcome.expectation_config
+        column = config.kwargs.get("column")
+        rows = outcome.result.get("unexpected_index_list") or []
+        summary = {
+            "expectation": config.type,
+            "column": column,
+            "unexpected_count": outcome.result.get("unexpected_count"),
+            "sample": _jsonable(outcome.result.get("partial_unexpected_list", [])[:5]),
+        }
+        failed.append(summary)
+        for index in rows:
+            position = int(index["index"]) if isinstance(index, dict) else int(index)
+            value = frame.iloc[position][column] if column else None
+            failures.setdefault(stored[position].task_id, []).append(
+                {"expectation": config.type, "column": column, "observed": _jsonable(value)}
+            )
+    statistics = _jsonable(dict(result.statistics))
+    statistics["clips"] = len(stored)
+    statistics["quarantined"] = len(failures)
+    return Verdict(batch_id, bool(result.success), failures, statistics, failed)
+
+
+def build_data_docs(settings: Settings) -> None:
+    """Write this process's validation results as static Data Docs (no-op before any run)."""
+    with _lock:
+        validators = [v for v in _contexts.values() if v.docs_dir == settings.data_docs_dir]
+    for validator in validators:
+        validator.build_docs()
+
+
+def _jsonable(value: Any) -> Any:
+    """Values fit for JSONB: non-finite floats become strings, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
