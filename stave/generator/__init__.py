@@ -7,7 +7,11 @@ clips = StaveGenerator.load().generate([request])
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# The checkpoint shipped inside the package (torch-free to name: the CLI reads its model card).
+PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "stave-small.pt"
 
 if TYPE_CHECKING:
     from stave.generator.errors import (
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
     from stave.generator.pipeline import Clip, GenerationRequest, StaveGenerator
 
 __all__ = [
+    "PACKAGED_CHECKPOINT",
     "CheckpointError",
     "Clip",
     "GenerationRequest",

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from stave.generator import PACKAGED_CHECKPOINT
 from stave.generator.errors import CheckpointError
 
 FORMAT = "stave-checkpoint/1"
-PACKAGED = Path(__file__).resolve().parent / "checkpoints" / "stave-small.pt"
+PACKAGED = PACKAGED_CHECKPOINT
 
 
 def file_sha256(path: Path) -> str:

@@ -24,6 +24,7 @@ import numpy
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from stave.generator import PACKAGED_CHECKPOINT
 from stave.infra.errors import ConfigError
 from stave.infra.settings import Settings
 from stave.models.base import new_id
@@ -98,11 +99,10 @@ def load_model(settings: Settings, checkpoint: Path | None = None) -> LoadedMode
 
 
 def _load(settings: Settings, path: Path | None) -> LoadedModel:
-    from stave.generator.checkpoint import PACKAGED
-    from stave.generator.pipeline import StaveGenerator
+    from stave.generator.pipeline import StaveGenerator  # torch
 
     builtin = StaveGenerator.load(path, device=settings.device)
-    uri = f"file://{Path(path).resolve()}" if path else f"package:{PACKAGED.name}"
+    uri = f"file://{Path(path).resolve()}" if path else f"package:{PACKAGED_CHECKPOINT.name}"
     if settings.generator == "acestep":
         from stave.generator.acestep import AceStepGenerator
 
@@ -133,12 +133,7 @@ def _load(settings: Settings, path: Path | None) -> LoadedModel:
 def current_encoder_version(settings: Settings) -> str:
     """The configured checkpoint's encoder version, read from its model card: no model load,
     so a search by asset id answers in milliseconds."""
-
-    from stave import generator
-
-    path = settings.checkpoint or (
-        Path(generator.__file__).resolve().parent / "checkpoints" / "stave-small.pt"
-    )
+    path = settings.checkpoint or PACKAGED_CHECKPOINT
     try:
         sha = str(json.loads(path.with_suffix(".json").read_text())["sha256"])
     except (OSError, ValueError, KeyError):
@@ -211,7 +206,7 @@ def library_versions() -> dict[str, str]:
 
 
 def requests_for(tasks: list[ClaimedTask]) -> list[Any]:
-    from stave.generator.pipeline import GenerationRequest
+    from stave.generator.pipeline import GenerationRequest  # torch
 
     return [
         GenerationRequest(

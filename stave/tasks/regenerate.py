@@ -64,7 +64,7 @@ def regenerate(
     device: str | None = None,
     checkpoint: Path | None = None,
 ) -> Regenerated:
-    from stave.generator.pipeline import GenerationRequest, StaveGenerator
+    from stave.generator.pipeline import GenerationRequest, StaveGenerator  # torch
 
     ident = parse_id(task_id, "task")
     with engine.connect() as conn:

@@ -11,7 +11,7 @@ from stave.infra.settings import Settings
 def make_object_store(settings: Settings) -> ObjectStore:
     """The store the settings point at: S3 when an endpoint is configured, else the filesystem."""
     if settings.s3_endpoint is not None:
-        from stave.infra.objectstore.minio_store import MinioStore
+        from stave.infra.objectstore.minio_store import MinioStore  # minio, only when used
 
         return MinioStore(
             endpoint=settings.s3_endpoint,

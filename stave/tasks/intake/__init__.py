@@ -1,0 +1,43 @@
+"""Prompt rows in: reading files (read.py) and checking every row (check.py).
+
+A file that cannot be read as its format (not found, wrong encoding, not CSV, no `prompt`
+column, unknown columns, no rows) raises one InvalidInput naming the file and, where it can,
+the line. A readable file never fails as a whole because of a bad row: each bad row becomes a
+Rejection (row, field, reason) and the other rows go on.
+
+Rows are numbered from 1 in data order (the CSV header is not a row); CSV and JSONL rejections
+also carry the line in the file.
+"""
+
+from stave.tasks.intake.check import check_parameters, check_row, check_rows
+from stave.tasks.intake.read import read_data, read_file, read_object, rows_from_parameter
+from stave.tasks.intake.rows import (
+    COLUMNS,
+    FORMATS,
+    MAX_FILE_BYTES,
+    MAX_SEED,
+    PARAMETERS,
+    SCHEDULERS,
+    CheckedRow,
+    Rejection,
+    SourceRows,
+)
+
+__all__ = [
+    "COLUMNS",
+    "FORMATS",
+    "MAX_FILE_BYTES",
+    "MAX_SEED",
+    "PARAMETERS",
+    "SCHEDULERS",
+    "CheckedRow",
+    "Rejection",
+    "SourceRows",
+    "check_parameters",
+    "check_row",
+    "check_rows",
+    "read_data",
+    "read_file",
+    "read_object",
+    "rows_from_parameter",
+]
