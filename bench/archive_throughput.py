@@ -5,12 +5,17 @@ vacuumed and analysed as rows half a year old are;
 then, each in its own process so peak memory (max RSS) is its own:
 - baseline: `COPY (SELECT * FROM generation_task …) TO STDOUT (FORMAT csv)` streamed through
   pyarrow's CSV reader into a zstd Parquet file (read-only: it moves nothing);
-- stave: `tasks.archive.run_archive` over the same rows: read as binary COPY through the ADBC
-  driver into Arrow, Parquet written to the store, read back and checked, rows deleted in
-  one transaction per group, jobs after their tasks.
-Targets: rows/s of stave / rows/s of baseline >= 0.6; peak memory flat and under 500 MB.
+- stave (cli): `stave.tasks.archive.run_archive`, the CLI's path, over the same rows: read as
+  binary COPY through the ADBC driver into Arrow, Parquet written to the store, read back and
+  checked, rows deleted in one transaction per group, jobs after their tasks;
+- stave (flow): the scheduled path, the `archive_old_records` flow (Prefect's ephemeral API,
+  started before the clock), each group a Prefect task around the same `process_group`, over
+  a fresh fill of the same size.
+Targets: rows/s of stave / rows/s of baseline >= 0.6 on both paths; peak memory flat and under
+500 MB.
 
 Run: .venv/bin/python bench/archive_throughput.py [--sizes 100000 1000000] [--repeat 3]
+     [--paths cli flow]
 """
 
 from __future__ import annotations
@@ -43,14 +48,12 @@ def peak_mb() -> float:
 def fill(n: int) -> None:
     from common import migrated_engine
 
+    from stave.infra.pgraw import driver_connection
     from stave.models.base import new_id
 
     _, engine = migrated_engine()
     jobs = [new_id() for _ in range(max(1, n // 1000))]
-    raw = engine.raw_connection()
-    try:
-        conn = raw.driver_connection
-        assert conn is not None
+    with driver_connection(engine) as conn:
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY generation_job (id, submitted_by, parameters, total_rows, accepted_rows, "
@@ -90,8 +93,6 @@ def fill(n: int) -> None:
                         )
                     )
         conn.commit()
-    finally:
-        raw.close()
     # Rows half a year old have long been vacuumed and analysed in production: so here too
     # (the visibility map lets index walks skip the heap; the planner sees the real sizes).
     # And checkpointed: no checkpoint of the fill's gigabytes is still writing while either
@@ -170,6 +171,31 @@ def ours() -> dict[str, float]:
     }
 
 
+def through_the_flow() -> dict[str, float]:
+    import pyarrow.compute
+    import pyarrow.csv
+    import pyarrow.parquet  # noqa: F401
+    from common import migrated_engine
+    from prefect import flow
+
+    from stave.flows.archive import archive_old_records
+
+    settings, _ = migrated_engine()
+
+    @flow
+    def warm_up() -> None:
+        """Start Prefect's ephemeral API before the clock, as a worker's server is running."""
+
+    warm_up()
+    started = time.perf_counter()
+    summary = archive_old_records(batch_size=settings.archive_batch_size)
+    return {
+        "seconds": time.perf_counter() - started,
+        "rows": summary["rows"].get("generation_task", 0),
+        "peak_mb": peak_mb(),
+    }
+
+
 def child(step: str, home: str, n: int = 0) -> dict[str, float]:
     env = {**os.environ, "STAVE_HOME": home}
     done = subprocess.run(
@@ -184,14 +210,14 @@ def child(step: str, home: str, n: int = 0) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def one_size(n: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Fill a throwaway home with n task rows, time both sides, then remove the home (a
-    million rows with their WAL take gigabytes)."""
+def one_size(n: int, path: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Fill a throwaway home with n task rows, time the baseline and one of Stave's paths,
+    then remove the home (a million rows with their WAL take gigabytes)."""
     home = tempfile.mkdtemp(prefix="stave-bench-archive-")
     try:
         child("fill", home, n)
         base = child("baseline", home)
-        mine = child("ours", home)
+        mine = child("ours" if path == "cli" else "flow", home)
         assert base["rows"] == n and mine["rows"] == n, (base, mine)
         return base, mine
     finally:
@@ -207,7 +233,8 @@ def one_size(n: int) -> tuple[dict[str, float], dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
-    parser.add_argument("--step", choices=["fill", "baseline", "ours"])
+    parser.add_argument("--step", choices=["fill", "baseline", "ours", "flow"])
+    parser.add_argument("--paths", nargs="*", default=["cli", "flow"], choices=["cli", "flow"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="runs per size (fresh rows each)")
     args = parser.parse_args()
@@ -216,24 +243,27 @@ def main() -> None:
             fill(args.n)
             print(json.dumps({"ok": 1}))
         else:
-            print(json.dumps(baseline() if args.step == "baseline" else ours()))
+            steps = {"baseline": baseline, "ours": ours, "flow": through_the_flow}
+            print(json.dumps(steps[args.step]()))
         return
 
     print(
-        f"{'task rows':>10}{'baseline s':>12}{'stave s':>9}{'ratio':>7}"
+        f"{'task rows':>10}{'path':>6}{'baseline s':>12}{'stave s':>9}{'ratio':>7}"
         f"{'baseline MB':>13}{'stave MB':>10}"
     )
     for n in args.sizes:
-        ratios = []
-        for _ in range(args.repeat):
-            base, mine = one_size(n)
-            ratios.append(base["seconds"] / mine["seconds"])
-            print(
-                f"{n:>10}{base['seconds']:>12.1f}{mine['seconds']:>9.1f}{ratios[-1]:>7.2f}"
-                f"{base['peak_mb']:>13.0f}{mine['peak_mb']:>10.0f}"
-            )
-        if args.repeat > 1:
-            print(f"{n:>10}  median ratio of {args.repeat} runs: {statistics.median(ratios):.2f}")
+        for path in args.paths:
+            ratios = []
+            for _ in range(args.repeat):
+                base, mine = one_size(n, path)
+                ratios.append(base["seconds"] / mine["seconds"])
+                print(
+                    f"{n:>10}{path:>6}{base['seconds']:>12.1f}{mine['seconds']:>9.1f}"
+                    f"{ratios[-1]:>7.2f}{base['peak_mb']:>13.0f}{mine['peak_mb']:>10.0f}"
+                )
+            if args.repeat > 1:
+                median = statistics.median(ratios)
+                print(f"{n:>10}{path:>6}  median ratio of {args.repeat} runs: {median:.2f}")
     print(f"targets: ratio >= {TARGET}; stave's peak memory flat across sizes and < 500 MB")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+from stave.infra.pgraw import copy_in
 
 
 def throwaway_home() -> None:
@@ -29,20 +29,6 @@ def migrated_engine() -> tuple[Any, Engine]:
     return settings, get_engine(settings)
 
 
-@contextmanager
-def copy_into(engine: Engine, sql: str) -> Iterator[Any]:
-    """A psycopg COPY … FROM STDIN on a connection of its own, committed when the block ends."""
-    raw = engine.raw_connection()
-    try:
-        conn = raw.driver_connection
-        assert conn is not None
-        with conn.cursor() as cur, cur.copy(sql) as copy:
-            yield copy
-        conn.commit()
-    finally:
-        raw.close()
-
-
 def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID], list[datetime]]:
     """n audio_asset rows (no objects: the write benchmarks never read audio), 1 ms apart."""
     from stave.models.base import new_id
@@ -53,7 +39,7 @@ def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID
         "id, user_id, object_key, sha256, bytes, format, sample_rate, channels, duration_s, "
         "created_at"
     )
-    with copy_into(engine, f"COPY audio_asset ({columns}) FROM STDIN") as copy:
+    with copy_in(engine, f"COPY audio_asset ({columns}) FROM STDIN") as copy:
         for asset_id, at in zip(ids, created, strict=True):
             key = f"audio/{asset_id}.flac"
             copy.write_row((asset_id, "bench", key, "0" * 64, 1, "flac", 16000, 1, 10.0, at))
@@ -68,7 +54,7 @@ def copy_embeddings(engine: Engine, ids: list[uuid.UUID], vectors: Any, version:
         "COPY latent_embedding (id, asset_id, encoder_version, embedding) "
         "FROM STDIN WITH (FORMAT BINARY)"
     )
-    with copy_into(engine, sql) as copy:
+    with copy_in(engine, sql) as copy:
         for chunk in copy_chunks(ids, vectors, version):
             copy.write(chunk)
 

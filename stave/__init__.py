@@ -1,0 +1,1 @@
+"""Stave: the data platform behind a text-to-music diffusion model (ARCHITECTURE.md)."""

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from stave.infra import stop
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
 from stave.tasks import backfill, vector_index
@@ -65,7 +66,8 @@ def test_a_new_encoder_version_is_backfilled_resuming_after_a_kill(
             import time
             from datetime import datetime
             from stave.infra.db import get_engine
-            from stave.infra.objectstore import make_object_store
+            from stave.infra import stop
+from stave.infra.objectstore import make_object_store
             from stave.infra.settings import get_settings
             from stave.tasks import backfill
             from stave.tasks.encoders import load_encoder
@@ -342,3 +344,32 @@ def test_a_conflict_or_a_vanished_asset_takes_the_idempotent_upsert_path(
             {"a": assets[0].id, "v": encoder.version},
         ).scalar_one()
     assert stored.to_numpy()[0] != 1.0  # the backfill's vector replaced the other writer's
+
+
+def test_a_stop_mid_batch_writes_nothing_of_it_and_the_run_resumes(
+    engine: Engine, settings: Settings, tiny: Path
+) -> None:
+    """Ctrl-C or SIGTERM (infra/stop.py) while a batch is read: the batch is abandoned between
+    windows (nothing of it written, the cursor stays) and the run is `stopped`; the next
+    invocation resumes it and writes each embedding once."""
+    start, end = window()
+    store = make_object_store(settings)
+    assets = make_assets(engine, store, 6, start)
+    encoder = load_encoder(engine, settings, None, str(tiny))
+    scope = backfill.resolve_scope(engine, encoder.version, start, end)
+
+    def process(run: backfill.Run, refs: Any, cursor: Any) -> backfill.BatchResult:
+        if cursor is not None and not run.resumed:
+            stop.request(signal.SIGTERM)  # arrives while the second batch is read
+        return backfill.process_batch(engine, store, encoder, run, refs, cursor, 2, window=1)
+
+    try:
+        first, progress, status = backfill.run_backfill(engine, scope, process, 2)
+    finally:
+        stop.reset()
+    assert status == "stopped" and progress.written == 2
+    assert sum(embedding_counts(engine, assets, encoder.version).values()) == 2
+    again, progress, status = backfill.run_backfill(engine, scope, process, 2)
+    assert status == "completed" and again.id == first.id and again.resumed
+    assert progress.written == 4
+    assert set(embedding_counts(engine, assets, encoder.version).values()) == {1}

@@ -123,3 +123,57 @@ def test_submit_queues_and_run_pending_drains(
     assert json.loads(ran.stdout)["published"] == 1
     idle = stave("run-pending", "--job", job, cwd=tmp_path, env=env)
     assert "nothing pending" in idle.stdout
+
+
+def test_a_nul_in_one_row_rejects_that_row_and_the_rest_go_ahead(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "nul.csv"
+    rows = [f"warm organ {tag},1", f"broken \x00 prompt {tag},2", f"bright bells {tag},3"]
+    path.write_bytes(("prompt,seed\n" + "\n".join(rows) + "\n").encode())
+    done = stave("submit", str(path), "--json", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    queued = json.loads(done.stdout)
+    assert queued["accepted"] == 2 and queued["rejected"] == 1
+    (rejection,) = queued["rejections"]
+    assert rejection["row"] == 2 and rejection["field"] == "prompt"
+    assert "control character U+0000" in rejection["reason"]
+
+
+def test_a_file_with_no_accepted_row_exits_1_after_its_rejections(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "all-bad.csv"
+    path.write_text("prompt,guidance\nfirst,99\nsecond,-1\n")
+    before = count_jobs(engine)
+    for command in ("generate", "submit"):
+        shown = stave(command, str(path), cwd=tmp_path, env=env)
+        assert shown.returncode == 1 and "Traceback" not in shown.stderr
+        assert "rejected 2 row(s):" in shown.stderr and "row 1, guidance:" in shown.stderr
+        assert shown.stderr.strip().splitlines()[-1].startswith("stave: error: ")
+        assert "no row was accepted" in shown.stderr
+        as_json = stave(command, str(path), "--json", cwd=tmp_path, env=env)
+        assert as_json.returncode == 1
+        summary = json.loads(as_json.stdout)
+        assert summary["job_id"] is None and summary["rejected"] == 2
+        assert assert_one_line_error(as_json).startswith("stave: error: ")
+    assert count_jobs(engine) == before
+
+
+def test_job_shows_a_summary_and_the_first_tasks(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "five.csv"
+    path.write_text("prompt,seed\n" + "".join(f"bell {i} {tag},{i}\n" for i in range(5)))
+    job = json.loads(stave("submit", str(path), "--json", cwd=tmp_path, env=env).stdout)["job_id"]
+    detail = json.loads(stave("job", job, "--limit", "2", "--json", cwd=tmp_path, env=env).stdout)
+    assert len(detail["tasks"]) == 2 and detail["counts"] == {"pending": 5}
+    assert detail["tasks_shown"] == {"shown": 2, "of": 5, "status": None}
+    text_ = stave("job", job, "--limit", "2", cwd=tmp_path, env=env).stdout
+    assert "2 of 5 task(s) shown" in text_
+    failed = stave("job", job, "--status", "failed", "--json", cwd=tmp_path, env=env)
+    assert json.loads(failed.stdout)["tasks"] == []
+    bad = stave("job", job, "--status", "nope", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "--status" in assert_one_line_error(bad)

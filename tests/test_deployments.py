@@ -42,19 +42,30 @@ def load_entrypoint(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def test_every_entrypoint_is_a_flow_with_a_described_form() -> None:
+def flows_in_the_package() -> set[str]:
+    """Every @flow defined in stave.flows, as a module entrypoint (`stave.flows.x:fn`)."""
+    import pkgutil
+
+    from prefect import Flow
+
+    import stave.flows
+
+    found = set()
+    for info in pkgutil.walk_packages(stave.flows.__path__, "stave.flows."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, Flow) and value.fn.__module__ == info.name:
+                found.add(f"{info.name}:{value.fn.__name__}")
+    return found
+
+
+def test_every_flow_is_deployed_and_every_entrypoint_is_a_flow_with_a_described_form() -> None:
     from prefect import Flow
     from prefect.utilities.callables import parameter_schema
 
-    assert set(DEPLOYMENTS) == {
-        "bulk-generation",
-        "generation-drain",
-        "latent-backfill",
-        "nightly-backup",
-        "weekly-archive",
-        "train",
-        "prefect-housekeeping",
-    }
+    # Derived, not listed: a new flow without a deployment (or the reverse) fails here.
+    assert {d["entrypoint"] for d in DEPLOYMENTS.values()} == flows_in_the_package()
+    assert SPEC["pull"] == []  # entrypoints are package modules: workers need no checkout
     for name, spec in DEPLOYMENTS.items():
         flow = load_entrypoint(spec["entrypoint"])
         assert isinstance(flow, Flow), name
@@ -157,8 +168,9 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
     token = base64.b64encode(env["STAVE_PREFECT_API_AUTH_STRING"].encode()).decode()
     http = httpx.Client(base_url=api, headers={"Authorization": f"Basic {token}"}, timeout=30)
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    cpu_log = tmp_path / "cpu-worker.log"
     server = start(["server"], env, server_log)
-    worker = None
+    worker = cpu_worker = None
     try:
 
         def healthy() -> bool:
@@ -226,7 +238,11 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         assert uploaded["rejected"] == 1 and uploaded["rejections"][0]["row"] == 3
         assert tag not in uploaded["file_key"]  # object keys never carry user text
 
-        worker = start(["worker", "--gpu", "0"], env, worker_log)
+        # The workers' environment also holds another project's top-level `models`, `tasks`, …
+        # packages (a shared worker): Stave, one package, never imports them.
+        worker_env = {**env, "PYTHONPATH": str(unrelated_packages(tmp_path / "other-project"))}
+        worker = start(["worker", "--gpu", "0"], worker_env, worker_log)
+        cpu_worker = start(["worker", "--pool", "cpu"], worker_env, cpu_log)
         deployment = http.get("/deployments/name/generate/bulk-generation").json()
         runs = [
             http.post(
@@ -266,11 +282,64 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
             "/artifacts/filter", json={"artifacts": {"type": {"any_": ["progress"]}}}
         ).json()
         assert any(a["flow_run_id"] in runs and a["data"] == 100.0 for a in artifacts)
+
+        # Every other deployment's smallest case, through the same workers.
+        smallest = {
+            "run-pending/generation-drain": {"limit": 1},
+            "backfill-embeddings/latent-backfill": {"dry_run": True},
+            "backup/nightly-backup": {
+                "drill": False,
+                "retention": False,
+                "base": False,
+                "wal": False,
+            },
+            "archive/weekly-archive": {"dry_run": True},
+            "train/train": {
+                "run_name": f"e2e-{tag}",
+                "clips": 6,
+                "clip_seconds": 3.0,
+                "ae_steps": 2,
+                "embedding_steps": 1,
+                "denoiser_steps": 2,
+                "device": "cpu",
+                "overrides": {"ae_batch": 2, "denoiser_batch": 2, "denoiser_frames": 32},
+            },
+            "prefect-housekeeping/prefect-housekeeping": {},
+        }
+        assert set(smallest) | {"generate/bulk-generation"} == set(deployed)
+        others = {
+            name: http.post(
+                f"/deployments/{http.get(f'/deployments/name/{name}').json()['id']}"
+                "/create_flow_run",
+                json={"parameters": parameters},
+            ).json()["id"]
+            for name, parameters in smallest.items()
+        }
+        wait_until(
+            lambda: all(state(r) in ("COMPLETED", "FAILED", "CRASHED") for r in others.values()),
+            300,
+            "the other deployments' runs did not finish",
+            worker_log,
+        )
+        ended = {name: state(r) for name, r in others.items()}
+        logs = worker_log.read_text()[-3000:] + cpu_log.read_text()[-3000:]
+        assert set(ended.values()) == {"COMPLETED"}, (ended, logs)
     finally:
-        if worker is not None:
-            stop(worker)
+        for running in (worker, cpu_worker):
+            if running is not None:
+                stop(running)
         stop(server)
         http.close()
+
+
+def unrelated_packages(folder: Path) -> Path:
+    """Another project's generic top-level packages, each failing loudly if imported."""
+    for name in ("models", "tasks", "flows", "infra", "generator", "sql"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(
+            f"raise ImportError('another project\\'s {name}: Stave must not import it')\n"
+        )
+    return folder
 
 
 @pytest.mark.integration

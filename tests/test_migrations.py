@@ -6,6 +6,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,12 +19,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
 import stave.models  # noqa: F401
-from stave.infra import migrate
+from stave.infra import migrate, roles
 from stave.infra.db import ensure_database, make_engine, psycopg_dsn
 from stave.infra.embedded_pg import RunningServer
 from stave.infra.errors import ConfigError
 from stave.infra.roles import APP, REPORTING
+from stave.models.assets import VECTOR_INDEX_PREFIX
 from stave.sql.autogen import include_object
+from stave.tasks import vector_index
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +168,30 @@ def test_reporting_role_cannot_write(login_as, statement: str) -> None:  # type:
         assert conn.execute("SELECT count(*) FROM generation_task").fetchone() is not None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(statement)
+
+
+def test_migrations_keep_frozen_copies_that_match_the_live_names() -> None:
+    """Migrations import no application code (import-linter enforces it); the copies they
+    keep of index names and roles must still name what the application names."""
+    versions = Path(migrate.SCRIPT_LOCATION) / "versions"
+
+    def load(name: str) -> Any:
+        (path,) = versions.glob(f"{name}_*.py")
+        spec = spec_from_file_location(f"frozen_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    m0003 = load("0003")
+    for version in ("stave-ae-0123456789ab", "Some.Other:Encoder-v2", "x" * 64):
+        assert m0003.index_name(version) == vector_index.index_name(version)
+    assert m0003.VECTOR_INDEX_PREFIX == VECTOR_INDEX_PREFIX
+    m0001, m0005 = load("0001"), load("0005")
+    assert (m0001.MIGRATOR, m0001.APP, m0001.REPORTING) == (
+        roles.MIGRATOR,
+        roles.APP,
+        roles.REPORTING,
+    )
+    assert m0001.APP_TABLE_PRIVILEGES == roles.APP_TABLE_PRIVILEGES
+    assert (m0005.APP, m0005.REPORTING) == (roles.APP, roles.REPORTING)

@@ -37,7 +37,6 @@ def run(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Move rows past their hot period (183 days for generation records) to Parquet."""
-
     current = settings()
     db = engine(current)
     days = _days(older_than)
@@ -54,10 +53,12 @@ def run(
                 typer.echo(f"{p.table:<18} {p.rows:>9} row(s) created before {p.cutoff:%Y-%m-%d}")
             typer.echo("dry run: nothing written")
         return
+    store = make_object_store(current)
+    store.check()  # before any group is prepared
     with tqdm(total=total, unit="row", desc="archiving", leave=False) as bar:
         result = archive.run_archive(
             db,
-            make_object_store(current),
+            store,
             current.tmp_dir / "archive",
             older_than_days=days,
             batch_size=batch_size or current.archive_batch_size,
@@ -80,7 +81,6 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Archived Parquet files: table, rows, time range, whether restored."""
-
     batches = archive.list_batches(engine(settings()), table)
     if as_json:
         print_json(batches)
@@ -102,7 +102,6 @@ def restore(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Put a month of an archived table back (with what travelled with it); idempotent."""
-
     match = re.fullmatch(r"(\d{4})-(\d{2})", month.strip())
     if not match or not 1 <= int(match.group(2)) <= 12:
         raise InvalidInput(f"--month {month!r}: use YYYY-MM")
@@ -136,7 +135,6 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ) -> None:
     """Read archived rows in place (pyarrow.dataset filters), without restoring."""
-
     current = settings()
     chosen = [c.strip() for c in columns.split(",")] if columns else None
     found = archive.query(

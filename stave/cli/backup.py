@@ -27,6 +27,7 @@ def run(
     """Dump the database to the object store (pg_dump custom format) with a manifest."""
     current = settings()
     store = make_object_store(current)
+    store.check()  # before a record or a dump is started
     db = engine(current)
     url = database_url(current)
     backup.mark_interrupted(db, store, older_than=timedelta(hours=12))
@@ -59,7 +60,6 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Backups, newest first, with status and when each was last verified."""
-
     settings()
     rows = list_backups(engine(settings()), limit)
     if as_json:
@@ -122,9 +122,11 @@ def restore(
 def base(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Take a base backup (pg_basebackup, tar) into the object store, for point-in-time recovery."""
     current = settings()
+    store = make_object_store(current)
+    store.check()  # before a record or a base backup is started
     backup_id = recovery.take_base_backup(
         engine(current),
-        make_object_store(current),
+        store,
         url=database_url(current),
         env_name=current.env,
     )
@@ -138,9 +140,10 @@ def base(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
 def ship_wal(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Close the current WAL segment and move every archived segment to the object store."""
     current = settings()
+    store = make_object_store(current)
+    store.check()
     recovery.switch_wal(database_url(current))
     time.sleep(1)  # archive_command runs asynchronously
-    store = make_object_store(current)
     count = recovery.ship_wal(store, recovery.wal_spool(current), env_name=current.env)
     if as_json:
         print_json({"shipped": count})

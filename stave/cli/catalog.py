@@ -40,7 +40,6 @@ def set_template(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Create or replace a style template; submissions see the new values at once."""
-
     current = settings()
     saved = catalog.put_template(
         engine(current), get_cache(current), current, name, parse_params(param), description
@@ -54,7 +53,6 @@ def set_template(
 @templates_app.command("list")
 def list_templates(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Every style template with its parameters."""
-
     rows = catalog.list_templates(engine(settings()))
     if as_json:
         print_json(rows)
@@ -70,7 +68,6 @@ def set_prefs(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Set a user's default parameters (replacing the previous ones)."""
-
     current = settings()
     saved = catalog.put_preferences(
         engine(current), get_cache(current), current, user, parse_params(param)
@@ -87,7 +84,6 @@ def show_prefs(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """A user's default parameters (through the cache, as submissions read them)."""
-
     current = settings()
     with engine(current).connect() as conn:
         found = catalog.preferences(conn, get_cache(current), current, [user]).get(user, {})

@@ -66,10 +66,15 @@ def reader(current: Settings) -> Engine:
 
 
 def in_process_prefect(current: Settings) -> None:
-    """Before a flow runs in this process: Prefect's home beside Stave's data (its ephemeral
-    API, or the configured server) and quiet logs."""
+    """Before a flow runs in this process (and before anything is written for it): Prefect's
+    home beside Stave's data, quiet logs, and a configured API answering (else its ephemeral
+    one is used)."""
     apply_client_env(current, current.prefect_api_url)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if current.prefect_api_url:
+        from stave.flows import admin  # prefect, imported after its environment is set
+
+        admin.check_api(current.prefect_api_url)
 
 
 def print_json(data: Any) -> None:

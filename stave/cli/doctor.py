@@ -15,7 +15,6 @@ MARK = {"ok": "ok  ", "fail": "FAIL", "skip": "skip"}
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Check settings, directories, database, pgvector, schema, object store and Prefect API."""
-
     try:
         current = get_settings()
     except ConfigError as err:

@@ -72,7 +72,6 @@ def backfill(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compute embeddings for clips that lack them for an encoder version (resumable)."""
-
     current = settings()
     check_device(current.device)
     if not dry_run:
@@ -127,7 +126,6 @@ def backfill(
 @embeddings_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Coverage per encoder version, its index, and the latest backfill runs."""
-
     current = settings()
     report = coverage(engine(current), current_encoder_version(current))
     if as_json:
@@ -163,7 +161,6 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Clips that sound like an asset (or an audio file), by cosine distance."""
-
     current = settings()
     if (asset_id is None) == (file is None):
         raise InvalidInput("give an asset id or --file, not both")
@@ -200,7 +197,6 @@ def rebuild(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """(Re)build HNSW indexes concurrently with the configured m and ef_construction."""
-
     current = settings()
     db = engine(current)
     if all_versions:
@@ -223,7 +219,6 @@ def rebuild(
 @index_app.command("list")
 def list_indexes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """The HNSW indexes, one per encoder version."""
-
     with engine(settings()).connect() as conn:
         found = [i.to_dict() for i in vector_index.list_indexes(conn)]
     if as_json:
@@ -253,7 +248,6 @@ def gallery(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write a static HTML listening page (players, spectrograms, neighbours); no server."""
-
     current = settings()
     if (job_id is None) == (similar_to is None):
         raise InvalidInput("give a job id or --similar ASSET_ID, not both")

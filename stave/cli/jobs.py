@@ -98,6 +98,7 @@ def generate(
     """Check, submit and generate a prompt file in this process; print a summary."""
     current = settings()
     source = _checked_source(current, file, fmt, generating=True)
+    in_process_prefect(current)
     db = engine(current)
     # Submission happens outside the flow first so the progress bar knows the job; the flow's
     # own submission then finds every row already there and reuses the job.
@@ -109,7 +110,6 @@ def generate(
         # Nothing to make (a resubmission of finished work): report without starting Prefect.
         summary = job_summary(queued.job_id)
     else:
-        in_process_prefect(current)
         from stave.flows.generate import generate as generate_flow  # prefect
 
         with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):

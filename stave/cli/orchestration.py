@@ -53,7 +53,6 @@ def server() -> None:
     SQLite under <home>/<env>/data/prefect unless STAVE_PREFECT_DATABASE_URL names a
     PostgreSQL; STAVE_PREFECT_API_AUTH_STRING, when set, is required of every client.
     """
-
     current = settings()
     prefect_env.check_server_database(current)
     current.prefect_home.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,6 @@ def server() -> None:
 
 def _connect(current: Settings) -> str:
     """Point this process's Prefect client at the server; fail in one line if it is down."""
-
     api = current.prefect_server_url
     # Before Prefect is imported: it reads its settings from the environment once.
     prefect_env.apply_client_env(current, api, override=True)
@@ -100,7 +98,6 @@ def pools_setup(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Create the gpu and cpu work pools and the gpu concurrency limit (idempotent)."""
-
     current = settings()
     api = _connect(current)
     from stave.flows import admin  # prefect
@@ -130,7 +127,6 @@ def worker(
     name: str | None = typer.Option(None, "--name", help="Worker name (default: host-gpuN)."),
 ) -> None:
     """Start a Prefect process worker; with --gpu N it serves the gpu pool on that GPU only."""
-
     chosen = (pool or (Pool.gpu if gpu is not None else Pool.cpu)).value
     if gpu is not None and chosen != prefect_env.GPU_POOL:
         raise ConfigError("--gpu pins a worker of the gpu pool; drop --pool cpu or --gpu")
@@ -180,7 +176,6 @@ def deploy(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Apply prefect.yaml: create or update every deployment and its schedule."""
-
     current = settings()
     _connect(current)
     from stave.flows import admin  # prefect
@@ -225,7 +220,6 @@ def prompts_upload(
 ) -> None:
     """Check a prompt file and put it in the object store; print the key to give the
     bulk-generation deployment as file_key."""
-
     current = settings()
     # The checks a submission makes on each row's own values, before anything is stored: an
     # operator learns about a bad row now, not from a failed run later.

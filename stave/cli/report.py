@@ -27,7 +27,6 @@ def report(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Operator reports: clips per model version, failures per day and class, a user's prompts."""
-
     engine = reader(settings())
     start = reports.since(since)
     rows: list[dict[str, Any]]

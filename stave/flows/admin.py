@@ -50,7 +50,6 @@ class PoolSetup:
 
 def detected_gpus() -> int:
     """GPUs on this host (torch's count, 0 on a CPU-only machine)."""
-
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 

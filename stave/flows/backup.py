@@ -62,7 +62,6 @@ def apply_retention() -> list[str]:
 
 @task(name="ship-wal", cache_policy=NO_CACHE)
 def ship_wal() -> int:
-
     settings = get_settings()
     pitr.switch_wal(database_url(settings))
     return pitr.ship_wal(
@@ -72,7 +71,6 @@ def ship_wal() -> int:
 
 @task(name="base-backup", cache_policy=NO_CACHE)
 def base_backup() -> str:
-
     settings = get_settings()
     return pitr.take_base_backup(
         get_engine(), make_object_store(settings), url=database_url(settings), env_name=settings.env

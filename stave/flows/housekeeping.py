@@ -34,7 +34,6 @@ PAGE = 200
 
 @task(name="prune-flow-runs", cache_policy=NO_CACHE)
 def prune_flow_runs(cutoff: datetime, limit: int | None) -> dict[str, int]:
-
     finished = FlowRunFilter(
         end_time=FlowRunFilterEndTime(before_=cutoff),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in FINAL])),

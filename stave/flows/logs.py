@@ -11,7 +11,6 @@ from prefect import get_run_logger
 def run_logger(name: str) -> Any:
     """Prefect's run logger inside a flow or task run (its lines reach the UI); otherwise, as
     when tests or the CLI call the same code directly, the standard logger `name`."""
-
     try:
         return get_run_logger()
     except Exception:

@@ -41,7 +41,6 @@ def train_config(
     overrides: dict[str, Any] | None,
 ) -> Any:
     """The TrainConfig for these parameters; an unknown or mistyped override is one line."""
-
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {
         "corpus_clips": clips,
@@ -67,7 +66,6 @@ def train_config(
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(out_dir: Path, cfg: Any, device: str, autoencoder_from: Path | None = None) -> Path:
-
     progress_id: Any = create_progress_artifact(progress=0.0, description="training: all phases")
     total = cfg.denoiser_steps
     if autoencoder_from is None:
@@ -97,7 +95,6 @@ def train_model(out_dir: Path, cfg: Any, device: str, autoencoder_from: Path | N
 @task(name="publish-checkpoint", cache_policy=NO_CACHE)
 def publish_checkpoint(checkpoint: Path) -> dict[str, Any]:
     """Copy the checkpoint and its card to `models/` (named by content, never by user text)."""
-
     card_path = model_card_path(checkpoint)
     card = json.loads(card_path.read_text())
     sha256 = str(card["sha256"])

@@ -62,7 +62,6 @@ class AceStepGenerator:
         self.embedder = embedder
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
-
         import soundfile
 
         clips = []

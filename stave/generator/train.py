@@ -98,7 +98,6 @@ class Trainer:
         return True
 
     def _make_denoiser(self) -> None:
-
         self.denoiser, self.den_opt = make_denoiser(self.cfg, self.device)
 
     # -- phases -------------------------------------------------------------------------------
@@ -110,7 +109,6 @@ class Trainer:
         self.save()
 
     def _run_phase(self, phase: str, pool: CorpusPool, progress: Progress) -> None:
-
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed * 1000 + PHASES.index(phase) * 100 + self.step)
         if phase == "autoencoder":
@@ -204,7 +202,6 @@ def checkpoint_payload(trainer: Trainer) -> dict[str, Any]:
 
 
 def model_card(trainer: Trainer, sha256: str, seconds: float) -> dict[str, Any]:
-
     def last(phase: str) -> dict[str, float]:
         return trainer.history[phase][-1] if trainer.history[phase] else {}
 
@@ -245,7 +242,6 @@ def model_card(trainer: Trainer, sha256: str, seconds: float) -> dict[str, Any]:
 
 def autoencoder_source_path(name: str | None) -> Path | None:
     """'shipped' is the packaged checkpoint; anything else is a path (checked when loaded)."""
-
     if name is None:
         return None
     return PACKAGED if name == "shipped" else Path(name)
@@ -257,7 +253,6 @@ def start_from_autoencoder(trainer: Trainer, checkpoint: Path) -> None:
     A new denoiser on an unchanged autoencoder keeps the latent space, and so the 512-d
     embedding space: vectors already stored for sounds-alike search stay comparable.
     """
-
     payload = load_checkpoint(checkpoint)
     if payload["autoencoder_config"] != trainer.cfg.autoencoder.as_dict():
         raise CheckpointError(
@@ -285,7 +280,6 @@ def train(
     With `autoencoder_from`, a fresh run takes that checkpoint's autoencoder and embedding head
     and trains only the denoiser.
     """
-
     cfg = cfg or TrainConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(out_dir, cfg, pick_device(device))

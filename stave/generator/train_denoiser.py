@@ -42,7 +42,6 @@ class DenoiserData:
 
 
 def make_denoiser(cfg: TrainConfig, device: torch.device) -> tuple[Denoiser, torch.optim.Optimizer]:
-
     model = Denoiser(
         DenoiserConfig(
             latent_channels=cfg.autoencoder.latent_channels,

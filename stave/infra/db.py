@@ -158,14 +158,16 @@ def check_connection(url: str, *, timeout_s: int = 5) -> str:
 
 def translate_db_error(err: BaseException) -> DatabaseUnavailable | None:
     """A one-line DatabaseUnavailable for a connection-level failure, else None."""
-
     if isinstance(err, DBAPIError) and err.connection_invalidated:
-        return DatabaseUnavailable(f"database connection lost: {first_line(err.orig)}")
+        return DatabaseUnavailable(f"database connection lost: {first_line(err.orig)}{_FIX}")
     if isinstance(err, OperationalError):
-        return DatabaseUnavailable(f"database unavailable: {first_line(err.orig)}")
+        return DatabaseUnavailable(f"database unavailable: {first_line(err.orig)}{_FIX}")
     if isinstance(err, psycopg.OperationalError):
-        return DatabaseUnavailable(f"database unavailable: {first_line(err)}")
+        return DatabaseUnavailable(f"database unavailable: {first_line(err)}{_FIX}")
     return None
+
+
+_FIX = "; is PostgreSQL up, and STAVE_DATABASE_URL right? (`stave doctor` checks both)"
 
 
 def describe_url(url: str) -> str:

@@ -219,7 +219,6 @@ class Settings(BaseSettings):
     @field_validator("timezone", mode="after")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -353,7 +352,6 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings, turning validation failures into one ConfigError line per problem."""
-
     try:
         return Settings(**overrides)
     except ValidationError as err:

@@ -57,7 +57,6 @@ def new_id_block(n: int) -> Any:
     not the randomness). RFC 9562 method 1: the 12 bits after the version count up within a
     millisecond; past 4,096 ids the timestamp steps ahead by one, so ids stay unique, ordered.
     """
-
     step = np.arange(n, dtype=np.uint64)
     millis = np.uint64(time.time_ns() // 1_000_000) + step // np.uint64(4096)
     high = (millis << np.uint64(16)) | np.uint64(0x7000) | (step % np.uint64(4096))

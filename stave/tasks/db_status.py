@@ -14,7 +14,6 @@ from stave.infra import migrate
 
 def database_status(engine: Engine) -> dict[str, Any]:
     """A JSON-ready summary of the database `engine` points at."""
-
     url = engine.url
     with engine.connect() as conn:
         server = conn.execute(text("SHOW server_version")).scalar_one()

@@ -45,7 +45,6 @@ def run_checks(settings: Settings) -> list[Check]:
 
 
 def _replica(settings: Settings) -> Check:
-
     route = read_route(settings)
     if route.target == "replica":
         return Check("replica", "ok", "reports, search and gallery read from the replica")
@@ -75,7 +74,6 @@ def _directories(settings: Settings) -> Check:
 
 
 def _database(settings: Settings) -> list[Check]:
-
     fix = (
         "check STAVE_DATABASE_URL (host, port, credentials) and that the server is running"
         if not settings.uses_embedded_db
@@ -132,7 +130,6 @@ def _database(settings: Settings) -> list[Check]:
 
 
 def _object_store(settings: Settings) -> Check:
-
     store = make_object_store(settings)
     fix = (
         "check STAVE_S3_ENDPOINT, STAVE_S3_ACCESS_KEY, STAVE_S3_SECRET_KEY and STAVE_S3_SECURE"
@@ -147,7 +144,6 @@ def _object_store(settings: Settings) -> Check:
 
 
 def _prefect(api_url: str, auth_string: str | None = None) -> Check:
-
     url = api_url.rstrip("/") + "/health"
     headers = {}
     if auth_string:

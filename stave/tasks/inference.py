@@ -143,7 +143,6 @@ def current_encoder_version(settings: Settings) -> str:
 
 def register_model_version(engine: Engine, model: LoadedModel) -> uuid.UUID:
     """The model_version row for this checkpoint, made on first use (idempotent)."""
-
     with engine.begin() as conn:
         found = conn.execute(
             text(
@@ -166,7 +165,6 @@ def register_model_version(engine: Engine, model: LoadedModel) -> uuid.UUID:
 
 
 def _json(value: Any) -> str:
-
     return json.dumps(value, default=str)
 
 

@@ -196,7 +196,6 @@ class _ChunkReader:
 
 
 def _chown_tree(root: Path, user: str) -> None:
-
     entry = pwd.getpwnam(user)
     shutil.chown(root, entry.pw_uid, entry.pw_gid)
     for path in root.rglob("*"):

@@ -188,7 +188,6 @@ def _search(
     client, which the server runs as one implicit transaction (so SET LOCAL holds for the
     query and ends with it). A search is ~2 ms; separate round trips for the settings, BEGIN
     and ROLLBACK would add about as much again."""
-
     if ef is None:
         # Exact: the ordering expression differs from the indexed one, so no index scan.
         settings_sql = ""

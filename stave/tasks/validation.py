@@ -66,7 +66,6 @@ def metadata_frame(stored: list[StoredClip]) -> Any:
 
 class _Validator:
     def __init__(self, settings: Settings, sample_rate: int) -> None:
-
         import great_expectations as gx
 
         # The expectation classes are re-exported lazily, which mypy cannot see.

@@ -121,7 +121,6 @@ class ObjectStore(ABC):
         return b"".join(self.iter_chunks(key, expected_sha256=expected_sha256))
 
     def exists(self, key: str) -> bool:
-
         try:
             self.stat(key)
         except ObjectNotFound:

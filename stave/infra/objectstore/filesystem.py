@@ -52,7 +52,6 @@ class FilesystemStore(ObjectStore):
     def put_bytes(
         self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE
     ) -> ObjectInfo:
-
         return self.put_stream(key, io.BytesIO(data), content_type=content_type)
 
     def put_stream(

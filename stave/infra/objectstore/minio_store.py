@@ -243,4 +243,7 @@ class MinioStore(ObjectStore):
         if isinstance(err, ServerError):
             return StorageUnavailable(f"{self.describe()}: {what} failed: HTTP {err.status_code}")
         cause = getattr(err, "reason", None) or err
-        return StorageUnavailable(f"{self.describe()}: {what} failed: {cause}")
+        return StorageUnavailable(
+            f"{self.describe()}: {what} failed: {cause}; is the object store up, and "
+            "STAVE_S3_ENDPOINT right? (`stave doctor` checks it)"
+        )
