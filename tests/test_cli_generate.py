@@ -150,7 +150,7 @@ def test_a_file_with_no_accepted_row_exits_1_after_its_rejections(
     for command in ("generate", "submit"):
         shown = stave(command, str(path), cwd=tmp_path, env=env)
         assert shown.returncode == 1 and "Traceback" not in shown.stderr
-        assert "rejected 2 row(s):" in shown.stderr and "row 1, guidance:" in shown.stderr
+        assert "rejected 2 row(s):" in shown.stderr and "row 1 (line 2), guidance:" in shown.stderr
         assert shown.stderr.strip().splitlines()[-1].startswith("stave: error: ")
         assert "no row was accepted" in shown.stderr
         as_json = stave(command, str(path), "--json", cwd=tmp_path, env=env)

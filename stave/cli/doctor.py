@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from stave.cli.common import print_json
-from stave.infra.errors import ConfigError
+from stave.cli.common import JSON_HELP, print_json
+from stave.infra.errors import ConfigError, StaveError
 from stave.infra.logs import configure_logging
 from stave.infra.settings import get_settings
 from stave.tasks.doctor import Check, run_checks
@@ -13,7 +13,7 @@ from stave.tasks.doctor import Check, run_checks
 MARK = {"ok": "ok  ", "fail": "FAIL", "skip": "skip"}
 
 
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def doctor(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Check settings, directories, database, pgvector, schema, object store and Prefect API."""
     try:
         current = get_settings()
@@ -32,5 +32,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         for c in checks:
             fix = f" (fix: {c.fix})" if c.outcome == "fail" and c.fix else ""
             typer.echo(f"{MARK[c.outcome]}  {c.name:<{width}}  {c.detail}{fix}")
-    if any(c.outcome == "fail" for c in checks):
-        raise typer.Exit(1)
+    failed = [c.name for c in checks if c.outcome == "fail"]
+    if failed:
+        where = "the JSON above" if as_json else "each FAIL line above"
+        raise StaveError(
+            f"{len(failed)} check(s) failed: {', '.join(failed)}; the fix is on {where}"
+        )

@@ -21,6 +21,7 @@ from prefect.artifacts import (
 
 from stave.flows.logs import run_logger
 from stave.flows.steps import backfill as steps
+from stave.infra import stop
 from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
@@ -52,6 +53,7 @@ def backfill_embeddings(
         dry_run: Count the clips and estimate the time from a measured sample; write nothing.
         checkpoint: A checkpoint file whose encoder to use (for a version not configured here).
     """
+    stop.reclaim()  # a CLI-run flow stops on SIGTERM as on Ctrl-C
     settings = get_settings()
     engine = get_engine()
     log = run_logger("stave.flows.backfill")

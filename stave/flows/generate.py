@@ -27,6 +27,7 @@ from stave.flows.steps import generation
 from stave.generator.errors import Interrupted
 from stave.infra import stop
 from stave.infra.db import get_engine
+from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
 from stave.tasks import inference, queue, vector_index
 from stave.tasks.classify import classify
@@ -61,6 +62,7 @@ def drain(
     job_id: uuid.UUID | None, *, wait_for_running: bool, limit: int | None = None
 ) -> DrainStats:
     """Claim and process batches until nothing is left to claim (for one job, or all)."""
+    stop.reclaim()  # a CLI-run flow stops on SIGTERM as on Ctrl-C
     settings = get_settings()
     engine = get_engine()
     log = run_logger("stave.flows.generate")
@@ -277,11 +279,17 @@ def generate(
     if submission.rejected:
         create_table_artifact(
             table=[r.to_dict() for r in submission.rejected],
-            key=f"rejected-rows-{submission.job_id}",
+            key=f"rejected-rows-{submission.job_id}" if submission.job_id else "rejected-rows",
             description=f"{len(submission.rejected)} rejected row(s) of {submission.total}",
         )
         for rejection in submission.rejected[:20]:
             log.warning("rejected %s", rejection)
+    if submission.job_id is None:
+        # The run fails, naming the first reason; the rejections are in the artifact above.
+        raise InvalidInput(
+            f"no row was accepted ({len(submission.rejected)} rejected; first: "
+            f"{submission.rejected[0]}); nothing queued"
+        )
     if not submission.created:
         log.info("already submitted: job %s", submission.job_id)
     stats = None

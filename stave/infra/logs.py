@@ -42,11 +42,24 @@ OWN_LOGGERS = ("stave",)
 FILE_ONLY = {"file_only": True}
 
 
-def _ours_or_error(record: logging.LogRecord) -> bool:
-    # Libraries' warnings (urllib3 retries, ...) go to the log file; the terminal gets ours.
+def _ours_or_critical(record: logging.LogRecord) -> bool:
+    # Libraries' warnings and errors (urllib3 retries, a Prefect task run that failed and was
+    # reported) go to the log file; the terminal gets Stave's own, and a library's critical.
     if getattr(record, "file_only", False):
         return False
-    return record.name.split(".")[0] in OWN_LOGGERS or record.levelno >= logging.ERROR
+    return record.name.split(".")[0] in OWN_LOGGERS or record.levelno >= logging.CRITICAL
+
+
+class _WithoutTraceback(logging.Formatter):
+    """The terminal's format: the message line only; tracebacks are for the log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
 
 
 def is_configured() -> bool:
@@ -69,9 +82,10 @@ def configure_logging(settings: Settings, *, stderr_level: int = logging.WARNING
     file_handler.setLevel(settings.log_level)
     stderr_handler = logging.StreamHandler()
     stderr_handler.setLevel(stderr_level)
-    stderr_handler.addFilter(_ours_or_error)
+    stderr_handler.addFilter(_ours_or_critical)
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    stderr_handler.setFormatter(_WithoutTraceback(LOG_FORMAT))
     for handler in (file_handler, stderr_handler):
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.addFilter(redact)
     root = logging.getLogger()
     root.setLevel(min(logging.getLevelName(settings.log_level), stderr_level))

@@ -17,6 +17,7 @@ from stave.infra.errors import StaveError
 
 _stop = threading.Event()
 _signal: int | None = None
+_installed = False
 
 
 class StopRequested(StaveError):
@@ -65,5 +66,16 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 def install() -> None:
     """Handle SIGINT and SIGTERM in this (main) thread: even where the parent started the
     process with SIGINT ignored (a background job of a script)."""
+    global _installed
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handler)
+    _installed = True
+
+
+def reclaim() -> None:
+    """Where `install` ran (the CLI), take SIGTERM back for the rest of a flow run: Prefect's
+    in-process flow engine puts its own SIGTERM handler in place for each run (it would mark
+    the run crashed), and restores this one when the run ends. Elsewhere (a worker's flow run)
+    Prefect's handling stays. Main thread only."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _handler)

@@ -7,8 +7,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import httpx
-
 from stave.infra import migrate
 from stave.infra.db import check_connection, database_url, describe_url, make_engine
 from stave.infra.errors import StaveError, first_line
@@ -144,6 +142,8 @@ def _object_store(settings: Settings) -> Check:
 
 
 def _prefect(api_url: str, auth_string: str | None = None) -> Check:
+    import httpx  # lazy: only doctor speaks HTTP itself; off the CLI's start-up path
+
     url = api_url.rstrip("/") + "/health"
     headers = {}
     if auth_string:

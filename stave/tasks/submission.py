@@ -120,6 +120,9 @@ def _submit_once(
         existing: dict[str, uuid.UUID] = {str(k): j for k, j in found}
         fresh = [p for p in planned if p[3] not in existing]
         rejected.sort(key=lambda r: r.row)
+        if not planned:
+            # Every row rejected: nothing to record but the rejections the caller reports.
+            return Submission(None, False, total, 0, rejected, 0)
         if not fresh:
             prior = _prior_job(session, existing, source.sha256)
             if prior is not None:
