@@ -2,7 +2,7 @@
 
 Makes N assets, then writes N unit vectors for a new encoder version two ways, alternating:
 - raw: one binary COPY into an unindexed table (`vectors (asset_id uuid, embedding vector)`);
-- stave: the backfill's write path (`tasks.backfill.write_batch`), batch by batch, one
+- stave: the backfill's write path (`stave.tasks.backfill.write_batch`), batch by batch, one
   transaction each with the fenced checkpoint update: binary COPY straight into
   latent_embedding (its primary key, unique key and foreign key all checked);
 - stave, conflict path: the same batches when each meets a conflict (the vectors are already

@@ -4,7 +4,7 @@ Two runs on fresh tasks each, in the same process:
 - baseline: an engine with one connection per claimer (pool_size = claimers): nobody waits;
 - stave: the engine as configured (STAVE_DB_POOL_SIZE + STAVE_DB_MAX_OVERFLOW, 5 + 5 by
   default): claimers queue for connections.
-Each claimer calls `tasks.queue.claim` (SKIP LOCKED, leases, an event per task) for batches of
+Each claimer calls `stave.tasks.queue.claim` (SKIP LOCKED, leases, an event per task) for batches of
 8 until nothing is left. Reported: claims per second, the ratio to the baseline, double claims
 (must be 0: every task claimed exactly once), and the time claimers waited for a connection.
 

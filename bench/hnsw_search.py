@@ -1,4 +1,4 @@
-"""Sounds-alike search at scale: HNSW vs exact, recall and latency, through `tasks.search`.
+"""Sounds-alike search at scale: HNSW vs exact, recall and latency, through `stave.tasks.search`.
 
 Loads N unit vectors of realistic structure (clustered like clip embeddings: families of
 styles of clips) for one encoder version, builds its HNSW index with Stave's settings, then

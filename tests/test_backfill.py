@@ -66,8 +66,7 @@ def test_a_new_encoder_version_is_backfilled_resuming_after_a_kill(
             import time
             from datetime import datetime
             from stave.infra.db import get_engine
-            from stave.infra import stop
-from stave.infra.objectstore import make_object_store
+            from stave.infra.objectstore import make_object_store
             from stave.infra.settings import get_settings
             from stave.tasks import backfill
             from stave.tasks.encoders import load_encoder

@@ -308,12 +308,7 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         }
         assert set(smallest) | {"generate/bulk-generation"} == set(deployed)
         others = {
-            name: http.post(
-                f"/deployments/{http.get(f'/deployments/name/{name}').json()['id']}"
-                "/create_flow_run",
-                json={"parameters": parameters},
-            ).json()["id"]
-            for name, parameters in smallest.items()
+            name: run_deployment(http, name, parameters) for name, parameters in smallest.items()
         }
         wait_until(
             lambda: all(state(r) in ("COMPLETED", "FAILED", "CRASHED") for r in others.values()),
@@ -330,6 +325,20 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
                 stop(running)
         stop(server)
         http.close()
+
+
+def run_deployment(http: httpx.Client, name: str, parameters: dict[str, Any]) -> str:
+    """A run of deployment `name` (flow/deployment) with `parameters`; its id."""
+    deployment = http.get(f"/deployments/name/{name}").json()
+    for _ in range(20):  # SQLite under a busy server answers 503 now and then: ask again
+        made = http.post(
+            f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}
+        )
+        if made.status_code != 503:
+            break
+        time.sleep(1)
+    assert made.status_code == 201, (name, made.status_code, made.text[:2000])
+    return str(made.json()["id"])
 
 
 def unrelated_packages(folder: Path) -> Path:
