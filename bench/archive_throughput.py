@@ -5,7 +5,8 @@ vacuumed and analysed as rows half a year old are;
 then, each in its own process so peak memory (max RSS) is its own:
 - baseline: `COPY (SELECT * FROM generation_task …) TO STDOUT (FORMAT csv)` streamed through
   pyarrow's CSV reader into a zstd Parquet file (read-only: it moves nothing);
-- stave (cli): `stave.tasks.archive.run_archive`, the CLI's path, over the same rows: read as
+- stave (cli): what `stave archive run` does (`archive.plan`, then `archive.run_archive`),
+  over the same rows: read as
   binary COPY through the ADBC driver into Arrow, Parquet written to the store, read back and
   checked, rows deleted in one transaction per group, jobs after their tasks;
 - stave (flow): the scheduled path, the `archive_old_records` flow (Prefect's ephemeral API,
@@ -158,6 +159,7 @@ def ours() -> dict[str, float]:
 
     settings, engine = migrated_engine()
     started = time.perf_counter()
+    archive.plan(engine, None)  # as `stave archive run` (and the flow) count first
     result = archive.run_archive(
         engine,
         make_object_store(settings),

@@ -177,3 +177,31 @@ def test_job_shows_a_summary_and_the_first_tasks(
     assert json.loads(failed.stdout)["tasks"] == []
     bad = stave("job", job, "--status", "nope", cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "--status" in assert_one_line_error(bad)
+
+
+def test_generate_exits_3_when_clips_failed_after_printing_what_was_done(
+    env: dict[str, str], engine: Engine, tmp_path: Path, s3_endpoint: str, bucket_name: str
+) -> None:
+    from tests.utils.flaky_proxy import FlakyProxy
+
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "two.csv"
+    path.write_text(f"prompt,seed\nwarm organ {tag},1\nbright bells {tag},2\n")
+    with FlakyProxy(s3_endpoint, failures=0, failing_paths=("/audio/",)) as proxy:
+        failing = {
+            **env,
+            "STAVE_S3_ENDPOINT": proxy.endpoint,
+            "STAVE_S3_ACCESS_KEY": "test-access",
+            "STAVE_S3_SECRET_KEY": "test-secret",
+            "STAVE_S3_MAX_RETRIES": "0",
+            "STAVE_BUCKET": bucket_name,
+            "STAVE_MAX_ATTEMPTS": "1",
+        }
+        done = stave("generate", str(path), "--json", cwd=tmp_path, env=failing)
+    assert done.returncode == 3, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["failed"] == 2 and summary["published"] == 0
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("stave: error: 2 clips failed (storage_unavailable 2) of 2 clips")
+    assert f"stave job {summary['job_id']} --status failed" in line
+    assert "Traceback" not in done.stdout + done.stderr

@@ -165,7 +165,11 @@ def test_clips_failing_the_suite_are_quarantined_with_the_failed_expectations(
     from stave.flows.generate import generate
 
     stave_env(**TINY, min_loudness_lufs=-1)  # no clip is that loud
-    summary = generate(rows=unique_rows(2))
+    state = generate(rows=unique_rows(2), return_state=True)
+    # Quarantined clips fail the run by default (STAVE_QUARANTINE_FAILS_RUN_ABOVE=0).
+    assert state.is_failed()
+    assert state.message == "2 quarantined (validation_failed; more than 0% of 2) of 2 clips"
+    summary = state.result(raise_on_failure=False).summary
     assert summary["quarantined"] == 2 and summary["published"] == 0
     tasks = job_tasks(engine, summary["job_id"])
     assert all(t.error_class == "validation_failed" and t.embedding is None for t in tasks)
@@ -387,3 +391,56 @@ def test_inference_waits_for_a_slot_of_the_gpu_concurrency_limit(
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(name)
     assert limit.active_slots == 0
+
+
+def test_a_run_whose_clips_failed_ends_failed_with_the_classes_counted(
+    prefect_api: str,
+    engine: Engine,
+    stave_env: Callable[..., Settings],
+    s3_endpoint: str,
+    bucket_name: str,
+) -> None:
+    """Truthful states: clips that failed for good (one attempt, the store refusing every
+    clip) fail the run, with a message that counts them by error class; the summary
+    artifact is still written and the summary travels with the Failed state."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from stave.flows.generate import generate
+    from stave.tasks.outcome import ClipsFailed
+
+    with FlakyProxy(s3_endpoint, failures=0, failing_paths=("/audio/",)) as proxy:
+        stave_env(
+            **TINY,
+            max_attempts=1,
+            s3_endpoint=proxy.endpoint,
+            s3_access_key="test-access",
+            s3_secret_key="test-secret",
+            s3_max_retries=0,
+            bucket=bucket_name,
+        )
+        state = generate(rows=unique_rows(3), return_state=True)
+    assert state.is_failed()
+    assert state.message == "3 clips failed (storage_unavailable 3) of 3 clips"
+    failed = state.result(raise_on_failure=False)
+    assert isinstance(failed, ClipsFailed) and failed.exit_code == 3
+    job = failed.summary["job_id"]
+    assert failed.summary["failed"] == 3 and failed.summary["failure"] == state.message
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"generation-summary-{job}"])
+            )
+        )
+    assert found  # the summary is there for whoever opens the failed run
+
+
+def test_quarantined_clips_within_the_threshold_leave_the_run_completed(
+    prefect_api: str, stave_env: Callable[..., Settings]
+) -> None:
+    from stave.flows.generate import generate
+
+    # Louder than any clip can be: every clip is quarantined, and the setting allows all.
+    stave_env(**TINY, min_loudness_lufs=-1, quarantine_fails_run_above=1.0)
+    state = generate(rows=unique_rows(2), return_state=True)
+    assert state.is_completed() and state.result()["quarantined"] == 2

@@ -2,8 +2,8 @@
 
 Exit codes (README "Exit codes"): 0 done; 1 an error Stave reports (bad input, a service
 down, a refused setting); 2 a usage error (an unknown option, a bad value: Click's
-convention); 3 reserved for runs whose clips failed or were quarantined; 4 an internal error
-(a bug: the traceback is in the log file); 130 and 143 stopped by SIGINT or SIGTERM.
+convention); 3 a run whose clips failed or were quarantined (`ClipsFailed`); 4 an internal
+error (a bug: the traceback is in the log file); 130 and 143 stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from stave.infra.settings import get_settings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CLIPS_FAILED = 3
 EXIT_INTERNAL = 4
 
 app = typer.Typer(
@@ -121,7 +120,7 @@ def main() -> None:
         signum = stop.signal_number() or signal.SIGINT
         _fail(f"stopped by {signal.Signals(signum).name}", _stopped_code(signum))
     except StaveError as err:
-        _fail(str(err), EXIT_ERROR)
+        _fail(str(err), err.exit_code)
     except Exception as err:  # the last line of defence: the traceback to the log file only
         translated = _known_failure(err)
         if translated is not None:

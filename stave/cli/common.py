@@ -20,6 +20,7 @@ from stave.infra.logs import configure_logging
 from stave.infra.prefect_env import apply_client_env
 from stave.infra.replica import read_engine
 from stave.infra.settings import Settings, get_settings
+from stave.tasks.outcome import ClipsFailed
 
 JSON_HELP = "Print JSON."
 
@@ -75,6 +76,24 @@ def in_process_prefect(current: Settings) -> None:
         from stave.flows import admin  # prefect, imported after its environment is set
 
         admin.check_api(current.prefect_api_url)
+
+
+def flow_summary(state: Any) -> dict[str, Any]:
+    """The summary a flow run in this process returned, whether it ended Completed or Failed
+    because its clips failed (the summary is the Failed state's data); a run that raised
+    raises here."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, ClipsFailed):
+        return data.summary
+    if isinstance(data, BaseException):
+        raise data
+    return dict(data)
+
+
+def raise_if_clips_failed(summary: dict[str, Any], details: str) -> None:
+    """After the summary is printed: a run whose clips failed exits 3 with one line."""
+    if summary.get("failure"):
+        raise ClipsFailed(f"{summary['failure']}; details: {details}")
 
 
 def print_json(data: Any) -> None:

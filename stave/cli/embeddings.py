@@ -13,8 +13,10 @@ from stave.cli.common import (
     JSON_HELP,
     PollingBar,
     engine,
+    flow_summary,
     in_process_prefect,
     print_json,
+    raise_if_clips_failed,
     reader,
     settings,
 )
@@ -94,33 +96,35 @@ def backfill(
         "checkpoint": str(checkpoint) if checkpoint else None,
     }
     if dry_run:
-        summary = backfill_embeddings(**params)
+        summary = flow_summary(backfill_embeddings(**params, return_state=True))
     else:
         with _run_bar(scope):
-            summary = backfill_embeddings(**params)
+            summary = flow_summary(backfill_embeddings(**params, return_state=True))
     if as_json:
         print_json(summary)
-        return
-    if dry_run:
+    elif dry_run:
         typer.echo(
             f"dry run: {summary['assets']} clip(s) lack {encoder.version} "
             f"({summary['batches']} batch(es)); about {summary['estimated_seconds']:.0f} s "
             f"from a sample of {summary['sampled']}; nothing written"
         )
-        return
+    else:
+        _print_backfill(summary, encoder.version)
+    stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
+    raise_if_clips_failed(summary, "stave embeddings status --json")
+
+
+def _print_backfill(summary: dict[str, Any], version: str) -> None:
     typer.echo(
-        f"backfill {summary['run_id']} ({encoder.version}): {summary['status']}"
+        f"backfill {summary['run_id']} ({version}): {summary['status']}"
         f"{' (resumed)' if summary['resumed'] else ''}"
     )
     for name in ("written", "failed", "batches", "written_total", "failed_total"):
         typer.echo(f"  {name:<14}{summary[name]}")
     typer.echo(f"  index         {summary['index'] or '-'}")
-    if summary["failed"]:
-        typer.echo("  failures      stave embeddings status --json", err=True)
     if summary["status"] == "stopped":
         why = "a signal stopped it" if stop.requested() else "the limit was reached"
         typer.echo(f"  {why}: run the same command again to continue")
-    stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
 
 
 @embeddings_app.command("status")

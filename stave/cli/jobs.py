@@ -6,7 +6,7 @@ import os
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import typer
 
@@ -16,9 +16,11 @@ from stave.cli.common import (
     FileFormat,
     PollingBar,
     engine,
+    flow_summary,
     in_process_prefect,
     print_json,
     print_rejections,
+    raise_if_clips_failed,
     settings,
 )
 from stave.infra import stop
@@ -32,7 +34,7 @@ from stave.tasks.gc import sweep
 from stave.tasks.inference import check_generator
 from stave.tasks.intake import SourceRows, read_file
 from stave.tasks.queue import job_state, requeue_failed
-from stave.tasks.records import job_detail, job_summary, list_jobs, task_detail
+from stave.tasks.records import job_detail, job_failure, job_summary, list_jobs, task_detail
 from stave.tasks.regenerate import regenerate as remake
 
 FILE_HELP = "Prompt file: .csv, .jsonl or .parquet (columns: prompt, and optional others)."
@@ -80,7 +82,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         typer.echo(f"  details     stave job {summary['job_id']}")
 
 
-def _no_row_accepted(file: Path, queued: submission.Submission, as_json: bool) -> None:
+def _no_row_accepted(file: Path, queued: submission.Submission, as_json: bool) -> NoReturn:
     """Every row was rejected: the rejections (or the JSON summary), then one error line."""
     rejections = [r.to_dict() for r in queued.rejected]
     if as_json:
@@ -109,11 +111,15 @@ def generate(
     if job_state(db, queued.job_id).open == 0:
         # Nothing to make (a resubmission of finished work): report without starting Prefect.
         summary = job_summary(queued.job_id)
+        summary["failure"] = job_failure(db, queued.job_id, current.quarantine_fails_run_above)
     else:
         from stave.flows.generate import generate as generate_flow  # prefect
 
         with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
-            summary = generate_flow(file=str(file), format=cast(Any, source.fmt), user_id=user)
+            state = generate_flow(
+                file=str(file), format=cast(Any, source.fmt), user_id=user, return_state=True
+            )
+            summary = flow_summary(state)
     summary["created"] = queued.created
     summary["rejected"] = len(queued.rejected)
     summary["rejections"] = [r.to_dict() for r in queued.rejected]
@@ -121,6 +127,7 @@ def generate(
     if stop.requested():
         typer.echo(f"stave run-pending --job {queued.job_id} finishes the job", err=True)
     stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
+    raise_if_clips_failed(summary, f"stave job {queued.job_id} --status failed")
 
 
 def submit(
@@ -167,7 +174,7 @@ def run_pending(
     from stave.flows.generate import run_pending as run_pending_flow  # prefect
 
     with _job_bar(job_id, min(waiting, limit or waiting)):
-        summary = run_pending_flow(job_id=job_id, limit=limit)
+        summary = flow_summary(run_pending_flow(job_id=job_id, limit=limit, return_state=True))
     if as_json:
         print_json(summary)
     else:
@@ -177,6 +184,7 @@ def run_pending(
             f"{summary['retried_now']} to retry; {summary['pending']} still pending"
         )
     stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
+    raise_if_clips_failed(summary, "stave jobs, then stave job ID --status failed")
 
 
 def jobs(

@@ -18,6 +18,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.states import Failed
 
 from stave.flows.logs import run_logger
 from stave.flows.steps import backfill as steps
@@ -27,6 +28,7 @@ from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
 from stave.tasks import backfill
 from stave.tasks.encoders import load_encoder
+from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
 
 
 @flow(name="backfill-embeddings", log_prints=True)
@@ -39,7 +41,7 @@ def backfill_embeddings(
     limit: int | None = None,
     dry_run: bool = False,
     checkpoint: str | None = None,
-) -> dict[str, Any]:
+) -> Any:  # the summary, or a Failed state carrying it
     """Compute latent embeddings for clips that lack them for an encoder version.
 
     Args:
@@ -118,9 +120,17 @@ def backfill_embeddings(
     update_progress_artifact(
         progress_id, progress=100.0 if status == "completed" else round(100 * progress.fraction, 1)
     )
+    summary["failure"] = failure_message(
+        RunOutcome(progress.written + progress.failed, dict(progress.failed_by), what="asset"),
+        quarantine_fails_above=0.0,
+    )
     create_table_artifact(
         table=[{"measure": k, "value": str(v)} for k, v in summary.items()],
         key=f"backfill-summary-{run.id}",
         description=f"backfill of {encoder.version}: {status}",
     )
+    if summary["failure"]:
+        # Truthful: the run did not embed every asset it was given (`stave embeddings status`
+        # lists each failure and its reason).
+        return Failed(message=summary["failure"], data=ClipsFailed(summary["failure"], summary))
     return summary

@@ -21,6 +21,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.states import Failed
 
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
@@ -31,7 +32,8 @@ from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
 from stave.tasks import inference, queue, vector_index
 from stave.tasks.classify import classify
-from stave.tasks.records import job_summary
+from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
+from stave.tasks.records import job_failure, job_summary
 
 TERMINAL = ("published", "quarantined", "failed", "cancelled")
 
@@ -45,6 +47,7 @@ class DrainStats:
     retried: int = 0
     lost_lease: int = 0
     handed_back: int = 0
+    failed_by_class: dict[str, int] = field(default_factory=dict)  # clips that ended failed
     errors: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
 
@@ -229,7 +232,10 @@ class _Finishing:
                 "could not record the failure of batch %s: %s", self.batch_id, classify(again)[1]
             )
             raise
-        stats.failed += sum(1 for s in statuses.values() if s == "failed")
+        ended = sum(1 for s in statuses.values() if s == "failed")
+        stats.failed += ended
+        if ended:
+            stats.failed_by_class[error_class] = stats.failed_by_class.get(error_class, 0) + ended
         stats.retried += sum(1 for s in statuses.values() if s == "pending")
 
 
@@ -257,7 +263,7 @@ def generate(
     submitted_by: str | None = None,
     run: bool = True,
     file: str | None = None,
-) -> dict[str, Any]:
+) -> Any:  # the summary, or a Failed state carrying it
     """Check and submit a prompt file (CSV, JSONL, Parquet) or rows, then generate the clips.
 
     Rejected rows are listed in the job record and a table artifact; they do not stop the
@@ -301,12 +307,23 @@ def generate(
     if stats is not None:
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
+    summary["failure"] = job_failure(
+        get_engine(), submission.job_id, get_settings().quarantine_fails_run_above
+    )
+    return _finish(summary, stats)
+
+
+def _finish(summary: dict[str, Any], stats: DrainStats | None) -> Any:
+    """The summary artifact, then the run's state: Failed when its clips failed (the summary
+    is the state's data either way, for the CLI and the API)."""
     _summary_artifact(summary, stats)
+    if summary["failure"]:
+        return Failed(message=summary["failure"], data=ClipsFailed(summary["failure"], summary))
     return summary
 
 
 @flow(name="run-pending", log_prints=True)
-def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> dict[str, Any]:
+def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> Any:
     """Process queued tasks (all jobs, or one) until none is left to claim.
 
     Args:
@@ -325,5 +342,10 @@ def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> di
         retried_now=stats.retried,
         handed_back_now=stats.handed_back,
     )
-    _summary_artifact(summary, stats)
-    return summary
+    this_run = RunOutcome(
+        processed=stats.published + stats.quarantined + stats.failed,
+        failed=dict(stats.failed_by_class),
+        quarantined=stats.quarantined,
+    )
+    summary["failure"] = failure_message(this_run, get_settings().quarantine_fails_run_above)
+    return _finish(summary, stats)

@@ -36,6 +36,8 @@ class StaveError(Exception):
 
     error_class: ErrorClass = "internal"
     retryable: bool = False
+    # The CLI's exit code for it (README "Exit codes"): 1, or 3 for runs whose clips failed.
+    exit_code: int = 1
 
 
 class ConfigError(StaveError):

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, ge=0)
     # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA).
     batch_size: int = Field(default=0, ge=0, le=256)
+    # A run (generate, drain) ends Failed, and the CLI exits 3, when any of its clips failed, or
+    # when more than this share of them was quarantined (0: any quarantined clip).
+    quarantine_fails_run_above: float = Field(default=0.0, ge=0.0, le=1.0)
     # The Prefect global concurrency limit inference holds one slot of (one slot per GPU).
     gpu_concurrency_limit: str = "gpu"
 

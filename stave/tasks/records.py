@@ -12,6 +12,7 @@ from stave.infra.db import get_engine
 from stave.infra.errors import NotFound
 from stave.infra.settings import get_settings
 from stave.models.base import parse_id
+from stave.tasks.outcome import RunOutcome, failure_message
 from stave.tasks.queue import job_state
 
 
@@ -167,3 +168,29 @@ def job_summary(job_id: uuid.UUID | None, rejected: int = 0) -> dict[str, Any]:
         or str(settings.object_root / settings.bucket / "audio"),
         "data_docs": str(settings.data_docs_dir / "index.html"),
     }
+
+
+def job_outcome(engine: Engine, job_id: uuid.UUID) -> RunOutcome:
+    """What a job's settled clips came to: failures by error class, quarantined."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT status, coalesce(error_class, 'internal') AS error_class, count(*) AS n "
+                "FROM generation_task WHERE job_id = :id "
+                "AND status IN ('published', 'quarantined', 'failed') "
+                "GROUP BY status, coalesce(error_class, 'internal')"
+            ),
+            {"id": job_id},
+        ).all()
+    outcome = RunOutcome(processed=sum(int(r.n) for r in rows))
+    for r in rows:
+        if r.status == "failed":
+            outcome.failed[r.error_class] = outcome.failed.get(r.error_class, 0) + int(r.n)
+        elif r.status == "quarantined":
+            outcome.quarantined += int(r.n)
+    return outcome
+
+
+def job_failure(engine: Engine, job_id: uuid.UUID, quarantine_fails_above: float) -> str | None:
+    """The job's failure in one line (its clips failed, or too many quarantined), or None."""
+    return failure_message(job_outcome(engine, job_id), quarantine_fails_above)

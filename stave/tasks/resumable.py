@@ -253,6 +253,7 @@ class Progress:
     written: int = 0
     failed: int = 0
     batches: int = 0
+    failed_by: dict[str, int] = field(default_factory=dict)  # error class -> rows
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, summed over pages
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -260,6 +261,9 @@ class Progress:
         with self.lock:
             self.written += outcome.written
             self.failed += len(outcome.failures)
+            for failure in outcome.failures:
+                kind = failure.get("error_class", "internal")
+                self.failed_by[kind] = self.failed_by.get(kind, 0) + 1
             self.batches += 1
             for stage, spent in outcome.seconds().items():
                 self.seconds[stage] = self.seconds.get(stage, 0.0) + spent

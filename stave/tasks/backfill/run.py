@@ -35,29 +35,30 @@ def fetch_audio(
     """
     started = time.perf_counter()
 
-    def one(ref: AssetRef) -> tuple[AssetRef, np.ndarray, int] | str:
-        import soundfile
+    def one(ref: AssetRef) -> tuple[AssetRef, np.ndarray, int] | tuple[str, str]:
+        import soundfile  # lazy: libsndfile, off the CLI's start-up path
 
         try:
             data = store.get_bytes(ref.object_key, expected_sha256=ref.sha256)
         except ObjectNotFound:
-            return f"audio object {ref.object_key} is missing from the store"
+            missing = f"audio object {ref.object_key} is missing from the store"
+            return missing, "storage_unavailable"
         except ObjectCorrupted as err:
-            return str(err)
+            return str(err), "storage_unavailable"
         try:
             audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
         except (RuntimeError, soundfile.LibsndfileError) as err:
-            return f"audio object {ref.object_key} is not readable audio: {err}"
+            return f"audio object {ref.object_key} is not readable audio: {err}", "input_invalid"
         if audio.size == 0:
-            return f"audio object {ref.object_key} has no samples"
+            return f"audio object {ref.object_key} has no samples", "input_invalid"
         return ref, audio, int(rate)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(refs)))) as pool:
         outcomes = list(pool.map(one, refs))
     decoded = []
     for ref, outcome in zip(refs, outcomes, strict=True):
-        if isinstance(outcome, str):
-            result.fail(ref, outcome)
+        if isinstance(outcome[0], str):
+            result.fail(ref, outcome[0], outcome[1])
         else:
             decoded.append(outcome)
     result.fetch_s += time.perf_counter() - started
@@ -76,7 +77,7 @@ def encode(
     for (ref, _, _), vector in zip(decoded, vectors, strict=True):
         problem = vector_problem(np.asarray(vector))
         if problem:
-            result.fail(ref, problem)
+            result.fail(ref, problem, "model_error")
         else:
             result.vectors.append((ref.id, np.asarray(vector, dtype=np.float32)))
 

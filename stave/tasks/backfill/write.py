@@ -30,8 +30,10 @@ class BatchResult:
     path: str = ""  # "copy" (straight in) or "upsert" (through staging, on a conflict)
     abandoned: bool = False  # a stop was asked mid-batch: nothing of it was written
 
-    def fail(self, ref: AssetRef, reason: str) -> None:
-        self.failures.append({"asset_id": str(ref.id), "reason": reason})
+    def fail(self, ref: AssetRef, reason: str, error_class: str) -> None:
+        self.failures.append(
+            {"asset_id": str(ref.id), "reason": reason, "error_class": error_class}
+        )
 
     def seconds(self) -> dict[str, float]:
         return {"fetch": self.fetch_s, "encode": self.encode_s, "write": self.write_s}
