@@ -16,12 +16,15 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -125,6 +128,32 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
+def alert_hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local HTTP receiver standing in for the operator's chat or pager: its URL (with a
+    secret token in the path, as such URLs have) and the JSON bodies it received."""
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append({"path": self.path, **json.loads(body or b"{}")})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = uuid.uuid4().hex
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/{token}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
 def operator_env(database_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("STAVE_", "PREFECT_"))}
     yield {
@@ -161,9 +190,13 @@ def run_json(args: list[str], env: dict[str, str], cwd: Path) -> Any:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_server_pools_deploy_worker_and_a_bulk_generation_run(
-    operator_env: dict[str, str], engine: Engine, tmp_path: Path
+    operator_env: dict[str, str],
+    alert_hook: tuple[str, list[dict[str, Any]]],
+    engine: Engine,
+    tmp_path: Path,
 ) -> None:
-    env = operator_env
+    hook_url, alerts = alert_hook
+    env = {**operator_env, "STAVE_ALERT_WEBHOOK_URL": hook_url}
     api = f"http://127.0.0.1:{env['STAVE_PREFECT_SERVER_PORT']}/api"
     token = base64.b64encode(env["STAVE_PREFECT_API_AUTH_STRING"].encode()).decode()
     http = httpx.Client(base_url=api, headers={"Authorization": f"Basic {token}"}, timeout=30)
@@ -199,14 +232,23 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         assert again["created_pools"] == [] and sorted(again["existing_pools"]) == ["cpu", "gpu"]
         assert again["concurrency_limit"] == {"name": "gpu", "limit": 2, "action": "updated"}
 
-        deployed = {f"{d['flow']}/{d['name']}": d for d in run_json(["deploy"], env, tmp_path)}
+        applied = run_json(["deploy"], env, tmp_path)
+        deployed = {f"{d['flow']}/{d['name']}": d for d in applied["deployments"]}
+        assert applied["alerts"]["webhook"] is True
+        assert set(applied["alerts"]["automations"].values()) == {"created"}
         assert len(deployed) == len(DEPLOYMENTS)
         assert deployed["backup/nightly-backup"]["schedule"] == "cron 0 2 * * * Europe/Paris"
         assert deployed["generate/bulk-generation"]["pool"] == "gpu"
         assert deployed["archive/weekly-archive"]["pool"] == "cpu"
         assert deployed["run-pending/generation-drain"]["schedule"] == "every 300 s"
         # Applying again updates in place: still one of each.
-        assert len(run_json(["deploy"], env, tmp_path)) == len(DEPLOYMENTS)
+        again_applied = run_json(["deploy"], env, tmp_path)
+        assert len(again_applied["deployments"]) == len(DEPLOYMENTS)
+        assert set(again_applied["alerts"]["automations"].values()) == {"updated"}
+        automations = {a["name"]: a for a in http.post("/automations/filter", json={}).json()}
+        late = automations["stave: no nightly backup completed"]["trigger"]
+        assert (late["posture"], late["within"]) == ("Proactive", 26 * 3600.0)
+        assert late["expect"] == ["prefect.flow-run.Completed"]
 
         # The server's scheduler makes runs for the schedules: nightly backups at 02:00 in the
         # configured timezone. (With SQLAlchemy 2.1 it silently made none.)
@@ -319,6 +361,38 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         ended = {name: state(r) for name, r in others.items()}
         logs = worker_log.read_text()[-3000:] + cpu_log.read_text()[-3000:]
         assert set(ended.values()) == {"COMPLETED"}, (ended, logs)
+
+        # Alerts: every run so far succeeded and none was posted. A backup that fails (the
+        # cpu worker's object store is down at 02:00) posts exactly one message, naming the
+        # deployment and the cause, within a minute.
+        assert alerts == []
+        stop(cpu_worker)
+        store_down = {**worker_env, "STAVE_S3_ENDPOINT": f"127.0.0.1:{free_port()}"}
+        store_down["STAVE_S3_MAX_RETRIES"] = "0"
+        cpu_worker = start(["worker", "--pool", "cpu"], store_down, cpu_log)
+        failing = run_deployment(http, "backup/nightly-backup", {"drill": False})
+        wait_until(
+            lambda: state(failing) in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"),
+            120,
+            f"the backup did not end ({state(failing)})",
+            cpu_log,
+        )
+        assert state(failing) == "FAILED", http.get(f"/flow_runs/{failing}").json()["state"]
+        failed_at = time.monotonic()
+        wait_until(lambda: bool(alerts), 60, "no alert was posted", server_log)
+        time.sleep(3)  # a second message would have come by now
+        (alert,) = alerts
+        assert time.monotonic() - failed_at < 60
+        assert alert["path"] == urlsplit(hook_url).path and alert["source"] == "stave"
+        assert "backup/nightly-backup" in alert["subject"] and "Failed" in alert["subject"]
+        assert "is the object store up" in alert["body"]  # the cause
+        assert f"/runs/flow-run/{failing}" in alert["body"]  # the link to the run
+        # The webhook's URL (its token) is in no log and no artifact.
+        secret = urlsplit(hook_url).path.rsplit("/", 1)[-1]
+        for log in (server_log, worker_log, cpu_log, *tmp_path.rglob("*.log")):
+            assert secret not in log.read_text(errors="replace"), log
+        artifacts = http.post("/artifacts/filter", json={}).text
+        assert secret not in artifacts
     finally:
         for running in (worker, cpu_worker):
             if running is not None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from enum import StrEnum
 from pathlib import Path
+from uuid import UUID
 
 import typer
 
@@ -204,12 +205,19 @@ def deploy(
         lines = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
         raise StaveError(f"prefect deploy failed: {lines[-1] if lines else done.returncode}")
     deployed = admin.list_deployments()
+    from stave.flows.alerts import apply_alerts  # prefect
+
+    alerts = apply_alerts(current, {f"{d['flow']}/{d['name']}": UUID(d["id"]) for d in deployed})
     if as_json:
-        print_json(deployed)
+        print_json({"deployments": deployed, "alerts": alerts.as_dict()})
         return
     for row in deployed:
         deployment = f"{row['flow']}/{row['name']}"
         typer.echo(f"{deployment:<42} pool {row['pool']:<4} {row['schedule'] or 'manual'}")
+    if not alerts.webhook:
+        typer.echo("alerts: off (set STAVE_ALERT_WEBHOOK_URL and deploy again)")
+    for automation, action in alerts.automations.items():
+        typer.echo(f"alert {automation!r} {action}")
 
 
 @prompts_app.command("upload")

@@ -102,9 +102,12 @@ def check_api(api_url: str) -> None:
 
 
 def list_deployments() -> list[dict[str, Any]]:
-    """Every deployment with its pool and schedules, for `stave deploy`'s report."""
+    """Stave's deployments (a shared server holds others' too) with their pools and
+    schedules, for `stave deploy`'s report and its alerts."""
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments()
+        deployments = [
+            d for d in client.read_deployments() if (d.entrypoint or "").startswith("stave.flows.")
+        ]
         flows = {f.id: f.name for f in client.read_flows()}
     rows = []
     for d in sorted(deployments, key=lambda d: (flows.get(d.flow_id, ""), d.name)):
@@ -116,6 +119,7 @@ def list_deployments() -> list[dict[str, Any]]:
                 "pool": d.work_pool_name,
                 "schedule": "; ".join(schedules),
                 "entrypoint": d.entrypoint,
+                "id": str(d.id),
             }
         )
     return rows

@@ -57,6 +57,8 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["PREFECT_SERVER_API_HOST"] = settings.prefect_server_host
     env["PREFECT_SERVER_API_PORT"] = str(settings.prefect_server_port)
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = server_database_url(settings)
+    # Links in alerts and artifacts point at the UI operators open.
+    env["PREFECT_UI_URL"] = ui_url(settings)
     if settings.prefect_api_auth_string is not None:
         env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     return env
@@ -120,3 +122,9 @@ def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env
+
+
+def ui_url(settings: Settings) -> str:
+    """Where operators open the Prefect UI: the configured address, else the server's."""
+    configured = settings.prefect_ui_url or settings.prefect_server_url.removesuffix("/api")
+    return configured.rstrip("/")

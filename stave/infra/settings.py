@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     prefect_database_url: SecretStr | None = None
     prefect_server_host: str = "127.0.0.1"
     prefect_server_port: int = Field(default=4200, ge=1, le=65535)
+    # The address operators open the Prefect UI at (alerts link to runs there); unset: the
+    # server's own host and port.
+    prefect_ui_url: str | None = None
+    # Alerts (`stave deploy` applies them as Prefect automations): a Stave deployment's run
+    # that fails or crashes, and a nightly backup not completed within `backup_alert_after_h`,
+    # are posted to this webhook (a secret: it usually carries a token).
+    alert_webhook_url: SecretStr | None = None
+    backup_alert_after_h: float = Field(default=26.0, gt=0, le=24 * 31)
     # Schedules (nightly backup, weekly archive, daily housekeeping) run in this IANA timezone.
     timezone: str = "UTC"
 
@@ -322,7 +330,13 @@ class Settings(BaseSettings):
                 password = urlsplit(url.get_secret_value()).password
                 if password:
                     values.append(password)
-        for secret in (self.s3_access_key, self.s3_secret_key, self.prefect_api_auth_string):
+        secrets = (
+            self.s3_access_key,
+            self.s3_secret_key,
+            self.prefect_api_auth_string,
+            self.alert_webhook_url,
+        )
+        for secret in secrets:
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
         return values
