@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # still face the bad-argument condition.
 RUNS_LONG = {
     "server": "runs until stopped: tests/test_deployments.py starts and stops it",
+    "metrics serve": "serves until stopped: tests/test_metrics.py scrapes it",
     "train": "minutes of CPU: tests/test_generator_training.py trains a tiny model",
     "eval": "minutes of CPU: tests/test_shipped_model.py measures the shipped checkpoint",
 }

@@ -25,6 +25,7 @@ from stave.cli import (
     env,
     generator,
     jobs,
+    metrics,
     orchestration,
     report,
 )
@@ -94,6 +95,7 @@ app.command("deploy")(orchestration.deploy)
 app.add_typer(orchestration.prompts_app, name="prompts")
 app.add_typer(catalog.templates_app, name="templates")
 app.add_typer(catalog.prefs_app, name="prefs")
+app.add_typer(metrics.app, name="metrics")
 
 log = logging.getLogger("stave.cli")
 

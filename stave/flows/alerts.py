@@ -34,8 +34,7 @@ BACKUP_LATE = "stave: no nightly backup completed"
 BACKUP_DEPLOYMENT = "backup/nightly-backup"
 
 RUN_FAILED_SUBJECT = (
-    "Stave: {{ flow.name }}/{{ deployment.name }} run {{ flow_run.name }} "
-    "{{ flow_run.state.name }}"
+    "Stave: {{ flow.name }}/{{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 )
 RUN_FAILED_BODY = (
     "Deployment {{ flow.name }}/{{ deployment.name }}: run {{ flow_run.name }} ended "

@@ -1,0 +1,155 @@
+"""Prometheus metrics, read from the database at scrape time.
+
+Every number is a query over the records, not a counter kept in some process: any host can
+serve them (`stave metrics serve`), restarts lose nothing, and two servers agree. A scrape
+costs a handful of indexed queries; answers are kept for a few seconds so several scrapers
+(or a fast scrape interval) cost one set of queries.
+
+Clip counts are the hot tables' rows: archival moves old rows out, which Prometheus reads as a
+counter reset (rate() and increase() handle it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from stave.models import archive_policies
+from stave.tasks.archive import count_eligible, cutoff_for
+
+CACHE_S = 5.0
+
+
+class StaveCollector(Collector):
+    """The `stave_*` metrics, each with HELP text, from one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Metric]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > CACHE_S:
+                with self.engine.connect() as conn:
+                    self._cached = (now, list(measure(conn)))
+            metrics = self._cached[1]
+        yield from metrics
+
+
+def measure(conn: Connection) -> Iterator[Metric]:
+    yield from _queue(conn)
+    yield from _clips(conn)
+    yield from _coverage(conn)
+    yield from _backups(conn)
+    yield from _archive_lag(conn)
+
+
+def _queue(conn: Connection) -> Iterator[Metric]:
+    tasks = GaugeMetricFamily(
+        "stave_tasks", "Generation tasks waiting or being made, by status.", labels=["status"]
+    )
+    counts: dict[str, int] = {
+        status: int(n)
+        for status, n in conn.execute(
+            text(
+                "SELECT status, count(*) FROM generation_task "
+                "WHERE status IN ('pending', 'running') GROUP BY status"
+            )
+        ).all()
+    }
+    for status in ("pending", "running"):
+        tasks.add_metric([status], int(counts.get(status, 0)))
+    yield tasks
+    oldest = conn.execute(
+        text(
+            "SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM generation_task "
+            "WHERE status = 'pending'"
+        )
+    ).scalar()
+    yield GaugeMetricFamily(
+        "stave_oldest_pending_task_age_seconds",
+        "Age of the oldest pending generation task (0 when none is pending).",
+        value=float(oldest or 0.0),
+    )
+
+
+def _clips(conn: Connection) -> Iterator[Metric]:
+    clips = CounterMetricFamily(
+        "stave_clips",
+        "Clips that reached an end, by outcome (published, quarantined, failed) and error "
+        "class (none for published), counted from the hot tables.",
+        labels=["outcome", "error_class"],
+    )
+    rows = conn.execute(
+        text(
+            "SELECT status, coalesce(error_class, 'none'), count(*) FROM generation_task "
+            "WHERE status IN ('published', 'quarantined', 'failed') GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ).all()
+    for status, error_class, n in rows:
+        label = "none" if status == "published" else error_class
+        clips.add_metric([status, label], int(n))
+    yield clips
+
+
+def _coverage(conn: Connection) -> Iterator[Metric]:
+    coverage = GaugeMetricFamily(
+        "stave_embedding_coverage_ratio",
+        "Share of audio assets that have an embedding, by encoder version.",
+        labels=["encoder_version"],
+    )
+    assets = int(conn.execute(text("SELECT count(*) FROM audio_asset")).scalar_one())
+    for version, n in conn.execute(
+        text("SELECT encoder_version, count(*) FROM latent_embedding GROUP BY 1 ORDER BY 1")
+    ).all():
+        coverage.add_metric([version], (int(n) / assets) if assets else 0.0)
+    yield coverage
+
+
+def _backups(conn: Connection) -> Iterator[Metric]:
+    verified = conn.execute(
+        text(
+            "SELECT max(verified_at) FROM backup_record WHERE status = 'succeeded' "
+            "AND verified_at IS NOT NULL"
+        )
+    ).scalar()
+    age = (datetime.now(UTC) - verified).total_seconds() if verified else float("inf")
+    yield GaugeMetricFamily(
+        "stave_last_verified_backup_age_seconds",
+        "Seconds since the newest backup that passed a restore drill (+Inf: none has).",
+        value=age,
+    )
+
+
+def _archive_lag(conn: Connection) -> Iterator[Metric]:
+    lag = GaugeMetricFamily(
+        "stave_archive_lag_rows",
+        "Rows past their hot period (lifecycle policy) not yet archived, by table.",
+        labels=["table"],
+    )
+    now = datetime.now(UTC)
+    for policy in archive_policies():
+        lag.add_metric([policy.table], count_eligible(conn, policy, cutoff_for(policy, None, now)))
+    yield lag
+
+
+def exposition(engine: Engine) -> str:
+    """The metrics in Prometheus' text format, once (`stave metrics show`)."""
+    return generate_latest(registry_for(engine)).decode()
+
+
+def registry_for(engine: Engine) -> CollectorRegistry:
+    """A registry holding only Stave's metrics (not the process's own)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StaveCollector(engine))
+    return registry
