@@ -361,6 +361,11 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         ended = {name: state(r) for name, r in others.items()}
         logs = worker_log.read_text()[-3000:] + cpu_log.read_text()[-3000:]
         assert set(ended.values()) == {"COMPLETED"}, (ended, logs)
+        # Runs are named by what they do, not at random.
+        named = {n: http.get(f"/flow_runs/{r}").json()["name"] for n, r in others.items()}
+        assert named["backfill-embeddings/latent-backfill"].startswith("backfill-current-")
+        assert named["train/train"] == f"train-e2e-{tag}"
+        assert named["backup/nightly-backup"].startswith("backup-20")
 
         # Alerts: every run so far succeeded and none was posted. A backup that fails (the
         # cpu worker's object store is down at 02:00) posts exactly one message, naming the

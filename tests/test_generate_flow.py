@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from stave.infra.embedded_pg import EmbeddedPostgres
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
+from stave.tasks.intake import upload_prompts
 from tests.utils.flaky_proxy import FlakyProxy
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,8 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     rows = [*unique_rows(5), {"prompt": "bad", "steps": 0}]
     rows[1]["duration_s"] = 2
     path = prompt_file(tmp_path, rows)
-    summary = generate(file=str(path))
+    uploaded = upload_prompts(make_object_store(settings), path).file_key
+    summary = generate(file_key=uploaded)
     assert summary["published"] == 5
     assert summary["rejected"] == 1 and summary["created"]
 
@@ -101,7 +103,7 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     assert (settings.data_docs_dir / "index.html").is_file()
 
     # The same file again: nothing new, the same job.
-    again = generate(file=str(path))
+    again = generate(file_key=uploaded)
     assert again["job_id"] == summary["job_id"] and not again["created"]
     assert len(job_tasks(engine, summary["job_id"])) == 5
 
@@ -111,15 +113,18 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
 
 
 def test_progress_and_summary_artifacts_are_written(
-    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings]
+    prefect_api: str, engine: Engine, stave_env: Callable[..., Settings], tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from stave.flows.generate import generate
 
-    stave_env(**{**TINY, "batch_size": 2})
-    state = generate(rows=[*unique_rows(5), {"prompt": "x", "guidance": 99}], return_state=True)
+    settings = stave_env(**{**TINY, "batch_size": 2})
+    path = prompt_file(tmp_path, [*unique_rows(5), {"prompt": "x", "guidance": 99}])
+    state = generate(
+        file_key=upload_prompts(make_object_store(settings), path).file_key, return_state=True
+    )
     summary = state.result()
     job = summary["job_id"]
     with get_client(sync_client=True) as client:
@@ -444,3 +449,27 @@ def test_quarantined_clips_within_the_threshold_leave_the_run_completed(
     stave_env(**TINY, min_loudness_lufs=-1, quarantine_fails_run_above=1.0)
     state = generate(rows=unique_rows(2), return_state=True)
     assert state.is_completed() and state.result()["quarantined"] == 2
+
+
+def test_the_ui_form_s_rows_are_typed_with_the_intake_s_limits(prefect_api: str) -> None:
+    """The bulk-generation form: rows are PromptRow objects whose fields carry the limits the
+    intake enforces, so a bad value is refused in the form, before any run starts."""
+    from prefect.utilities.callables import parameter_schema
+
+    from stave.flows.generate import generate
+
+    schema = parameter_schema(generate).model_dump()
+    assert "file" not in schema["properties"]  # no worker-local path in the form
+    row = schema["definitions"]["PromptRow"]
+    fields = row["properties"]
+    assert row["required"] == ["prompt"] and row["additionalProperties"] is False
+    assert fields["prompt"]["maxLength"] == 512 and fields["prompt"]["description"]
+    duration = next(t for t in fields["duration_s"]["anyOf"] if t.get("type") == "number")
+    assert (duration["minimum"], duration["maximum"]) == (1.0, 600.0)
+    guidance = next(t for t in fields["guidance"]["anyOf"] if t.get("type") == "number")
+    assert (guidance["minimum"], guidance["maximum"]) == (0.0, 30.0)
+    scheduler = next(t for t in fields["scheduler"]["anyOf"] if t.get("enum"))
+    assert scheduler["enum"] == ["euler", "heun"]
+    assert all(f.get("description") for f in fields.values())
+    with pytest.raises(Exception, match="guidance"):
+        generate(rows=[{"prompt": "x", "guidance": 99}])

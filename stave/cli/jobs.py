@@ -6,7 +6,7 @@ import os
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import typer
 
@@ -116,9 +116,7 @@ def generate(
         from stave.flows.generate import generate as generate_flow  # prefect
 
         with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
-            state = generate_flow(
-                file=str(file), format=cast(Any, source.fmt), user_id=user, return_state=True
-            )
+            state = generate_flow(job_id=queued.job_id, return_state=True)
             summary = flow_summary(state)
     summary["created"] = queued.created
     summary["rejected"] = len(queued.rejected)

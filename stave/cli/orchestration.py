@@ -24,10 +24,10 @@ from stave.cli.common import (
     settings,
 )
 from stave.infra import prefect_env
-from stave.infra.errors import ConfigError, InvalidInput, StaveError
+from stave.infra.errors import ConfigError, StaveError
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
-from stave.tasks.intake import check_rows, read_file
+from stave.tasks.intake import upload_prompts
 
 
 class Pool(StrEnum):
@@ -228,28 +228,9 @@ def prompts_upload(
 ) -> None:
     """Check a prompt file and put it in the object store; print the key to give the
     bulk-generation deployment as file_key."""
-    current = settings()
-    # The checks a submission makes on each row's own values, before anything is stored: an
-    # operator learns about a bad row now, not from a failed run later.
-    source = read_file(file, fmt.value if fmt else None)
-    checked, rejected = check_rows(source)
-    if not checked:
-        first = f" (first: {rejected[0]})" if rejected else ""
-        raise InvalidInput(f"{file}: no row would be accepted{first}; nothing uploaded")
-    key = f"prompts/{source.sha256}.{source.fmt}"
-    store = make_object_store(current)
-    with open(file, "rb") as handle:
-        stored = store.put_stream(key, handle)
-    rejections = [r.to_dict() for r in rejected]
-    print_rejections(rejections, as_json)
-    result = {
-        "file_key": key,
-        "bytes": stored.size,
-        "rows": len(checked),
-        "rejected": len(rejected),
-        "rejections": rejections,
-    }
+    made = upload_prompts(make_object_store(settings()), file, fmt.value if fmt else None)
+    print_rejections([r.to_dict() for r in made.rejected], as_json)
     if as_json:
-        print_json(result)
+        print_json(made.to_dict())
     else:
-        typer.echo(key)
+        typer.echo(made.file_key)

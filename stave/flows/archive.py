@@ -19,6 +19,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from stave.flows import names
 from stave.flows.logs import run_logger
 from stave.infra.db import get_engine
 from stave.infra.objectstore import make_object_store
@@ -38,7 +39,7 @@ def archive_group(
     )
 
 
-@flow(name="archive", log_prints=True)
+@flow(name="archive", log_prints=True, flow_run_name=names.archive)
 def archive_old_records(
     older_than_days: int | None = None, dry_run: bool = False, batch_size: int | None = None
 ) -> dict[str, Any]:

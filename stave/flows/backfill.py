@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Failed
 
+from stave.flows import names
 from stave.flows.logs import run_logger
 from stave.flows.steps import backfill as steps
 from stave.infra import stop
@@ -31,7 +32,7 @@ from stave.tasks.encoders import load_encoder
 from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
 
 
-@flow(name="backfill-embeddings", log_prints=True)
+@flow(name="backfill-embeddings", log_prints=True, flow_run_name=names.backfill)
 def backfill_embeddings(
     encoder_version: str | None = None,
     created_after: datetime | None = None,

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from stave.flows import names
 from stave.infra.db import database_url, get_engine
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
@@ -77,7 +78,7 @@ def base_backup() -> str:
     )
 
 
-@flow(name="backup")
+@flow(name="backup", flow_run_name=names.backup)
 def nightly_backup(
     drill: bool = True, retention: bool = True, base: bool = True, wal: bool = True
 ) -> dict[str, Any]:

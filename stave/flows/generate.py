@@ -23,6 +23,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Failed
 
+from stave.flows import names
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
 from stave.generator.errors import Interrupted
@@ -32,6 +33,7 @@ from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
 from stave.tasks import inference, queue, vector_index
 from stave.tasks.classify import classify
+from stave.tasks.intake import PromptRow
 from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
 from stave.tasks.records import job_failure, job_summary
 
@@ -254,34 +256,39 @@ def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None
     create_table_artifact(table=rows, key=key, description="bulk generation summary")
 
 
-@flow(name="generate", log_prints=True)
+@flow(name="generate", log_prints=True, flow_run_name=names.generate)
 def generate(
     file_key: str | None = None,
-    rows: list[dict[str, Any]] | None = None,
+    rows: list[PromptRow] | None = None,
     format: Literal["csv", "jsonl", "parquet"] | None = None,
     user_id: str | None = None,
     submitted_by: str | None = None,
     run: bool = True,
-    file: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> Any:  # the summary, or a Failed state carrying it
     """Check and submit a prompt file (CSV, JSONL, Parquet) or rows, then generate the clips.
 
-    Rejected rows are listed in the job record and a table artifact; they do not stop the
-    others. Re-submitting the same file (or rows) creates nothing new and reports the job.
+    Rejected rows of a file are listed in the job record and a table artifact; they do not
+    stop the others. Re-submitting the same file (or rows) creates nothing new and reports the
+    job. Give one of file_key, rows or job_id.
 
     Args:
         file_key: Key of a prompt file in the object store, as `stave prompts upload` prints
             it (e.g. prompts/3f2a….csv).
-        rows: Or the prompts themselves: a list of objects with at least "prompt" (and any
-            of duration_s, steps, guidance, scheduler, seed, lyrics, style, idempotency_key).
-        format: The file's format when its name does not say (csv, jsonl, parquet).
+        rows: Or the prompts themselves, one clip each (the same fields and limits as a
+            prompt file's columns).
+        format: The file's format when its key does not say (csv, jsonl, parquet).
         user_id: The user the clips belong to (default: STAVE_DEFAULT_USER).
         submitted_by: Who asked, for the job record.
         run: False only queues the tasks (the generation drain deployment makes them).
-        file: A prompt file on the worker's own disk (CLI use).
+        job_id: Or a job already submitted (`stave submit`): generate its clips now.
     """
     log = run_logger("stave.flows.generate")
-    submission = generation.submit_rows(file, rows, format, user_id, submitted_by, file_key)
+    if job_id is not None:
+        if file_key is not None or rows is not None:
+            raise InvalidInput("give exactly one of file_key, rows or job_id")
+        return _generate_job(job_id, run)
+    submission = generation.submit_rows(file_key, rows, format, user_id, submitted_by)
     if submission.rejected:
         create_table_artifact(
             table=[r.to_dict() for r in submission.rejected],
@@ -298,17 +305,29 @@ def generate(
         )
     if not submission.created:
         log.info("already submitted: job %s", submission.job_id)
-    stats = None
-    if run and submission.job_id is not None:
-        stats = drain(submission.job_id, wait_for_running=True)
+    return _generate_job(
+        submission.job_id,
+        run,
+        created=submission.created,
+        rejected=len(submission.rejected),
+        total_rows=submission.total,
+    )
+
+
+def _generate_job(
+    job_id: uuid.UUID, run: bool, *, created: bool = False, rejected: int = 0, **extra: Any
+) -> Any:
+    """Generate what a submitted job lacks (unless `run` is off); its summary, and its state."""
+    stats = drain(job_id, wait_for_running=True) if run else None
+    if stats is not None:
         generation.build_data_docs()
-    summary = job_summary(submission.job_id, rejected=len(submission.rejected))
-    summary.update(created=submission.created, total_rows=submission.total)
+    summary = job_summary(job_id, rejected=rejected)
+    summary.update(created=created, **extra)
     if stats is not None:
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
     summary["failure"] = job_failure(
-        get_engine(), submission.job_id, get_settings().quarantine_fails_run_above
+        get_engine(), job_id, get_settings().quarantine_fails_run_above
     )
     return _finish(summary, stats)
 
@@ -322,7 +341,7 @@ def _finish(summary: dict[str, Any], stats: DrainStats | None) -> Any:
     return summary
 
 
-@flow(name="run-pending", log_prints=True)
+@flow(name="run-pending", log_prints=True, flow_run_name=names.drain)
 def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> Any:
     """Process queued tasks (all jobs, or one) until none is left to claim.
 

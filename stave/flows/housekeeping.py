@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
+from stave.flows import names
 from stave.flows.logs import run_logger
 from stave.infra.settings import get_settings
 
@@ -60,7 +61,7 @@ def prune_flow_runs(cutoff: datetime, limit: int | None) -> dict[str, int]:
     return removed
 
 
-@flow(name="prefect-housekeeping", log_prints=True)
+@flow(name="prefect-housekeeping", log_prints=True, flow_run_name=names.housekeeping)
 def prefect_housekeeping(keep_days: int | None = None, limit: int | None = None) -> dict[str, Any]:
     """Delete finished flow runs (and their task runs, logs, artifacts) older than the retention.
 

@@ -18,6 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from stave.flows import names
 from stave.flows.logs import run_logger
 from stave.generator.checkpoint import model_card_path
 from stave.generator.train import autoencoder_source_path, train
@@ -114,7 +115,7 @@ def publish_checkpoint(checkpoint: Path) -> dict[str, Any]:
     }
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, flow_run_name=names.train)
 def train_generator(
     run_name: str = "default",
     clips: int = 1280,

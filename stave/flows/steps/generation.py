@@ -11,7 +11,6 @@ leases), so they survive the worker process dying.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -27,21 +26,20 @@ from stave.tasks import inference, intake, publish, queue, storage, submission, 
 
 @task(name="submit-rows", cache_policy=NO_CACHE)
 def submit_rows(
-    file: str | None,
-    rows: list[dict[str, Any]] | None,
+    file_key: str | None,
+    rows: list[intake.PromptRow] | None,
     fmt: str | None,
     user_id: str | None,
     submitted_by: str | None,
-    file_key: str | None = None,
 ) -> submission.Submission:
-    if sum(x is not None for x in (file, rows, file_key)) != 1:
-        raise InvalidInput("give exactly one of file_key, rows or file")
+    if (file_key is None) == (rows is None):
+        raise InvalidInput("give exactly one of file_key, rows or job_id")
     if file_key is not None:
         source = intake.read_object(make_object_store(get_settings()), file_key, fmt)
-    elif file is not None:
-        source = intake.read_file(Path(file), fmt)
     else:
-        source = intake.rows_from_parameter(rows or [])
+        source = intake.rows_from_parameter(
+            [row.model_dump(exclude_none=True) for row in rows or []]
+        )
     return submission.submit(
         get_engine(), source, get_settings(), submitted_by=submitted_by, user_id=user_id
     )

@@ -10,18 +10,10 @@ also carry the line in the file.
 """
 
 from stave.tasks.intake.check import check_parameters, check_row, check_rows
+from stave.tasks.intake.fields import COLUMNS, MAX_SEED, PARAMETERS, SCHEDULERS, PromptRow
 from stave.tasks.intake.read import read_data, read_file, read_object, rows_from_parameter
-from stave.tasks.intake.rows import (
-    COLUMNS,
-    FORMATS,
-    MAX_FILE_BYTES,
-    MAX_SEED,
-    PARAMETERS,
-    SCHEDULERS,
-    CheckedRow,
-    Rejection,
-    SourceRows,
-)
+from stave.tasks.intake.rows import FORMATS, MAX_FILE_BYTES, CheckedRow, Rejection, SourceRows
+from stave.tasks.intake.upload import Uploaded, upload_prompts
 
 __all__ = [
     "COLUMNS",
@@ -31,8 +23,10 @@ __all__ = [
     "PARAMETERS",
     "SCHEDULERS",
     "CheckedRow",
+    "PromptRow",
     "Rejection",
     "SourceRows",
+    "Uploaded",
     "check_parameters",
     "check_row",
     "check_rows",
@@ -40,4 +34,5 @@ __all__ = [
     "read_file",
     "read_object",
     "rows_from_parameter",
+    "upload_prompts",
 ]

@@ -16,13 +16,8 @@ from typing import Any
 
 from stave.infra.errors import InvalidInput, first_line
 from stave.infra.objectstore import ObjectStore
-from stave.tasks.intake.rows import (
-    COLUMNS,
-    FORMATS,
-    MAX_FILE_BYTES,
-    Rejection,
-    SourceRows,
-)
+from stave.tasks.intake.fields import COLUMNS
+from stave.tasks.intake.rows import FORMATS, MAX_FILE_BYTES, Rejection, SourceRows
 
 
 def read_file(path: Path | str, fmt: str | None = None) -> SourceRows:

@@ -7,23 +7,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-COLUMNS = (
-    "prompt",
-    "lyrics",
-    "duration_s",
-    "steps",
-    "guidance",
-    "scheduler",
-    "seed",
-    "user_id",
-    "style_template",
-    "parent_revision",
-    "idempotency_key",
-)
-# Generation parameters: these may also come from a style template or a user's preferences.
-PARAMETERS = ("duration_s", "steps", "guidance", "scheduler", "seed")
-SCHEDULERS = ("euler", "heun")  # generator.sampler.SCHEDULERS, without importing torch here
-MAX_SEED = 2**63 - 1
+# The columns (and their rules) are PromptRow's fields (fields.py).
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
