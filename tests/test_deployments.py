@@ -346,7 +346,6 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
                 "device": "cpu",
                 "overrides": {"ae_batch": 2, "denoiser_batch": 2, "denoiser_frames": 32},
             },
-            "prefect-housekeeping/prefect-housekeeping": {},
         }
         assert set(smallest) | {"generate/bulk-generation"} == set(deployed)
         others = {

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from stave.infra.errors import ConfigError
-from stave.infra.settings import load_settings, mask_url, normalise_pg_url
+from stave.infra.settings import Settings, load_settings, mask_url, normalise_pg_url
 
 GOOD_PROD = {
     "STAVE_ENV": "prod",
@@ -120,3 +121,14 @@ def test_urls_are_normalised_and_masked() -> None:
     assert normalise_pg_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
     assert mask_url("postgresql://u:p@h:5/d") == "postgresql://u:***@h:5/d"
     assert mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_the_prefect_server_prunes_its_own_runs_with_stave_s_retention(
+    stave_env: Callable[..., Settings],
+) -> None:
+    from stave.infra.prefect_env import server_env
+
+    env = server_env(stave_env(prefect_retention_days=12, prefect_server_port=4321))
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == str(12 * 86400)
+    assert env["PREFECT_UI_URL"] == "http://127.0.0.1:4321"

@@ -68,7 +68,7 @@ def setup_pools(limit_name: str, gpus: int | None) -> PoolSetup:
                 description = (
                     "inference and training: one worker per GPU (stave worker --gpu N)"
                     if name == GPU_POOL
-                    else "backups, archival, housekeeping (stave worker --pool cpu)"
+                    else "backups and archival (stave worker --pool cpu)"
                 )
                 client.create_work_pool(
                     WorkPoolCreate(name=name, type="process", description=description)

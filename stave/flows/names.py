@@ -54,7 +54,3 @@ def archive() -> str:
 
 def train() -> str:
     return f"train-{_parameters().get('run_name', 'default')}"
-
-
-def housekeeping() -> str:
-    return f"housekeeping-{_day()}"

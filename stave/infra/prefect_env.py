@@ -59,6 +59,12 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = server_database_url(settings)
     # Links in alerts and artifacts point at the UI operators open.
     env["PREFECT_UI_URL"] = ui_url(settings)
+    # Prefect's own retention: its vacuum service deletes flow runs that ended longer ago than
+    # STAVE_PREFECT_RETENTION_DAYS (with their task runs, logs and artifacts) and old events.
+    env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
+    env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(
+        settings.prefect_retention_days * 86400
+    )
     if settings.prefect_api_auth_string is not None:
         env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     return env

@@ -185,8 +185,8 @@ class Settings(BaseSettings):
     # Archival: root rows per Parquet group (one transaction deletes a group's rows).
     archive_batch_size: int = Field(default=250_000, ge=1, le=1_000_000)
 
-    # Prefect housekeeping: finished flow runs (with their task runs, logs and artifacts) older
-    # than this are deleted from Prefect's database.
+    # Prefect's retention: `stave server` has Prefect's vacuum service delete flow runs that
+    # ended more than this many days ago, with their task runs, logs and artifacts.
     prefect_retention_days: int = Field(default=30, ge=1, le=3650)
 
     # Prefect. Unset API URL: commands that run flows here use an ephemeral API, and the
@@ -207,7 +207,7 @@ class Settings(BaseSettings):
     # are posted to this webhook (a secret: it usually carries a token).
     alert_webhook_url: SecretStr | None = None
     backup_alert_after_h: float = Field(default=26.0, gt=0, le=24 * 31)
-    # Schedules (nightly backup, weekly archive, daily housekeeping) run in this IANA timezone.
+    # Schedules (nightly backup, weekly archive) run in this IANA timezone.
     timezone: str = "UTC"
 
     @model_validator(mode="before")
