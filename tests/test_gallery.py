@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def open_in_chromium(page: Path) -> str:
-    """The page's DOM after its players and images had time to load (virtual time)."""
+def open_in_chromium(page: Path | str) -> str:
+    """The page's DOM after its players and images had time to load (virtual time); `page`
+    a file or a URL."""
     assert CHROMIUM is not None
     done = subprocess.run(
         [
@@ -36,7 +37,7 @@ def open_in_chromium(page: Path) -> str:
             "--disable-gpu",
             "--virtual-time-budget=15000",
             "--dump-dom",
-            page.resolve().as_uri(),
+            page.resolve().as_uri() if isinstance(page, Path) else page,
         ],
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -24,6 +26,7 @@ from stave.infra.embedded_pg import EmbeddedPostgres
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
 from stave.tasks.intake import upload_prompts
+from tests.test_gallery import CHROMIUM, open_in_chromium
 from tests.utils.flaky_proxy import FlakyProxy
 
 pytestmark = pytest.mark.integration
@@ -473,3 +476,64 @@ def test_the_ui_form_s_rows_are_typed_with_the_intake_s_limits(prefect_api: str)
     assert all(f.get("description") for f in fields.values())
     with pytest.raises(Exception, match="guidance"):
         generate(rows=[{"prompt": "x", "guidance": 99}])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
+@pytest.mark.parametrize("where", ["s3", "filesystem"])
+def test_the_job_s_pages_open_from_the_store_through_the_run_s_artifacts(
+    prefect_api: str,
+    engine: Engine,
+    stave_env: Callable[..., Settings],
+    s3_endpoint: str,
+    bucket_name: str,
+    tmp_path: Path,
+    where: str,
+) -> None:
+    """At the end of a job its listening page and the Data Docs are in the object store, and
+    the run's link artifacts open them: presigned links on S3 (every player and image of the
+    page signed too), file:// links on the filesystem store (relative links)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from stave.flows.generate import generate
+
+    store = (
+        {
+            "s3_endpoint": s3_endpoint,
+            "bucket": bucket_name,
+            "s3_access_key": "test-access",
+            "s3_secret_key": "test-secret",
+        }
+        if where == "s3"
+        else {}
+    )
+    stave_env(**TINY, home=tmp_path / "home", link_expiry_h=2, **store)
+    summary = generate(rows=unique_rows(2))
+    job = summary["job_id"]
+    with get_client(sync_client=True) as client:
+        links = {
+            # A link artifact's data is markdown: [text](url).
+            a.key: re.sub(r"^\[[^]]*\]\((.*)\)$", r"\1", str(a.data))
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[f"gallery-{job}", "data-docs", f"job-pages-{job}"])
+                )
+            )
+        }
+    page = links[f"gallery-{job}"]
+    assert page == summary["pages"]["gallery"] and links["data-docs"]
+    assert page in str(links[f"job-pages-{job}"])  # the markdown summary links it too
+    if where == "s3":
+        assert page.startswith("http://") and "X-Amz-Signature=" in page and "Expires=7200" in page
+        assert f"/gallery/dev/{job}/index.html" in page
+        html = httpx.get(page, timeout=30).text
+        players = re.findall(r'<audio [^>]*src="([^"]+)"', html)
+        assert players and all("X-Amz-Signature=" in p for p in players)
+        assert httpx.get(links["data-docs"], timeout=30).status_code == 200
+    else:
+        assert page.startswith("file://") and page.endswith(f"/gallery/dev/{job}/index.html")
+        html = Path(page.removeprefix("file://")).read_text()
+        assert re.findall(r'<audio [^>]*src="(audio/[^"]+)"', html)  # relative links
+    dom = open_in_chromium(page)
+    states = re.findall(r"<(audio|img)[^>]*data-state=\"(\w+)\"", dom)
+    assert states and {s for _, s in states} == {"ready"}, states

@@ -77,7 +77,10 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     for name in ("published", "quarantined", "failed", "rejected", "pending"):
         typer.echo(f"  {name:<12}{summary.get(name, 0)}")
     typer.echo(f"  clips in    {summary['objects']}")
-    typer.echo(f"  data docs   {summary['data_docs']}")
+    pages = summary.get("pages") or {}
+    if pages.get("gallery"):
+        typer.echo(f"  listen at   {pages['gallery']}")
+    typer.echo(f"  data docs   {pages.get('data_docs') or summary['data_docs']}")
     if summary.get("quarantined") or summary.get("failed"):
         typer.echo(f"  details     stave job {summary['job_id']}")
 

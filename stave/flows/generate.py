@@ -1,244 +1,34 @@
 """Bulk generation: from a prompt file (or rows from the Prefect UI) to published clips.
 
-`generate` checks and submits the rows, then drains the job's queue; `run_pending` drains
-whatever is queued (by `stave submit`, or a job whose worker died). Each batch: claim (SKIP
-LOCKED, leased) → generate (the `gpu` slot) → store → validate → publish; a failure is
-classified and recorded on the batch's tasks, and retryable classes come back after a backoff.
+`generate` checks and submits the rows (or takes a job already submitted), then drains the
+job's queue (flows/drain.py) and puts the job's listening page and the Data Docs in the object
+store, linked from the run's artifacts; `run_pending` drains whatever is queued (by `stave
+submit`, or a job whose worker died). A run whose clips failed ends Failed (tasks/outcome.py).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import (
-    create_progress_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.states import Failed
 
 from stave.flows import names
+from stave.flows.drain import DrainStats, drain
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
-from stave.generator.errors import Interrupted
-from stave.infra import stop
 from stave.infra.db import get_engine
-from stave.infra.errors import InvalidInput
+from stave.infra.errors import InvalidInput, StaveError
 from stave.infra.settings import get_settings
-from stave.tasks import inference, queue, vector_index
-from stave.tasks.classify import classify
 from stave.tasks.intake import PromptRow
 from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
 from stave.tasks.records import job_failure, job_summary
-
-TERMINAL = ("published", "quarantined", "failed", "cancelled")
-
-
-@dataclass
-class DrainStats:
-    batches: int = 0
-    published: int = 0
-    quarantined: int = 0
-    failed: int = 0
-    retried: int = 0
-    lost_lease: int = 0
-    handed_back: int = 0
-    failed_by_class: dict[str, int] = field(default_factory=dict)  # clips that ended failed
-    errors: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
-
-    def lap(self, stage: str, started: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
-        return now
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def drain(
-    job_id: uuid.UUID | None, *, wait_for_running: bool, limit: int | None = None
-) -> DrainStats:
-    """Claim and process batches until nothing is left to claim (for one job, or all)."""
-    stop.reclaim()  # a CLI-run flow stops on SIGTERM as on Ctrl-C
-    settings = get_settings()
-    engine = get_engine()
-    log = run_logger("stave.flows.generate")
-    worker = worker_id()
-    stats = DrainStats()
-    start = queue.job_state(engine, job_id)
-    total = sum(start.counts.values()) if job_id else max(1, start.open)
-    progress: Any = create_progress_artifact(
-        progress=_percent(start, total, job_id, 0),
-        key=f"generation-progress-{job_id}" if job_id else "generation-progress",
-        description=f"clips settled (job {job_id})" if job_id else "queued clips processed",
-    )
-    model: inference.LoadedModel | None = None
-    model_version_id = uuid.UUID(int=0)
-    processed = 0
-    # Storing, validating and publishing batch k runs in Prefect's thread pool while the model
-    # makes batch k+1: at most one batch is finishing at a time.
-    finishing: _Finishing | None = None
-
-    def settle() -> None:
-        nonlocal finishing
-        if finishing is not None:
-            lap = time.perf_counter()
-            finishing.settle(worker, stats, log)
-            stats.lap("wait for publish", lap)
-            finishing = None
-            update_progress_artifact(
-                progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
-            )
-
-    while limit is None or processed < limit:
-        if stop.requested():
-            # Ctrl-C or SIGTERM: no new batch; the one finishing is settled below.
-            log.warning("stop requested: no new batch is claimed")
-            break
-        if model is None:
-            size = settings.batch_size or 8
-        else:
-            size = settings.batch_size or model.batch_size(settings.default_duration_s)
-        take = size if limit is None else min(size, limit - processed)
-        lap = time.perf_counter()
-        claimed = generation.claim_batch(worker, take, job_id)
-        stats.lap("claim", lap)
-        if not claimed:
-            if finishing is not None:
-                settle()  # its outcome (a retry, say) may give the queue more work
-                continue
-            state = queue.job_state(engine, job_id)
-            waiting = state.counts.get("pending", 0) + (
-                state.counts.get("running", 0) if wait_for_running else 0
-            )
-            if waiting == 0 or state.next_due is None:
-                break
-            # Retries wait out their backoff; a dead worker's tasks wait out its lease.
-            time.sleep(min(max(queue.seconds_until(state.next_due), 0.2), 5.0))
-            continue
-        if model is None:
-            # Loaded on the first claim, so an empty queue costs no model load; kept after.
-            model = inference.load_model(settings)
-            if hasattr(model.generator, "interrupt"):
-                model.generator.interrupt = stop.requested
-            model_version_id = inference.register_model_version(engine, model)
-            warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
-            if warning:
-                log.warning(warning)
-        stats.batches += 1
-        processed += len(claimed)
-        batch = _Finishing(claimed, model_version_id, model.encoder_version)
-        lap = time.perf_counter()
-        made = batch.generate(worker, stats, log)
-        stats.lap("generate", lap)
-        settle()
-        if made:
-            batch.start(made)
-            finishing = batch
-    settle()
-    return stats
-
-
-def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:
-    if job_id is None:
-        return min(100.0, 100.0 * done / max(1, total))
-    settled = sum(state.counts.get(s, 0) for s in TERMINAL)
-    return 100.0 * settled / max(1, total)
-
-
-class _Finishing:
-    """One claimed batch: generated in the flow's thread, then stored, validated and published
-    by chained Prefect tasks in the task runner's threads."""
-
-    def __init__(
-        self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID, encoder: str
-    ) -> None:
-        self.claimed = claimed
-        self.ids = [t.id for t in claimed]
-        self.job_id = claimed[0].job_id
-        self.model_version_id = model_version_id
-        self.encoder = encoder
-        self.batch_id = f"{self.job_id}-{uuid.uuid4().hex[:8]}"
-        self.started = time.perf_counter()
-        self.futures: list[Any] = []
-
-    def generate(self, worker: str, stats: DrainStats, log: Any) -> list[Any] | None:
-        try:
-            made: list[Any] = generation.generate_batch(self.claimed, self.model_version_id)
-            return made
-        except Interrupted:
-            # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
-            stats.handed_back += queue.release(get_engine(), worker, self.ids, "stop requested")
-            log.warning("batch %s handed back: stop requested", self.batch_id)
-            return None
-        except Exception as err:
-            self.record_failure(err, worker, stats, log)
-            return None
-
-    def start(self, made: list[Any]) -> None:
-        stored = generation.store_batch.submit(made)
-        # A future as an argument: Prefect runs validation once the store task has finished.
-        verdict = generation.validate_batch.submit(
-            stored,  # type: ignore[call-overload]
-            self.batch_id,
-            made[0][1].sample_rate,
-        )
-        self.futures = [stored, verdict]
-
-    def settle(self, worker: str, stats: DrainStats, log: Any) -> None:
-        try:
-            stored, verdict = (f.result() for f in self.futures)
-            outcome = generation.publish_batch(
-                worker, self.job_id, stored, verdict, self.model_version_id, self.encoder
-            )
-        except Exception as err:
-            self.record_failure(err, worker, stats, log)
-            return
-        stats.published += len(outcome.published)
-        stats.quarantined += len(outcome.quarantined)
-        stats.lost_lease += len(outcome.lost_lease)
-        log.info(
-            "batch %s: %d published, %d quarantined in %.2f s",
-            self.batch_id,
-            len(outcome.published),
-            len(outcome.quarantined),
-            time.perf_counter() - self.started,
-        )
-        if outcome.quarantined:
-            log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(outcome.quarantined))
-
-    def record_failure(self, err: Exception, worker: str, stats: DrainStats, log: Any) -> None:
-        error_class, message = classify(err)
-        stats.errors[error_class] = stats.errors.get(error_class, 0) + len(self.ids)
-        log.warning("batch %s failed (%s): %s", self.batch_id, error_class, message)
-        try:
-            statuses = queue.fail(
-                get_engine(),
-                worker,
-                self.ids,
-                error_class,
-                message,
-                backoff_s=get_settings().retry_backoff_s,
-                detail={"batch": self.batch_id},
-            )
-        except Exception as again:  # the database itself is gone: the leases will expire
-            log.error(
-                "could not record the failure of batch %s: %s", self.batch_id, classify(again)[1]
-            )
-            raise
-        ended = sum(1 for s in statuses.values() if s == "failed")
-        stats.failed += ended
-        if ended:
-            stats.failed_by_class[error_class] = stats.failed_by_class.get(error_class, 0) + ended
-        stats.retried += sum(1 for s in statuses.values() if s == "pending")
 
 
 def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None:
@@ -319,10 +109,11 @@ def _generate_job(
 ) -> Any:
     """Generate what a submitted job lacks (unless `run` is off); its summary, and its state."""
     stats = drain(job_id, wait_for_running=True) if run else None
-    if stats is not None:
-        generation.build_data_docs()
     summary = job_summary(job_id, rejected=rejected)
     summary.update(created=created, **extra)
+    if stats is not None:
+        generation.build_data_docs()
+        summary["pages"] = _pages(job_id)
     if stats is not None:
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
@@ -330,6 +121,40 @@ def _generate_job(
         get_engine(), job_id, get_settings().quarantine_fails_run_above
     )
     return _finish(summary, stats)
+
+
+def _pages(job_id: uuid.UUID) -> dict[str, Any] | None:
+    """The job's listening page and the Data Docs in the store, linked from the run's
+    artifacts (off with STAVE_PUBLISH_PAGES=false). Pages are for people: a store that fails
+    them is a warning, not the run's failure (its clips are its outcome)."""
+    if not get_settings().publish_pages:
+        return None
+    try:
+        pages = generation.publish_pages(job_id)
+    except StaveError as err:
+        run_logger("stave.flows.generate").warning("pages not published: %s", err)
+        return None
+    if pages.gallery:
+        create_link_artifact(
+            key=f"gallery-{job_id}",
+            link=pages.gallery,
+            link_text=f"Listening page: {pages.clips} clip(s) of job {job_id}",
+            description="Players, spectrograms and each clip's nearest neighbours.",
+        )
+    if pages.data_docs:
+        create_link_artifact(
+            key="data-docs",
+            link=pages.data_docs,
+            link_text="Data Docs: the validation suite's results",
+        )
+    lines = [f"## Job {job_id}", ""]
+    if pages.gallery:
+        lines.append(f"- [Listening page]({pages.gallery}) ({pages.clips} clips)")
+    if pages.data_docs:
+        lines.append(f"- [Data Docs]({pages.data_docs}) (validation results)")
+    lines += [f"- problem: {problem}" for problem in pages.problems[:10]]
+    create_markdown_artifact(key=f"job-pages-{job_id}", markdown="\n".join(lines))
+    return pages.to_dict()
 
 
 def _finish(summary: dict[str, Any], stats: DrainStats | None) -> Any:

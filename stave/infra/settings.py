@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     # The Prefect global concurrency limit inference holds one slot of (one slot per GPU).
     gpu_concurrency_limit: str = "gpu"
 
+    # Pages where people look: at the end of a job its listening page (the first clips, with
+    # their neighbours) and the Data Docs go to the object store, linked from the run's
+    # artifacts; S3 links are presigned for this long (SigV4 allows at most 7 days).
+    publish_pages: bool = True
+    gallery_max_clips: int = Field(default=200, ge=1, le=500)
+    link_expiry_h: int = Field(default=168, ge=1, le=168)
+
     # Publishing checks on every clip (the Great Expectations suite).
     duration_tolerance_s: float = Field(default=0.05, ge=0)
     min_loudness_lufs: float = -60.0

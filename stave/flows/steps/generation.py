@@ -21,7 +21,16 @@ from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
-from stave.tasks import inference, intake, publish, queue, storage, submission, validation
+from stave.tasks import (
+    inference,
+    intake,
+    publish,
+    queue,
+    sites,
+    storage,
+    submission,
+    validation,
+)
 
 
 @task(name="submit-rows", cache_policy=NO_CACHE)
@@ -107,3 +116,10 @@ def build_data_docs() -> str:
     settings = get_settings()
     validation.build_data_docs(settings)
     return str(settings.data_docs_dir / "index.html")
+
+
+@task(name="publish-pages", cache_policy=NO_CACHE)
+def publish_pages(job_id: uuid.UUID) -> sites.JobPages:
+    """The job's listening page and the Data Docs, to the object store."""
+    settings = get_settings()
+    return sites.publish_job_pages(get_engine(), make_object_store(settings), settings, job_id)

@@ -6,7 +6,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO
 
 from stave.infra.errors import ObjectCorrupted, ObjectNotFound
@@ -73,6 +73,15 @@ class ObjectStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise StorageUnavailable unless the store can be read and written."""
+
+    @abstractmethod
+    def url(self, key: str, expires: timedelta) -> str:
+        """A link a browser can open the object at: presigned for `expires` on S3, a
+        `file://` URL on the filesystem store."""
+
+    # Whether links between objects under one prefix resolve as they do between files (a
+    # page's relative links): on a filesystem, yes; on S3 each object needs its own signature.
+    relative_links: bool = True
 
     @abstractmethod
     def put_bytes(

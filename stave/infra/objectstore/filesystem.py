@@ -12,7 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +37,10 @@ class FilesystemStore(ObjectStore):
 
     def describe(self) -> str:
         return f"filesystem store at {self.base}"
+
+    def url(self, key: str, expires: timedelta) -> str:  # noqa: ARG002  (files do not expire)
+        validate_key(key)
+        return self._path(key).as_uri()
 
     def check(self) -> None:
         try:

@@ -6,6 +6,7 @@ that reaches a store is validated here first.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from datetime import datetime
@@ -81,3 +82,29 @@ def archive_key(table: str, year: int, month: int, batch_id: uuid.UUID) -> str:
     if not 1 <= month <= 12:
         raise InvalidKey(f"month {month} is not 1-12")
     return validate_key(f"archive/{table}/year={year:04d}/month={month:02d}/{batch_id}.parquet")
+
+
+def site_key(prefix: str, relpath: str) -> str:
+    """The key of one file of a static site published under `prefix` (a gallery, Data Docs):
+    each segment of its path made safe (lower case, `-` for anything outside the key
+    alphabet, and a short digest of the original where that changed it, so two names never
+    meet). Pages' links are rewritten to these keys when the site is published."""
+    safe = []
+    for segment in relpath.split("/"):
+        cleaned = re.sub(r"[^a-z0-9_.=-]", "-", segment.lower()).lstrip("_.=-")
+        if cleaned != segment or not cleaned:
+            stem, dot, ext = cleaned.rpartition(".")
+            digest = hashlib.sha1(segment.encode()).hexdigest()[:8]
+            cleaned = f"{stem or 'x'}-{digest}{dot}{ext}" if dot else f"{cleaned or 'x'}-{digest}"
+        safe.append(cleaned[:127])
+    return validate_key(f"{validate_prefix(prefix).rstrip('/')}/{'/'.join(safe)}")
+
+
+def gallery_prefix(env: str, job_id: uuid.UUID) -> str:
+    """gallery/<env>/<job id>/: a job's listening page."""
+    return validate_prefix(f"gallery/{env}/{job_id}/")
+
+
+def data_docs_prefix(env: str) -> str:
+    """data-docs/<env>/: the validation suite's Data Docs site."""
+    return validate_prefix(f"data-docs/{env}/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from typing import BinaryIO, TypeVar
 
 import urllib3
@@ -78,8 +79,19 @@ class MinioStore(ObjectStore):
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
+    relative_links = False
+
     def describe(self) -> str:
         return f"s3 store {self.endpoint}/{self.bucket}"
+
+    def url(self, key: str, expires: timedelta) -> str:
+        validate_key(key)
+        return str(
+            self._call(
+                f"sign {key}",
+                lambda: self.client.presigned_get_object(self.bucket, key, expires=expires),
+            )
+        )
 
     def check(self) -> None:
         self._ensure_bucket()

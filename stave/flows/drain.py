@@ -1,0 +1,234 @@
+"""The drain: claim batches and make them until nothing is left to claim (for one job, or all).
+
+Each batch: claim (SKIP LOCKED, leased) → generate (the `gpu` slot) → store → validate →
+publish; storing, validating and publishing batch k run in Prefect's task runner while the
+model makes batch k+1. A failure is classified and recorded on the batch's tasks, and
+retryable classes come back after a backoff. A stop (Ctrl-C, SIGTERM) claims no new batch and
+hands the one being made back to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.artifacts import (
+    create_progress_artifact,
+    update_progress_artifact,
+)
+
+from stave.flows.logs import run_logger
+from stave.flows.steps import generation
+from stave.generator.errors import Interrupted
+from stave.infra import stop
+from stave.infra.db import get_engine
+from stave.infra.settings import get_settings
+from stave.tasks import inference, queue, vector_index
+from stave.tasks.classify import classify
+
+TERMINAL = ("published", "quarantined", "failed", "cancelled")
+
+
+@dataclass
+class DrainStats:
+    batches: int = 0
+    published: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost_lease: int = 0
+    handed_back: int = 0
+    failed_by_class: dict[str, int] = field(default_factory=dict)  # clips that ended failed
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+    def lap(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
+        return now
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def drain(
+    job_id: uuid.UUID | None, *, wait_for_running: bool, limit: int | None = None
+) -> DrainStats:
+    """Claim and process batches until nothing is left to claim (for one job, or all)."""
+    stop.reclaim()  # a CLI-run flow stops on SIGTERM as on Ctrl-C
+    settings = get_settings()
+    engine = get_engine()
+    log = run_logger("stave.flows.generate")
+    worker = worker_id()
+    stats = DrainStats()
+    start = queue.job_state(engine, job_id)
+    total = sum(start.counts.values()) if job_id else max(1, start.open)
+    progress: Any = create_progress_artifact(
+        progress=_percent(start, total, job_id, 0),
+        key=f"generation-progress-{job_id}" if job_id else "generation-progress",
+        description=f"clips settled (job {job_id})" if job_id else "queued clips processed",
+    )
+    model: inference.LoadedModel | None = None
+    model_version_id = uuid.UUID(int=0)
+    processed = 0
+    # Storing, validating and publishing batch k runs in Prefect's thread pool while the model
+    # makes batch k+1: at most one batch is finishing at a time.
+    finishing: _Finishing | None = None
+
+    def settle() -> None:
+        nonlocal finishing
+        if finishing is not None:
+            lap = time.perf_counter()
+            finishing.settle(worker, stats, log)
+            stats.lap("wait for publish", lap)
+            finishing = None
+            update_progress_artifact(
+                progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
+            )
+
+    while limit is None or processed < limit:
+        if stop.requested():
+            # Ctrl-C or SIGTERM: no new batch; the one finishing is settled below.
+            log.warning("stop requested: no new batch is claimed")
+            break
+        if model is None:
+            size = settings.batch_size or 8
+        else:
+            size = settings.batch_size or model.batch_size(settings.default_duration_s)
+        take = size if limit is None else min(size, limit - processed)
+        lap = time.perf_counter()
+        claimed = generation.claim_batch(worker, take, job_id)
+        stats.lap("claim", lap)
+        if not claimed:
+            if finishing is not None:
+                settle()  # its outcome (a retry, say) may give the queue more work
+                continue
+            state = queue.job_state(engine, job_id)
+            waiting = state.counts.get("pending", 0) + (
+                state.counts.get("running", 0) if wait_for_running else 0
+            )
+            if waiting == 0 or state.next_due is None:
+                break
+            # Retries wait out their backoff; a dead worker's tasks wait out its lease.
+            time.sleep(min(max(queue.seconds_until(state.next_due), 0.2), 5.0))
+            continue
+        if model is None:
+            # Loaded on the first claim, so an empty queue costs no model load; kept after.
+            model = inference.load_model(settings)
+            if hasattr(model.generator, "interrupt"):
+                model.generator.interrupt = stop.requested
+            model_version_id = inference.register_model_version(engine, model)
+            warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
+            if warning:
+                log.warning(warning)
+        stats.batches += 1
+        processed += len(claimed)
+        batch = _Finishing(claimed, model_version_id, model.encoder_version)
+        lap = time.perf_counter()
+        made = batch.generate(worker, stats, log)
+        stats.lap("generate", lap)
+        settle()
+        if made:
+            batch.start(made)
+            finishing = batch
+    settle()
+    return stats
+
+
+def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:
+    if job_id is None:
+        return min(100.0, 100.0 * done / max(1, total))
+    settled = sum(state.counts.get(s, 0) for s in TERMINAL)
+    return 100.0 * settled / max(1, total)
+
+
+class _Finishing:
+    """One claimed batch: generated in the flow's thread, then stored, validated and published
+    by chained Prefect tasks in the task runner's threads."""
+
+    def __init__(
+        self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID, encoder: str
+    ) -> None:
+        self.claimed = claimed
+        self.ids = [t.id for t in claimed]
+        self.job_id = claimed[0].job_id
+        self.model_version_id = model_version_id
+        self.encoder = encoder
+        self.batch_id = f"{self.job_id}-{uuid.uuid4().hex[:8]}"
+        self.started = time.perf_counter()
+        self.futures: list[Any] = []
+
+    def generate(self, worker: str, stats: DrainStats, log: Any) -> list[Any] | None:
+        try:
+            made: list[Any] = generation.generate_batch(self.claimed, self.model_version_id)
+            return made
+        except Interrupted:
+            # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
+            stats.handed_back += queue.release(get_engine(), worker, self.ids, "stop requested")
+            log.warning("batch %s handed back: stop requested", self.batch_id)
+            return None
+        except Exception as err:
+            self.record_failure(err, worker, stats, log)
+            return None
+
+    def start(self, made: list[Any]) -> None:
+        stored = generation.store_batch.submit(made)
+        # A future as an argument: Prefect runs validation once the store task has finished.
+        verdict = generation.validate_batch.submit(
+            stored,  # type: ignore[call-overload]
+            self.batch_id,
+            made[0][1].sample_rate,
+        )
+        self.futures = [stored, verdict]
+
+    def settle(self, worker: str, stats: DrainStats, log: Any) -> None:
+        try:
+            stored, verdict = (f.result() for f in self.futures)
+            outcome = generation.publish_batch(
+                worker, self.job_id, stored, verdict, self.model_version_id, self.encoder
+            )
+        except Exception as err:
+            self.record_failure(err, worker, stats, log)
+            return
+        stats.published += len(outcome.published)
+        stats.quarantined += len(outcome.quarantined)
+        stats.lost_lease += len(outcome.lost_lease)
+        log.info(
+            "batch %s: %d published, %d quarantined in %.2f s",
+            self.batch_id,
+            len(outcome.published),
+            len(outcome.quarantined),
+            time.perf_counter() - self.started,
+        )
+        if outcome.quarantined:
+            log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(outcome.quarantined))
+
+    def record_failure(self, err: Exception, worker: str, stats: DrainStats, log: Any) -> None:
+        error_class, message = classify(err)
+        stats.errors[error_class] = stats.errors.get(error_class, 0) + len(self.ids)
+        log.warning("batch %s failed (%s): %s", self.batch_id, error_class, message)
+        try:
+            statuses = queue.fail(
+                get_engine(),
+                worker,
+                self.ids,
+                error_class,
+                message,
+                backoff_s=get_settings().retry_backoff_s,
+                detail={"batch": self.batch_id},
+            )
+        except Exception as again:  # the database itself is gone: the leases will expire
+            log.error(
+                "could not record the failure of batch %s: %s", self.batch_id, classify(again)[1]
+            )
+            raise
+        ended = sum(1 for s in statuses.values() if s == "failed")
+        stats.failed += ended
+        if ended:
+            stats.failed_by_class[error_class] = stats.failed_by_class.get(error_class, 0) + ended
+        stats.retried += sum(1 for s in statuses.values() if s == "pending")

@@ -1,0 +1,129 @@
+"""Static sites in the object store, where people look: a job's listening page and the Data Docs.
+
+A site built in a local folder (the gallery's `index.html` with its audio and spectrograms;
+Great Expectations' Data Docs) is put under one prefix (`gallery/<env>/<job>/`,
+`data-docs/<env>/`), each file under a safe key (`keys.site_key`), and its pages' links are
+rewritten to match: relative links between the keys on the filesystem store (the site opens
+from disk), presigned links on S3 (each object carries its own signature, so the site opens
+from a private bucket for as long as the links last). The index's link is what the flow puts
+in its Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from stave.infra.objectstore import ObjectStore
+from stave.infra.objectstore.keys import data_docs_prefix, gallery_prefix, site_key
+from stave.infra.settings import Settings
+from stave.tasks import gallery
+
+# A page's links to the site's own files: src="…" and href="…" that are not absolute URLs,
+# fragments or queries (those pass through as they are).
+_LINK = re.compile(r"""\b(src|href)=(["'])(?![a-z][a-z0-9+.-]*:|#|//)([^"'#?]+)([^"']*)\2""")
+PAGE_TYPES = (".html", ".htm")
+
+
+@dataclass
+class PublishedSite:
+    prefix: str
+    index_url: str
+    files: int
+
+
+@dataclass
+class JobPages:
+    gallery: str | None = None
+    data_docs: str | None = None
+    clips: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gallery": self.gallery,
+            "data_docs": self.data_docs,
+            "clips": self.clips,
+            "problems": self.problems,
+        }
+
+
+def publish_site(
+    store: ObjectStore, folder: Path, prefix: str, expires: timedelta
+) -> PublishedSite:
+    """Put the site in `folder` under `prefix`: its files first, then its pages, so a page
+    never links to what is not there yet; the index page's link."""
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    keys = {rel: site_key(prefix, rel) for rel in files}
+    pages = [rel for rel in files if rel.endswith(PAGE_TYPES)]
+    for rel, path in files.items():
+        if rel not in pages:
+            with open(path, "rb") as stream:
+                store.put_stream(keys[rel], stream, content_type=_content_type(rel))
+    for rel in pages:
+        text = _rewrite(files[rel].read_text(encoding="utf-8"), rel, keys, store, expires)
+        store.put_bytes(keys[rel], text.encode(), content_type="text/html; charset=utf-8")
+    return PublishedSite(prefix, store.url(keys["index.html"], expires), len(files))
+
+
+def _rewrite(
+    page: str, page_rel: str, keys: dict[str, str], store: ObjectStore, expires: timedelta
+) -> str:
+    here = posixpath.dirname(page_rel)
+    page_dir = posixpath.dirname(keys[page_rel])
+
+    def swap(match: re.Match[str]) -> str:
+        attribute, quote, target, rest = match.groups()
+        resolved = posixpath.normpath(posixpath.join(here, target))
+        if resolved not in keys:
+            return match.group(0)
+        if store.relative_links:
+            link = posixpath.relpath(keys[resolved], page_dir)
+        else:
+            link = store.url(keys[resolved], expires)
+            rest = ""  # a presigned link carries its own query
+        return f"{attribute}={quote}{link}{rest}{quote}"
+
+    return _LINK.sub(swap, page)
+
+
+def _content_type(name: str) -> str:
+    """Served with the right type, so a browser plays, shows or styles it, not downloads it."""
+    known = {
+        ".flac": "audio/flac",
+        ".png": "image/png",
+        ".css": "text/css",
+        ".js": "text/javascript",
+    }
+    suffix = posixpath.splitext(name)[1].lower()
+    return known.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def publish_job_pages(
+    engine: Engine, store: ObjectStore, settings: Settings, job_id: uuid.UUID
+) -> JobPages:
+    """The job's listening page (its first clips, with their neighbours) and the Data Docs,
+    built here and put in the store; their links."""
+    expires = timedelta(hours=settings.link_expiry_h)
+    pages = JobPages()
+    clips = gallery.select_job(engine, job_id, settings.gallery_max_clips)
+    if clips:
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as scratch:
+            folder = Path(scratch) / "gallery"
+            made = gallery.build(engine, store, settings, folder, clips, f"Job {job_id}")
+            site = publish_site(store, folder, gallery_prefix(settings.env, job_id), expires)
+        pages.gallery, pages.clips, pages.problems = site.index_url, made.clips, made.problems
+    if (settings.data_docs_dir / "index.html").is_file():
+        docs = publish_site(store, settings.data_docs_dir, data_docs_prefix(settings.env), expires)
+        pages.data_docs = docs.index_url
+    return pages
