@@ -15,8 +15,9 @@ import argparse
 import io
 import os
 import subprocess
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gb", type=float, default=1.0)
     args = parser.parse_args()
-    os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import throwaway_home
+
+    throwaway_home()
 
     from stave.infra import migrate
     from stave.infra.db import database_url, get_engine, libpq_target

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
+import sys
 import tempfile
 import uuid
 from datetime import datetime, timedelta
@@ -15,8 +19,26 @@ from stave.infra.pgraw import copy_in
 
 
 def throwaway_home() -> None:
-    """The embedded PostgreSQL and filesystem store under a temporary STAVE_HOME, unless set."""
-    os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
+    """The embedded PostgreSQL and filesystem store under a temporary STAVE_HOME, unless one
+    is set; removed when the benchmark ends, its embedded server stopped first, also when it
+    is interrupted (Ctrl-C, SIGTERM): a benchmark leaves no home and no server behind."""
+    if "STAVE_HOME" in os.environ:
+        return
+    home = tempfile.mkdtemp(prefix="stave-bench-")
+    os.environ["STAVE_HOME"] = home
+    atexit.register(_remove_home, home)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so atexit runs
+
+
+def _remove_home(home: str) -> None:
+    from stave.infra.db import dispose_engine, embedded_server
+    from stave.infra.settings import get_settings
+
+    try:
+        dispose_engine()
+        embedded_server(get_settings()).stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def migrated_engine() -> tuple[Any, Engine]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
 import uuid
+from pathlib import Path
 
 TARGET = 1.15
 
@@ -29,7 +30,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("STAVE_HOME", tempfile.mkdtemp(prefix="stave-bench-"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import throwaway_home
+
+    throwaway_home()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

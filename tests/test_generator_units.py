@@ -231,3 +231,43 @@ def test_rotary_linear_attention_matches_its_definition() -> None:
     # Rotation preserves norms, and position 0 is left as it is.
     assert torch.allclose(rotate(q).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
     assert torch.allclose(rotate(q)[..., 0, :], q[..., 0, :])
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 11025])
+@pytest.mark.parametrize(
+    "signal",
+    ["sine-30hz", "sine-60hz", "sine-1khz", "sine-8khz", "noise", "bursts"],
+)
+def test_loudness_is_bs1770_4_lufs_as_pyloudnorm_measures_it(rate: int, signal: str) -> None:
+    """True LUFS: K-weighted (the -14 dB the high pass takes off 30 Hz, the +4 dB shelf above
+    1.5 kHz), gated; against pyloudnorm, the reference implementation, to 0.01 LU. A 1 kHz
+    sine alone could not tell K-weighting from none."""
+    import pyloudnorm
+
+    rng = np.random.default_rng(7)
+    t = np.arange(int(3.3 * rate)) / rate
+    made = {
+        "sine-30hz": 0.5 * np.sin(2 * np.pi * 30 * t),
+        "sine-60hz": 0.3 * np.sin(2 * np.pi * 60 * t),
+        "sine-1khz": 0.25 * np.sin(2 * np.pi * 1000 * t),
+        "sine-8khz": 0.2 * np.sin(2 * np.pi * min(8000, rate / 2.5) * t),
+        "noise": 0.1 * rng.standard_normal(len(t)),
+        # Loud bursts and near-silence: the relative gate drops the quiet blocks.
+        "bursts": 0.3 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 0.7 * t) > 0.6),
+    }[signal].astype(np.float32)
+    reference = pyloudnorm.Meter(rate).integrated_loudness(made.astype(np.float64))
+    assert abs(loudness_lufs(made, rate) - reference) < 0.01
+
+
+def test_k_weighting_changes_what_an_unweighted_meter_would_say() -> None:
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    low = (0.5 * np.sin(2 * np.pi * 30 * t)).astype(np.float32)
+    unweighted = -0.691 + 10 * np.log10(np.mean(low.astype(np.float64) ** 2))
+    assert loudness_lufs(low, SAMPLE_RATE) < unweighted - 5  # 30 Hz counts for far less
+
+
+def test_the_models_and_the_generator_name_the_same_loudness_method() -> None:
+    from stave.generator.analysis import LOUDNESS_METHOD
+    from stave.models.assets import LOUDNESS_METHOD as RECORDED
+
+    assert LOUDNESS_METHOD == RECORDED == "bs1770-4"

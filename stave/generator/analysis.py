@@ -5,6 +5,8 @@ Evaluation judges generated clips with these, so they must not know anything abo
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Krumhansl-Kessler key profiles (major, minor), from probe-tone ratings.
@@ -86,26 +88,88 @@ def tempo_matches(estimated: float, target: float, tolerance: float = 0.05) -> b
     return abs(estimated - target) <= tolerance * target
 
 
-def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness, BS.1770 without the K-weighting filter (mono, 400 ms gated blocks)."""
-    block = int(0.4 * sample_rate)
-    step = block // 4
-    if len(audio) < block:
-        power = float(np.mean(audio.astype(np.float64) ** 2))
-        return -0.691 + 10 * np.log10(power + 1e-12)
-    powers = np.array(
+# K-weighting (ITU-R BS.1770-4): a +4 dB high shelf above 1.5 kHz (the head's effect), then a
+# high pass at 38 Hz (the revised low-frequency B curve). Designed for any sample rate with the
+# RBJ cookbook forms and these parameters, as pyloudnorm does (the tests check against it).
+_SHELF_DB, _SHELF_Q, _SHELF_HZ = 4.0, 1 / np.sqrt(2), 1500.0
+_PASS_Q, _PASS_HZ = 0.5, 38.0
+BLOCK_S, HOP_S = 0.4, 0.1  # 400 ms gating blocks, 75% overlap
+ABSOLUTE_GATE = -70.0
+LOUDNESS_METHOD = "bs1770-4"  # recorded with every measured asset (audio_asset.loudness_method)
+
+
+@functools.cache
+def k_weighting(sample_rate: int) -> np.ndarray:
+    """The K-weighting filter as second-order sections, for scipy.signal.sosfilt."""
+    gain = 10 ** (_SHELF_DB / 40)
+    w0 = 2 * np.pi * _SHELF_HZ / sample_rate
+    alpha, cos, root = np.sin(w0) / (2 * _SHELF_Q), np.cos(w0), np.sqrt(gain)
+    shelf_b = [
+        gain * ((gain + 1) + (gain - 1) * cos + 2 * root * alpha),
+        -2 * gain * ((gain - 1) + (gain + 1) * cos),
+        gain * ((gain + 1) + (gain - 1) * cos - 2 * root * alpha),
+    ]
+    shelf_a = [
+        (gain + 1) - (gain - 1) * cos + 2 * root * alpha,
+        2 * ((gain - 1) - (gain + 1) * cos),
+        (gain + 1) - (gain - 1) * cos - 2 * root * alpha,
+    ]
+    w0 = 2 * np.pi * _PASS_HZ / sample_rate
+    alpha, cos = np.sin(w0) / (2 * _PASS_Q), np.cos(w0)
+    pass_b = [(1 + cos) / 2, -(1 + cos), (1 + cos) / 2]
+    pass_a = [1 + alpha, -2 * cos, 1 - alpha]
+    return np.array(
         [
-            np.mean(audio[i : i + block].astype(np.float64) ** 2)
-            for i in range(0, len(audio) - block + 1, step)
+            np.concatenate([np.divide(b, a[0]), np.divide(a, a[0])])
+            for b, a in ((shelf_b, shelf_a), (pass_b, pass_a))
         ]
     )
-    loud = -0.691 + 10 * np.log10(powers + 1e-12)
-    gated = powers[loud > -70]
+
+
+def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness in LUFS (ITU-R BS.1770-4, mono): K-weighted, 400 ms blocks every
+    100 ms, gated at -70 LUFS and then 10 LU below the gated mean. Where no block passes the
+    gates (silence, or a clip shorter than a block) the floor, -70: a stored number, where
+    pyloudnorm says -inf."""
+    from scipy.signal import sosfilt  # lazy: scipy.signal is a second to import
+
+    weighted = sosfilt(k_weighting(sample_rate).astype(np.float32), audio.astype(np.float32))
+    energy = _block_energy(weighted.astype(np.float64), sample_rate)
+    if energy.size == 0:
+        return ABSOLUTE_GATE
+    with np.errstate(divide="ignore"):
+        loud = -0.691 + 10 * np.log10(energy)
+    gated = energy[loud >= ABSOLUTE_GATE]
     if gated.size == 0:
-        return -70.0
+        return ABSOLUTE_GATE
     relative = -0.691 + 10 * np.log10(gated.mean()) - 10
-    final = gated[-0.691 + 10 * np.log10(gated + 1e-12) > relative]
-    return float(-0.691 + 10 * np.log10(final.mean() + 1e-12))
+    final = energy[(loud > relative) & (loud > ABSOLUTE_GATE)]
+    return float(-0.691 + 10 * np.log10(final.mean())) if final.size else ABSOLUTE_GATE
+
+
+def _block_energy(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mean square of each gating block (block j spans [j * hop, j * hop + 4 hops)), as
+    BS.1770 counts blocks: round((duration - 0.4 s) / 0.1 s) + 1 of them. Summed a hop at a
+    time (four hops make a block) where a hop is a whole number of samples; else by a running
+    sum."""
+    count = int(np.round((len(x) / sample_rate - BLOCK_S) / HOP_S)) + 1
+    if count <= 0:
+        return np.zeros(0)
+    hop = HOP_S * sample_rate
+    if hop.is_integer():
+        step = int(hop)
+        padded = np.zeros((count + 3) * step)
+        usable = min(len(x), len(padded))
+        padded[:usable] = x[:usable]
+        per_hop = (padded * padded).reshape(-1, step).sum(axis=1)
+        blocks = per_hop[:count] + per_hop[1 : count + 1] + per_hop[2 : count + 2]
+        blocks += per_hop[3 : count + 3]
+    else:
+        starts = (HOP_S * sample_rate * np.arange(count)).astype(int)
+        ends = np.minimum((BLOCK_S * sample_rate * (1 + np.arange(count) / 4)).astype(int), len(x))
+        running = np.concatenate(([0.0], np.cumsum(x * x)))
+        blocks = running[ends] - running[np.minimum(starts, len(x))]
+    return np.asarray(blocks / (BLOCK_S * sample_rate))
 
 
 def peak_dbfs(audio: np.ndarray) -> float:

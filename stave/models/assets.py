@@ -17,6 +17,9 @@ EMBEDDING_DIM = 512
 # Names of the per-encoder HNSW indexes on latent_embedding: built at run time by
 # tasks/vector_index.py, so autogenerate (sql/autogen.py) must not take them for drift.
 VECTOR_INDEX_PREFIX = "ix_latent_embedding_hnsw_"
+# The loudness method of assets measured now (generator.analysis.LOUDNESS_METHOD; a test keeps
+# the two equal, since models and the generator do not import each other).
+LOUDNESS_METHOD = "bs1770-4"
 
 
 # One audio object in the store, measured from the file that was written.
@@ -48,6 +51,11 @@ class AudioAsset(SQLModel, table=True):
     channels: int
     duration_s: float
     loudness_lufs: float | None = None
+    # How loudness_lufs was measured: "bs1770-4" (K-weighted, gated: true LUFS), or
+    # "bs1770-unweighted" for assets measured before migration 0008 (gated, no K-weighting).
+    loudness_method: str = Field(
+        default=LOUDNESS_METHOD, max_length=32, sa_column_kwargs={"server_default": LOUDNESS_METHOD}
+    )
     peak_dbfs: float | None = None
     created_at: datetime = timestamp_field()
 

@@ -154,6 +154,7 @@ def _asset(clip: StoredClip, user_id: str, model_version_id: uuid.UUID, now: Any
         "channels": clip.channels,
         "duration_s": clip.duration_s,
         "loudness_lufs": clip.loudness_lufs,
+        "loudness_method": clip.loudness_method,
         "peak_dbfs": clip.peak_dbfs,
         "created_at": now,
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stave.generator.analysis import loudness_lufs, peak_dbfs
+from stave.generator.analysis import LOUDNESS_METHOD, loudness_lufs, peak_dbfs
 from stave.infra.errors import StaveError, StorageUnavailable
 from stave.infra.objectstore.base import ObjectStore
 from stave.infra.objectstore.keys import audio_key
@@ -39,6 +39,7 @@ class StoredClip:
     duration_s: float
     requested_duration_s: float
     loudness_lufs: float
+    loudness_method: str
     peak_dbfs: float
     nonfinite_samples: int
     embedding: np.ndarray
@@ -70,6 +71,7 @@ def measure(data: bytes) -> dict[str, Any]:
         "channels": int(audio.shape[1]),
         "duration_s": len(audio) / rate,
         "loudness_lufs": float(loudness_lufs(mono, int(rate))),
+        "loudness_method": LOUDNESS_METHOD,
         "peak_dbfs": float(peak_dbfs(mono)),
     }
 
