@@ -283,7 +283,8 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         # The workers' environment also holds another project's top-level `models`, `tasks`, …
         # packages (a shared worker): Stave, one package, never imports them.
         worker_env = {**env, "PYTHONPATH": str(unrelated_packages(tmp_path / "other-project"))}
-        worker = start(["worker", "--gpu", "0"], worker_env, worker_log)
+        # Two runs at once (the gpu limit has two slots): the smallest cases overlap.
+        worker = start(["worker", "--gpu", "0", "--limit", "2"], worker_env, worker_log)
         cpu_worker = start(["worker", "--pool", "cpu"], worker_env, cpu_log)
         deployment = http.get("/deployments/name/generate/bulk-generation").json()
         runs = [
