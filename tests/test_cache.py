@@ -26,14 +26,9 @@ from stave.tasks import catalog
 from stave.tasks.intake import rows_from_parameter
 from stave.tasks.submission import submit
 from tests.test_cli import assert_one_line_error, stave
+from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ so it cannot join the app untested.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from stave.cli import app, main
 from tests.test_cli import STAVE
+from tests.utils.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,12 +42,6 @@ RUNS_LONG = {
 USAGE, ERROR = 2, 1
 CWD = Path("/")  # no project folder: commands must not depend on where they are run
 TABLES = ("generation_job", "generation_task", "backup_record", "archive_batch", "audio_asset")
-
-
-def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def commands() -> list[tuple[tuple[str, ...], Any]]:
@@ -180,7 +174,7 @@ def base_env() -> Iterator[dict[str, str]]:
         "STAVE_DB_CONNECT_TIMEOUT_S": "2",
         "STAVE_S3_MAX_RETRIES": "0",
         # No Prefect server where a worker or `deploy` would look for one.
-        "STAVE_PREFECT_SERVER_PORT": str(dead_port()),
+        "STAVE_PREFECT_SERVER_PORT": str(free_port()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
 
@@ -255,7 +249,7 @@ def test_a_fresh_home(matrix_root: Path, base_env: dict[str, str]) -> None:
 
 def test_the_database_unreachable(matrix_root: Path, base_env: dict[str, str]) -> None:
     samples = Samples(matrix_root)
-    env = {**base_env, "STAVE_DATABASE_URL": f"postgresql://stave@127.0.0.1:{dead_port()}/stave"}
+    env = {**base_env, "STAVE_DATABASE_URL": f"postgresql://stave@127.0.0.1:{free_port()}/stave"}
     runs = [
         (p, samples.args(p, c), env, matrix_root / "db-down" / f"h{i}")
         for i, (p, c) in enumerate(commands())
@@ -278,7 +272,7 @@ def test_the_object_store_unreachable(
     env = {
         **base_env,
         "STAVE_DATABASE_URL": database_url,
-        "STAVE_S3_ENDPOINT": f"127.0.0.1:{dead_port()}",
+        "STAVE_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
     }
     before = counts(engine)
     runs = [
@@ -303,7 +297,7 @@ def test_the_prefect_api_unreachable(
     matrix_root: Path, base_env: dict[str, str], database_url: str, engine: Engine
 ) -> None:
     samples = Samples(matrix_root)
-    port = dead_port()
+    port = free_port()
     env = {
         **base_env,
         "STAVE_DATABASE_URL": database_url,

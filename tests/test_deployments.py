@@ -14,7 +14,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.test_cli import STAVE, assert_one_line_error, stave
+from tests.utils.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "stave" / "prefect.yaml").read_text())
@@ -93,10 +93,6 @@ def test_schedules_and_no_credentials() -> None:
 
 
 # -- the operator's path, for real ----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -4,7 +4,6 @@ Prefect's database (its logs, artifacts and run states), Data Docs, and the rows
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,9 @@ from sqlalchemy.engine import Engine, make_url
 
 from tests.test_cli import stave
 from tests.utils.flaky_proxy import FlakyProxy
+from tests.utils.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -58,8 +52,8 @@ def test_no_secret_is_written_anywhere(
         "STAVE_S3_MAX_RETRIES": "0",
         "STAVE_PREFECT_API_AUTH_STRING": f"ops:{secrets['auth']}",
         # A cache that is down: reads degrade to the database, with a warning naming it.
-        "STAVE_REDIS_URL": f"redis://:{secrets['redis']}@127.0.0.1:{dead_port()}/0",
-        "STAVE_REPLICA_URL": f"postgresql://r:{secrets['replica']}@127.0.0.1:{dead_port()}/x",
+        "STAVE_REDIS_URL": f"redis://:{secrets['redis']}@127.0.0.1:{free_port()}/0",
+        "STAVE_REPLICA_URL": f"postgresql://r:{secrets['replica']}@127.0.0.1:{free_port()}/x",
         "STAVE_MAX_ATTEMPTS": "1",
         "STAVE_DEFAULT_DURATION_S": "1",
         "STAVE_DEFAULT_STEPS": "2",

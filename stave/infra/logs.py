@@ -62,11 +62,11 @@ class _WithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+_configured = False
+
+
 def is_configured() -> bool:
     return _configured
-
-
-_configured = False
 
 
 def configure_logging(settings: Settings, *, stderr_level: int = logging.WARNING) -> None:
