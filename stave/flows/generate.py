@@ -8,6 +8,7 @@ submit`, or a job whose worker died). A run whose clips failed ends Failed (task
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Literal
 
@@ -112,9 +113,11 @@ def _generate_job(
     summary = job_summary(job_id, rejected=rejected)
     summary.update(created=created, **extra)
     if stats is not None:
+        lap = time.perf_counter()
         generation.build_data_docs()
+        lap = stats.lap("data docs", lap)
         summary["pages"] = _pages(job_id)
-    if stats is not None:
+        stats.lap("pages", lap)
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
     summary["failure"] = job_failure(

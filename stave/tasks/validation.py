@@ -75,6 +75,7 @@ class _Validator:
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.docs_dir = settings.data_docs_dir
+        self.unbuilt: list[Any] = []  # validation results whose pages are not written yet
         self.context.add_data_docs_site(
             "local",
             {
@@ -135,11 +136,25 @@ class _Validator:
         result = self.checkpoint.run(
             batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=batch_id)
         )
-        return next(iter(result.run_results.values()))
+        identifier, outcome = next(iter(result.run_results.items()))
+        with _lock:
+            self.unbuilt.append(identifier)
+        return outcome
 
     def build_docs(self) -> None:
+        """Render the results not rendered yet, then the index: a long-lived worker's build
+        costs what is new, not everything it ever validated."""
+        with _lock:
+            fresh, self.unbuilt = self.unbuilt, []
+        if not fresh and (self.docs_dir / "index.html").is_file():
+            return
         self.docs_dir.mkdir(parents=True, exist_ok=True)
-        self.context.build_data_docs()
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+        )
+
+        suite = ExpectationSuiteIdentifier(name=SUITE)
+        self.context.build_data_docs(resource_identifiers=[suite, *fresh])
 
 
 def _validator(settings: Settings, sample_rate: int) -> _Validator:
