@@ -1,8 +1,8 @@
-"""`stave backup run | list | verify | restore`."""
+"""`stave backup run | list | verify | restore | base | wal-setup | pitr`."""
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,12 +11,19 @@ from tqdm import tqdm
 
 from stave.cli.common import JSON_HELP, engine, print_json, settings
 from stave.infra.db import database_url
-from stave.infra.objectstore import make_object_store
+from stave.infra.errors import InvalidInput, NotFound
+from stave.infra.objectstore import ObjectStore, make_object_store
+from stave.infra.wal import write_target
+from stave.models.base import parse_id
 from stave.tasks import backup
 from stave.tasks import pitr as recovery
 from stave.tasks.backup import list_backups
 
-app = typer.Typer(help="Backups: dump, list, verify by restoring, restore.", no_args_is_help=True)
+app = typer.Typer(
+    help="Backups: dumps and base backups in the object store, continuous WAL archiving, "
+    "restore and point-in-time recovery (these work with the database gone).",
+    no_args_is_help=True,
+)
 
 
 @app.command()
@@ -43,7 +50,8 @@ def run(
         "tables": result.manifest["tables"],
     }
     if drill:
-        report["drill"] = backup.drill(db, store, backup.get_backup(db, str(result.id)), url=url)
+        found = backup.find_backup(store, current.env, str(result.id), kind="dump")
+        report["drill"] = backup.drill(db, store, found.as_record(), url=url)
     if as_json:
         print_json(report)
         return
@@ -56,40 +64,108 @@ def run(
 
 @app.command("list")
 def list_(
-    limit: int = typer.Option(50, "--limit", min=1, max=10000),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    runs: bool = typer.Option(
+        False, "--runs", help="The database's record of backup runs instead (failed ones too)."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, max=10000, help="With --runs: how many."),
 ) -> None:
-    """Backups, newest first, with status and when each was last verified."""
-    settings()
-    rows = list_backups(engine(settings()), limit)
+    """Backups in the object store (dumps, base backups) and each cluster's archived WAL.
+
+    Read from the store alone: works with the database server stopped or gone."""
+    current = settings()
+    if runs:
+        rows = list_backups(engine(current), limit)
+        if as_json:
+            print_json(rows)
+            return
+        for r in rows:
+            typer.echo(
+                f"{r['id']}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<4}  "
+                f"{r['status']:<9}  {r['error'] or ''}".rstrip()
+            )
+        return
+    store = make_object_store(current)
+    stored = backup.stored_backups(store, current.env)
+    wal = backup.wal_summary(store, current.env)
     if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        typer.echo("no backups yet: stave backup run")
-        return
-    for r in rows:
-        verified = (
-            f"verified {r['verified_at']:%Y-%m-%d %H:%M}" if r["verified_at"] else "unverified"
+        print_json(
+            {
+                "env": current.env,
+                "store": store.describe(),
+                "backups": [_entry(b) for b in stored],
+                "wal": [asdict(w) for w in wal],
+            }
         )
-        size = f"{r['bytes']} bytes" if r["bytes"] is not None else ""
+        return
+    if not stored and not wal:
+        typer.echo(f"no backups of {current.env!r} in {store.describe()} yet: stave backup run")
+        return
+    for b in stored:
+        verified = f"verified {b.verified_at:%Y-%m-%d %H:%M}" if b.verified_at else "unverified"
         typer.echo(
-            f"{r['id']}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['kind']:<4}  {r['status']:<9}  "
-            f"{verified:<27} "
-            f"{size}  {r['error'] or ''}".rstrip()
+            f"{b.id}  {b.started_at:%Y-%m-%d %H:%M:%S}  {b.kind:<4}  {verified:<26}  "
+            f"{b.bytes} bytes"
         )
+    for w in wal:
+        newest = f"{w.newest_at:%Y-%m-%d %H:%M:%S}" if w.newest_at else "-"
+        typer.echo(
+            f"WAL of cluster {w.system}: {w.files} file(s), {w.bytes} bytes, segments "
+            f"{w.first} .. {w.last}, newest archived {newest}"
+        )
+
+
+def _entry(b: backup.StoredBackup) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "id": str(b.id),
+        "kind": b.kind,
+        "object_key": b.object_key,
+        "bytes": b.bytes,
+        "sha256": b.sha256,
+        "started_at": b.started_at.isoformat(),
+        "finished_at": b.finished_at.isoformat(),
+        "verified_at": b.verified_at.isoformat() if b.verified_at else None,
+    }
+    if b.kind == "base":
+        entry["start_wal"] = b.manifest.get("start_wal")
+        entry["system_identifier"] = b.manifest.get("system_identifier")
+    return entry
 
 
 @app.command()
 def verify(
-    backup_id: str | None = typer.Argument(None, help="Backup id (default: the newest)."),
+    backup_id: str | None = typer.Argument(None, help="Backup id (default: the newest dump)."),
+    store_only: bool = typer.Option(
+        False, "--store-only", help="Check the objects' sha256 only; restore nothing."
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Restore drill: check the sha256, restore into a scratch database, compare row counts."""
+    """Check a backup. A dump: sha256, then a restore drill into a scratch database on the
+    configured server. A base backup: its sha256 and every WAL file it needs, from the store
+    alone (no server)."""
     current = settings()
-    db = engine(current)
-    record = backup.get_backup(db, backup_id)
-    report = backup.drill(db, make_object_store(current), record, url=database_url(current))
+    store = make_object_store(current)
+    kind = _kind_of(store, current.env, backup_id)
+    if kind == "base":
+        report = recovery.verify_base(store, current.env, backup_id)
+        if as_json:
+            print_json(report)
+            return
+        typer.echo(
+            f"base backup {report['backup_id']} and its {report['wal_files']} WAL file(s) are "
+            f"intact, through segment {report['last_segment']}"
+        )
+        return
+    found = backup.find_backup(store, current.env, backup_id, kind="dump")
+    if store_only:
+        store.verify(found.object_key, expected_sha256=found.sha256)
+        report = {"backup_id": str(found.id), "kind": "dump", "bytes": found.bytes}
+        if as_json:
+            print_json(report)
+            return
+        typer.echo(f"backup {found.id}: {found.bytes} bytes, sha256 matches the manifest")
+        return
+    report = backup.drill(None, store, found.as_record(), url=database_url(current))
     if as_json:
         print_json(report)
         return
@@ -99,6 +175,16 @@ def verify(
     )
 
 
+def _kind_of(store: ObjectStore, env_name: str, backup_id: str | None) -> str:
+    if backup_id is None:
+        return "dump"
+    ident = parse_id(backup_id, "backup")
+    for b in backup.stored_backups(store, env_name):
+        if b.id == ident:
+            return b.kind
+    raise NotFound(f"no backup {ident} of environment {env_name!r} in {store.describe()}")
+
+
 @app.command()
 def restore(
     backup_id: str = typer.Argument(..., help="Backup id."),
@@ -106,12 +192,12 @@ def restore(
     force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty one."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Restore a backup into a database on this server (a non-empty one only with --force)."""
+    """Restore a dump into a database on the configured server (a non-empty one only with
+    --force). The dump is found in the object store: a new, empty server is enough."""
     current = settings()
-    record = backup.get_backup(engine(current), backup_id)
-    counts = backup.restore(
-        make_object_store(current), record, url=database_url(current), database=into, force=force
-    )
+    store = make_object_store(current)
+    record = backup.find_backup(store, current.env, backup_id, kind="dump").as_record()
+    counts = backup.restore(store, record, url=database_url(current), database=into, force=force)
     if as_json:
         print_json({"backup_id": str(record["id"]), "database": into, "rows": counts})
         return
@@ -136,50 +222,90 @@ def base(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     typer.echo(f"base backup {backup_id} stored")
 
 
-@app.command("ship-wal")
-def ship_wal(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Close the current WAL segment and move every archived segment to the object store."""
+@app.command("wal-setup")
+def wal_setup(
+    target_file: Path = typer.Option(
+        ...,
+        "--target-file",
+        help="Where the database host keeps the store settings archive_command reads (0600).",
+    ),
+    owner: str | None = typer.Option(
+        None, "--owner", help="The database server's OS user (as root: the file's owner)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Continuous WAL archiving for an external PostgreSQL: run on the database host; writes
+    the target file and prints the postgresql.conf lines (the embedded server does this itself)."""
     current = settings()
-    store = make_object_store(current)
-    store.check()
-    recovery.switch_wal(database_url(current))
-    time.sleep(1)  # archive_command runs asynchronously
-    count = recovery.ship_wal(store, recovery.wal_spool(current), env_name=current.env)
+    setup = write_target(current, target_file, owner=owner)
     if as_json:
-        print_json({"shipped": count})
+        print_json(
+            {
+                "target_file": str(setup.target_file),
+                "archive_command": setup.command,
+                "archive_timeout": setup.timeout_s,
+            }
+        )
         return
-    typer.echo(f"shipped {count} WAL file(s)")
+    typer.echo(f"# wrote {setup.target_file}; add to postgresql.conf and reload:")
+    typer.echo(setup.conf_lines().rstrip())
 
 
 @app.command()
 def pitr(
-    to: datetime = typer.Option(
-        ..., "--to", help="Target time with zone, e.g. 2026-11-24T01:30:00+00:00."
+    to: datetime | None = typer.Option(
+        None, "--to", help="Target time with zone, e.g. 2026-11-24T01:30:00+00:00."
     ),
-    into: Path = typer.Option(
-        ..., "--into", help="New, empty directory for the recovered cluster."
+    latest: bool = typer.Option(False, "--latest", help="Replay every archived WAL segment."),
+    into: Path | None = typer.Option(
+        None, "--into", help="New, empty directory for the recovered cluster."
+    ),
+    as_embedded: bool = typer.Option(
+        False,
+        "--as-embedded",
+        help="Recover into the embedded database's own (missing or empty) directory, as the "
+        "new primary: it archives WAL again and every stave command uses it.",
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Restore the newest base backup before TIME, replay WAL to TIME, start it on a free port."""
+    """Recover from the object store alone: the newest base backup before the target, replay
+    the archived WAL to the target (or all of it with --latest), start it on a free port."""
     current = settings()
+    if (to is None) == (not latest):
+        raise InvalidInput("give exactly one of --to TIME and --latest")
+    if (into is None) == (not as_embedded):
+        raise InvalidInput("give exactly one of --into DIR and --as-embedded")
+    archive_to = None
+    if as_embedded:
+        if not current.uses_embedded_db:
+            raise InvalidInput("--as-embedded: STAVE_DATABASE_URL points at an external server")
+        into = recovery.check_embedded_slot(current).parent / "recovered"
+        archive_to = current
+    assert into is not None
     recovered = recovery.recover(
-        engine(current), make_object_store(current), env_name=current.env, target=to, into=into
+        make_object_store(current),
+        env_name=current.env,
+        target=to,
+        into=into,
+        archive_to=archive_to,
     )
+    if as_embedded:
+        recovered = recovery.adopt_as_embedded(recovered, current)
+    url = recovered.url(current.database_name)
+    report = {
+        "target": to.isoformat() if to else "latest",
+        "base_backup_id": recovered.base_backup_id,
+        "wal_files": recovered.wal_files,
+        "last_segment": recovered.last_segment,
+        "url": url,
+        "stop": recovery.stop_command(recovered),
+    }
     if as_json:
-        print_json(
-            {
-                "target": to.isoformat(),
-                "base_backup_id": str(recovered.base_backup_id),
-                "wal_files": recovered.wal_files,
-                "url": recovered.url(current.database_name),
-                "stop": recovery.stop_command(recovered),
-            }
-        )
+        print_json(report)
         return
     typer.echo(
-        f"recovered to {to.isoformat()} from base backup {recovered.base_backup_id} and "
-        f"{recovered.wal_files} WAL file(s)"
+        f"recovered to {report['target']} from base backup {recovered.base_backup_id} and "
+        f"{recovered.wal_files} WAL file(s) (through {recovered.last_segment})"
     )
-    typer.echo(f"running at {recovered.url(current.database_name)}")
-    typer.echo(f"stop it with: {recovery.stop_command(recovered)}")
+    typer.echo(f"running at {url}")
+    typer.echo(f"stop it with: {report['stop']}")

@@ -1,8 +1,10 @@
-"""Nightly backup: dump to the object store, restore drill, retention.
+"""Nightly backup: dump to the object store, restore drill, base backup, retention.
 
 Order matters: a new dump is proven restorable (the drill) before retention may delete older
-ones, and retention never deletes the newest verified backup. A failed dump or drill fails the
-flow run with the cause as its message.
+ones, and retention never deletes the newest verified backup; base backups (point-in-time
+recovery, with the WAL the server archives to the store continuously) are pruned with the WAL
+they alone needed only after the new one is stored. A failed step fails the flow run with the
+cause as its message. The `backup_record` cache is brought in line with the store at the end.
 """
 
 from __future__ import annotations
@@ -40,12 +42,11 @@ def dump_database() -> dict[str, Any]:
 
 
 @task(name="restore-drill", cache_policy=NO_CACHE)
-def restore_drill(backup_id: str | None) -> dict[str, Any]:
+def restore_drill(backup_id: str) -> dict[str, Any]:
     settings = get_settings()
-    record = backup.get_backup(get_engine(), backup_id)
-    return backup.drill(
-        get_engine(), make_object_store(settings), record, url=database_url(settings)
-    )
+    store = make_object_store(settings)
+    found = backup.find_backup(store, settings.env, backup_id, kind="dump")
+    return backup.drill(get_engine(), store, found.as_record(), url=database_url(settings))
 
 
 @task(name="apply-retention", cache_policy=NO_CACHE)
@@ -61,56 +62,58 @@ def apply_retention() -> list[str]:
     )
 
 
-@task(name="ship-wal", cache_policy=NO_CACHE)
-def ship_wal() -> int:
+@task(name="base-backup", cache_policy=NO_CACHE)
+def base_backup() -> str | None:
+    """A base backup, or None (with a warning) when the server does not archive WAL."""
     settings = get_settings()
-    pitr.switch_wal(database_url(settings))
-    return pitr.ship_wal(
-        make_object_store(settings), pitr.wal_spool(settings), env_name=settings.env
+    url = database_url(settings)
+    if not pitr.archiving_enabled(url):
+        get_run_logger().warning(
+            "the database does not archive WAL to the store (archive_mode off): no base "
+            "backup, so no point-in-time recovery; see `stave backup wal-setup`"
+        )
+        return None
+    return pitr.take_base_backup(
+        get_engine(), make_object_store(settings), url=url, env_name=settings.env
     )
 
 
-@task(name="base-backup", cache_policy=NO_CACHE)
-def base_backup() -> str:
+@task(name="base-retention", cache_policy=NO_CACHE)
+def base_retention() -> dict[str, Any]:
     settings = get_settings()
-    return pitr.take_base_backup(
-        get_engine(), make_object_store(settings), url=database_url(settings), env_name=settings.env
+    return backup.apply_base_retention(
+        get_engine(),
+        make_object_store(settings),
+        env_name=settings.env,
+        daily=settings.base_keep_daily,
+        weekly=settings.base_keep_weekly,
     )
 
 
 @flow(name="backup", flow_run_name=names.backup)
-def nightly_backup(
-    drill: bool = True, retention: bool = True, base: bool = True, wal: bool = True
-) -> dict[str, Any]:
-    """Dump the database to the object store, prove it restores, then apply retention; take a
-    base backup and ship archived WAL for point-in-time recovery.
+def nightly_backup(drill: bool = True, retention: bool = True, base: bool = True) -> dict[str, Any]:
+    """Dump the database to the object store, prove it restores, take a base backup for
+    point-in-time recovery, then apply retention to dumps, base backups and WAL.
 
     Args:
         drill: Restore the new dump into a scratch database and compare row counts.
-        retention: Delete dumps beyond the daily/weekly/monthly counts (only after a drill).
-        base: Take a base backup for point-in-time recovery.
-        wal: Ship archived WAL segments to the object store.
+        retention: Delete dumps, base backups and WAL beyond the kept counts (only after a
+            drill, and never the newest verified backup).
+        base: Take a base backup for point-in-time recovery (the server archives WAL itself).
     """
     log = get_run_logger()
     made = dump_database()
     log.info("backup %s: %s bytes in %s s", made["id"], made["bytes"], made["seconds"])
     checked = restore_drill(made["id"]) if drill else None
+    base_id = base_backup() if base else None
     removed = apply_retention() if retention and checked is not None else []
-    settings = get_settings()
-    archiving = settings.uses_embedded_db or settings.wal_spool_dir is not None
-    if (base or wal) and not archiving:
-        log.warning(
-            "point-in-time recovery is not configured (STAVE_WAL_SPOOL_DIR unset for an "
-            "external database): skipping the base backup and WAL shipping"
-        )
-    base_id = base_backup() if base and archiving else None
-    shipped = ship_wal() if wal and archiving else 0
+    pruned = base_retention() if retention and base_id is not None else None
     summary = {
         "backup": made,
         "drill": checked,
         "deleted": removed,
         "base_backup": base_id,
-        "wal_shipped": shipped,
+        "base_retention": pruned,
     }
     create_table_artifact(
         table=[
@@ -123,7 +126,10 @@ def nightly_backup(
             {"measure": "drill seconds", "value": str(checked["seconds"]) if checked else "-"},
             {"measure": "deleted by retention", "value": str(len(removed))},
             {"measure": "base backup", "value": base_id or "skipped"},
-            {"measure": "WAL files shipped", "value": str(shipped)},
+            {
+                "measure": "base backups / WAL files deleted",
+                "value": f"{len(pruned['deleted'])} / {pruned['wal_deleted']}" if pruned else "-",
+            },
         ],
         key="backup-summary",
         description="nightly backup",

@@ -41,6 +41,7 @@ def embedded_server(settings: Settings) -> EmbeddedPostgres:
         settings.embedded_pg_dir,
         log_file=settings.log_dir / "postgres.log",
         port=settings.embedded_pg_port,
+        archive_to=settings,
     )
 
 

@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from stave.infra import wal
 from stave.infra.errors import DatabaseUnavailable
+from stave.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,17 @@ class RunningServer:
 class EmbeddedPostgres:
     """One cluster in `pgdata`, started on demand and kept running between commands."""
 
-    def __init__(self, pgdata: Path, *, log_file: Path, port: int = 0) -> None:
+    def __init__(
+        self, pgdata: Path, *, log_file: Path, port: int = 0, archive_to: Settings | None = None
+    ) -> None:
         self.pgdata = pgdata.resolve()
         self.log_file = log_file.resolve()
         self.requested_port = port
         self._state_file = self.pgdata.parent / f"{self.pgdata.name}.json"
-        # Completed WAL segments land here (archive_command) until `stave backup ship-wal`
-        # moves them to the object store: continuous archiving for point-in-time recovery.
-        self.wal_spool = self.pgdata.parent / f"{self.pgdata.name}_wal"
+        # With `archive_to`, every finished WAL segment goes to that settings' object store
+        # (continuous archiving for point-in-time recovery); without, archiving is off.
+        self.archive_to = archive_to
+        self.archive_target = self.pgdata.parent / f"{self.pgdata.name}_archive.json"
         self._lock_file = self.pgdata.parent / f"{self.pgdata.name}.lock"
         self._run_as = SYSTEM_USER_WHEN_ROOT if os.geteuid() == 0 else None
 
@@ -122,21 +127,16 @@ class EmbeddedPostgres:
         )
 
     def _configure_archiving(self) -> None:
-        """archive_command copies each finished segment into the spool (never over a file that
-        is there: a second copy of a name means two clusters share a spool, which is an error).
-
-        Written to its own file on every start, so a restored copy of this cluster archives into
-        its own spool, not the original's.
-        """
-        self.wal_spool.mkdir(mode=0o700, exist_ok=True)
-        spool = str(self.wal_spool).replace("'", "''")
+        """Archiving on (to the store, wal.py) or off, written to its own included file on every
+        start: a restored copy of this cluster never archives into the original's place unless
+        it is started as the new primary."""
         conf = self.pgdata / ARCHIVE_CONF
-        conf.write_text(
-            "# Written by Stave on every start of the embedded server.\n"
-            "wal_level = replica\n"
-            "archive_mode = on\n"
-            f'archive_command = \'test ! -f "{spool}/%f" && cp "%p" "{spool}/%f"\'\n'
-        )
+        if self.archive_to is None:
+            body = "wal_level = replica\narchive_mode = off\n"
+        else:
+            setup = wal.write_target(self.archive_to, self.archive_target, owner=self._run_as)
+            body = setup.conf_lines()
+        conf.write_text("# Written by Stave on every start of the embedded server.\n" + body)
         main = self.pgdata / "postgresql.conf"
         include = f"include_if_exists = '{ARCHIVE_CONF}'"
         if include not in main.read_text():
@@ -144,8 +144,7 @@ class EmbeddedPostgres:
                 handle.write(f"\n{include}\n")
         if self._run_as is not None:
             entry = pwd.getpwnam(self._run_as)
-            for path in (self.wal_spool, conf):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(conf, entry.pw_uid, entry.pw_gid)
 
     def _start(self) -> RunningServer:
         port = self._choose_port()

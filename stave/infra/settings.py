@@ -169,9 +169,15 @@ class Settings(BaseSettings):
     backup_keep_daily: int = Field(default=7, ge=1, le=365)
     backup_keep_weekly: int = Field(default=4, ge=0, le=520)
     backup_keep_monthly: int = Field(default=6, ge=0, le=1200)
-    # Where the server's archive_command leaves WAL segments (external PostgreSQL); unset: the
-    # embedded server's own spool beside its data directory.
-    wal_spool_dir: Path | None = None
+    # Base backups (point-in-time recovery): the newest of each of the last N days and weeks
+    # are kept, WAL older than the oldest kept base backup is deleted.
+    base_keep_daily: int = Field(default=7, ge=1, le=365)
+    base_keep_weekly: int = Field(default=4, ge=0, le=520)
+    # Continuous archiving: a server with any new WAL closes its segment at least this often,
+    # so at most this many seconds of commits are lost with the database host (the RPO).
+    wal_archive_timeout_s: int = Field(default=60, ge=1, le=3600)
+    # Bucket lifecycle (`stave store setup`): uploaded prompt files expire after this many days.
+    prompts_expire_days: int = Field(default=30, ge=1, le=3650)
 
     # Sounds-alike search: one HNSW index per encoder version (cosine). m and ef_construction
     # apply when an index is (re)built (`stave index rebuild`); ef_search at query time, raised

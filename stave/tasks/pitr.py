@@ -1,16 +1,18 @@
-"""Point-in-time recovery: base backups, WAL shipping, and recovery to a moment.
+"""Point-in-time recovery from the object store alone: base backups and recovery to a moment.
 
 - `take_base_backup` streams `pg_basebackup -Ft -X none` (a tar of the data directory) to the
-  object store; the WAL it needs is archived by the server (`archive_command` into the spool).
-- `ship_wal` moves finished segments from the spool to `backups/<env>/wal/`, verifying each
-  upload before the local copy is removed.
-- `recover` restores the newest base backup finished before the target time into a new
-  directory, fetches the archived WAL beside it, and starts a server that replays to the target
-  and promotes; it returns that server, running on a free loopback port.
+  object store, from any host; the WAL it needs is archived by the server itself, segment by
+  segment, straight to the store (`stave.infra.wal`, the server's `archive_command`).
+- `recover` finds the base backup in the store's catalogue (no database needed: the one being
+  recovered is gone), checks it and the whole WAL chain after it (walchain.py), restores into a
+  new directory and starts a server that replays to the target time, or to the last archived
+  segment, and promotes; it returns that server, running on a free loopback port.
+- `verify_base` does the same checks without starting anything.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pwd
 import re
@@ -30,18 +32,11 @@ from stave.infra.db import embedded_server, libpq_target
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer, bin_dir
 from stave.infra.errors import ConfigError, InvalidInput, NotFound
 from stave.infra.objectstore.base import ObjectStore
-from stave.infra.objectstore.keys import validate_key
 from stave.infra.settings import Settings
 from stave.models.base import utcnow
+from stave.tasks import walchain
 from stave.tasks.backup import BackupFailed, manifest_key, recorded, stream_to_store, succeed
-
-_WAL_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
-
-
-def wal_key(env_name: str, name: str) -> str:
-    if not _WAL_NAME.match(name):
-        raise InvalidInput(f"{name!r} is not a WAL file name")
-    return validate_key(f"backups/{env_name}/wal/{name.lower()}")
+from stave.tasks.backup.catalogue import StoredBackup, find_backup, stored_backups
 
 
 @dataclass
@@ -50,6 +45,7 @@ class RecoveredServer:
     cluster: EmbeddedPostgres
     base_backup_id: str
     wal_files: int
+    last_segment: str | None
 
     def url(self, database: str) -> str:
         return self.server.url(database)
@@ -57,9 +53,10 @@ class RecoveredServer:
 
 def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: str) -> str:
     """Stream a base backup into the store; returns the backup record id."""
+    segment_size, system = _require_archiving(url)
     target, env = libpq_target(url)
     with recorded(engine, store, kind="base", env_name=env_name) as (backup_id, key, started):
-        info, log_text = stream_to_store(
+        info, _ = stream_to_store(
             [
                 str(bin_dir() / "pg_basebackup"),
                 f"--dbname={target}",
@@ -76,15 +73,18 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
             key,
             content_type="application/x-tar",
         )
-        start = re.search(r"write-ahead log start point: (\S+) on timeline (\d+)", log_text)
+        label = _backup_label(store, key)
         manifest: dict[str, Any] = {
             "id": str(backup_id),
             "kind": "base",
             "format": "pg_basebackup tar, WAL from the archive",
             "bytes": info.size,
             "sha256": info.sha256,
-            "start_lsn": start.group(1) if start else None,
-            "timeline": int(start.group(2)) if start else None,
+            "start_lsn": label["lsn"],
+            "timeline": label["timeline"],
+            "start_wal": label["segment"],
+            "wal_segment_size": segment_size,
+            "system_identifier": system,
             "started_at": started.isoformat(),
             "finished_at": utcnow().isoformat(),
         }
@@ -95,21 +95,81 @@ def take_base_backup(engine: Engine, store: ObjectStore, *, url: str, env_name: 
     return str(backup_id)
 
 
-def ship_wal(store: ObjectStore, spool: Path, *, env_name: str) -> int:
-    """Upload every archived WAL file in `spool`, verify it, then remove the local copy."""
-    shipped = 0
-    if not spool.is_dir():
-        return 0
-    for path in sorted(spool.iterdir()):
-        if not _WAL_NAME.match(path.name):
-            continue  # a file cp is still writing has the final name only once complete
-        data = path.read_bytes()
-        key = wal_key(env_name, path.name)
-        info = store.put_bytes(key, data, content_type="application/octet-stream")
-        store.verify(key, expected_sha256=info.sha256)
-        path.unlink()
-        shipped += 1
-    return shipped
+def _backup_label(store: ObjectStore, key: str) -> dict[str, Any]:
+    """Where the backup's WAL starts, from its `backup_label` (the tar's first member: the
+    server sends it first), read from the stored object's first chunk."""
+    chunks = store.iter_chunks(key)
+    head = next(chunks, b"")
+    chunks.close()  # type: ignore[attr-defined]  # a generator: stop reading the rest
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as archive:
+            for member in archive:
+                if member.name == "backup_label":
+                    handle = archive.extractfile(member)
+                    content = handle.read().decode() if handle else ""
+                    break
+            else:
+                content = ""
+    except tarfile.TarError:
+        content = ""
+    location = re.search(r"START WAL LOCATION: (\S+) \(file ([0-9A-F]{24})\)", content)
+    timeline = re.search(r"START TIMELINE: (\d+)", content)
+    if location is None or timeline is None:
+        raise BackupFailed(f"the base backup {key} has no readable backup_label first")
+    return {
+        "lsn": location.group(1),
+        "segment": location.group(2),
+        "timeline": int(timeline.group(1)),
+    }
+
+
+def archiving_enabled(url: str) -> bool:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SHOW archive_mode")).scalar_one() != "off")
+    finally:
+        engine.dispose()
+
+
+def _require_archiving(url: str) -> tuple[int, str]:
+    """The server's WAL segment size and system identifier, once it is known to archive WAL (a
+    base backup without its WAL in the store could never be recovered)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            mode = conn.execute(text("SHOW archive_mode")).scalar_one()
+            size = conn.execute(
+                text("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")
+            ).scalar_one()
+            system = conn.execute(
+                text("SELECT system_identifier FROM pg_control_system()")
+            ).scalar_one()
+            archiver = conn.execute(
+                text(
+                    "SELECT last_failed_wal, last_failed_time, last_archived_time "
+                    "FROM pg_stat_archiver"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    if mode == "off":
+        raise ConfigError(
+            "the database does not archive WAL (archive_mode is off): set it up with "
+            "`stave backup wal-setup` before taking base backups"
+        )
+    failing = archiver.last_failed_time is not None and (
+        archiver.last_archived_time is None
+        or archiver.last_failed_time > archiver.last_archived_time
+    )
+    if failing:
+        # pg_basebackup would wait for its WAL to be archived for as long as that fails.
+        raise BackupFailed(
+            f"WAL archiving is failing (last failed: {archiver.last_failed_wal} at "
+            f"{archiver.last_failed_time:%Y-%m-%d %H:%M:%S}): the server's log says why; "
+            "fix it before a base backup"
+        )
+    return int(size), str(system)
 
 
 def switch_wal(url: str) -> None:
@@ -123,58 +183,130 @@ def switch_wal(url: str) -> None:
 
 
 def recover(
-    engine: Engine, store: ObjectStore, *, env_name: str, target: datetime, into: Path
+    store: ObjectStore,
+    *,
+    env_name: str,
+    target: datetime | None,
+    into: Path,
+    archive_to: Settings | None = None,
 ) -> RecoveredServer:
-    """Restore to `target` into the empty (or new) directory `into` and start it."""
-    if target.tzinfo is None:
+    """Restore into the empty (or new) directory `into` from the store alone, replay WAL to
+    `target` (None: to the last archived segment), and start it on a free loopback port.
+
+    `archive_to`: the recovered server is the new primary and archives to that store (else it
+    archives nowhere, so a drill never writes into the environment's WAL)."""
+    if target is not None and target.tzinfo is None:
         raise InvalidInput("--to needs a time zone, e.g. 2026-11-24T01:30:00+00:00")
     into = into.resolve()
     if into.exists() and any(into.iterdir()):
         raise InvalidInput(f"{into} is not empty; recover into a new directory")
-    with engine.connect() as conn:
-        base = conn.execute(
-            text(
-                "SELECT id, object_key, sha256 FROM backup_record WHERE kind = 'base' "
-                "AND status = 'succeeded' AND env = :env AND finished_at <= :t "
-                "ORDER BY finished_at DESC LIMIT 1"
-            ),
-            {"env": env_name, "t": target},
-        ).one_or_none()
-    if base is None:
-        raise NotFound(f"no base backup finished before {target.isoformat()}: stave backup base")
+    base = _choose_base(store, env_name, target)
+    wal_plan = _plan(store, env_name, base)
     data_dir = into / "data"
     wal_dir = into / "wal"
     data_dir.mkdir(parents=True, mode=0o700)
-    wal_dir.mkdir()
-    # The sha256 is checked before a single file is unpacked.
+    # Everything is checked before a server starts: the tar's sha256 before a file is unpacked,
+    # every WAL file's sha256 and completeness before replay.
     store.verify(base.object_key, expected_sha256=base.sha256)
     reader: Any = _ChunkReader(store.iter_chunks(base.object_key, expected_sha256=base.sha256))
     with tarfile.open(fileobj=reader, mode="r|") as archive:
         archive.extractall(data_dir, filter="data")
-    fetched = 0
-    prefix = f"backups/{env_name}/wal/"
-    for info in store.list(prefix):
-        name = info.key.removeprefix(prefix).upper()
-        name = name.replace(".HISTORY", ".history").replace(".BACKUP", ".backup")
-        (wal_dir / name).write_bytes(store.get_bytes(info.key))
-        fetched += 1
+    walchain.fetch_all(store, wal_plan, wal_dir)
     (data_dir / "recovery.signal").touch()
-    stamp = target.isoformat(sep=" ")
+    lines = [
+        "\n# Point-in-time recovery, written by stave backup pitr",
+        f'restore_command = \'cp "{wal_dir}/%f" "%p"\'',
+        "recovery_target_timeline = 'latest'",
+    ]
+    if target is not None:
+        lines += [
+            f"recovery_target_time = '{target.isoformat(sep=' ')}'",
+            "recovery_target_action = 'promote'",
+        ]
     with (data_dir / "postgresql.auto.conf").open("a") as handle:
-        handle.write(
-            "\n# Point-in-time recovery, written by stave backup pitr\n"
-            f'restore_command = \'cp "{wal_dir}/%f" "%p"\'\n'
-            f"recovery_target_time = '{stamp}'\n"
-            "recovery_target_action = 'promote'\n"
-        )
+        handle.write("\n".join(lines) + "\n")
     for stale in ("postmaster.pid", "postmaster.opts"):
         (data_dir / stale).unlink(missing_ok=True)
-    cluster = EmbeddedPostgres(data_dir, log_file=into / "postgres.log")
+    cluster = EmbeddedPostgres(data_dir, log_file=into / "postgres.log", archive_to=archive_to)
     if cluster._run_as is not None:
         _chown_tree(into, cluster._run_as)
     server = cluster.ensure_running()
     _wait_promoted(server)
-    return RecoveredServer(server, cluster, str(base.id), fetched)
+    return RecoveredServer(server, cluster, str(base.id), len(wal_plan.keys), wal_plan.last)
+
+
+def verify_base(store: ObjectStore, env_name: str, backup_id: str | None) -> dict[str, Any]:
+    """Check a base backup and the WAL it needs, object by object, without a server."""
+    base = find_backup(store, env_name, backup_id, kind="base")
+    store.verify(base.object_key, expected_sha256=base.sha256)
+    wal_plan = _plan(store, env_name, base)
+    checked = walchain.check_all(store, wal_plan)
+    return {
+        "backup_id": str(base.id),
+        "kind": "base",
+        "bytes": base.bytes,
+        "wal_files": len(wal_plan.keys),
+        "wal_bytes": checked,
+        "last_segment": wal_plan.last,
+    }
+
+
+def _plan(store: ObjectStore, env_name: str, base: StoredBackup) -> walchain.WalPlan:
+    manifest = base.manifest
+    return walchain.plan(
+        store,
+        env_name,
+        str(manifest["system_identifier"]),
+        manifest["start_wal"],
+        manifest["wal_segment_size"],
+    )
+
+
+def _choose_base(store: ObjectStore, env_name: str, target: datetime | None) -> StoredBackup:
+    bases = [
+        b for b in stored_backups(store, env_name, "base") if b.manifest.get("system_identifier")
+    ]
+    if target is not None:
+        bases = [b for b in bases if b.finished_at <= target]
+    if not bases:
+        when = f" finished before {target.isoformat()}" if target else ""
+        raise NotFound(
+            f"no base backup of environment {env_name!r}{when} in {store.describe()}: "
+            "stave backup base"
+        )
+    return bases[0]
+
+
+def check_embedded_slot(settings: Settings) -> Path:
+    """The embedded database's directory, refused unless it is missing or empty (recovery
+    never overwrites a cluster: move a damaged one aside first)."""
+    slot = settings.embedded_pg_dir.resolve()
+    if slot.exists() and any(slot.iterdir()):
+        raise InvalidInput(
+            f"{slot} is not empty: stop the embedded database and move that directory aside "
+            "before recovering into its place"
+        )
+    return slot
+
+
+def adopt_as_embedded(recovered: RecoveredServer, settings: Settings) -> RecoveredServer:
+    """Move a recovered (promoted) cluster into the embedded database's place and start it
+    there as the environment's database, archiving again."""
+    slot = check_embedded_slot(settings)
+    workdir = recovered.cluster.pgdata.parent
+    recovered.cluster.stop()
+    if slot.exists():
+        slot.rmdir()
+    shutil.move(recovered.cluster.pgdata, slot)
+    conf = slot / "postgresql.auto.conf"
+    text_ = conf.read_text()
+    conf.write_text(text_.split("\n# Point-in-time recovery, written by stave")[0].rstrip() + "\n")
+    cluster = embedded_server(settings)
+    server = cluster.ensure_running()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return RecoveredServer(
+        server, cluster, recovered.base_backup_id, recovered.wal_files, recovered.last_segment
+    )
 
 
 class _ChunkReader:
@@ -222,16 +354,3 @@ def _wait_promoted(server: RunningServer, timeout_s: float = 120) -> None:
 def stop_command(recovered: RecoveredServer) -> str:
     runner = f"runuser -u {recovered.cluster._run_as} -- " if recovered.cluster._run_as else ""
     return f"{runner}{bin_dir() / 'pg_ctl'} -D {recovered.cluster.pgdata} stop"
-
-
-def wal_spool(settings: Settings) -> Path:
-    """Where archived WAL waits to be shipped: the configured folder or the embedded spool."""
-    if settings.wal_spool_dir is not None:
-        return settings.wal_spool_dir
-    if settings.uses_embedded_db:
-        return embedded_server(settings).wal_spool
-
-    raise ConfigError(
-        "STAVE_WAL_SPOOL_DIR is not set: point it at the folder your server's archive_command "
-        "copies WAL segments into"
-    )

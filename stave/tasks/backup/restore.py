@@ -15,6 +15,7 @@ from stave.infra.db import libpq_target
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore.base import ObjectStore
 from stave.models.base import utcnow
+from stave.tasks.backup.catalogue import mark_verified
 from stave.tasks.backup.tools import BackupFailed, Drain, count_rows, tool, user_tables
 
 
@@ -98,9 +99,10 @@ def drop_database(url: str, database: str) -> None:
 
 
 def drill(
-    engine: Engine, store: ObjectStore, record: dict[str, Any], *, url: str
+    engine: Engine | None, store: ObjectStore, record: dict[str, Any], *, url: str
 ) -> dict[str, Any]:
-    """Prove a backup restores: verify, restore into a scratch database, compare, drop."""
+    """Prove a backup restores: verify, restore into a scratch database, compare, drop; the
+    manifest in the store (and the record, given the engine) then says when."""
     scratch = f"stave_drill_{uuid.uuid4().hex[:10]}"
     started = utcnow()
     try:
@@ -115,11 +117,13 @@ def drill(
             f"restore drill of backup {record['id']}: {table} has {got} rows, the manifest "
             f"says {want} ({len(wrong)} table(s) differ)"
         )
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE backup_record SET verified_at = now() WHERE id = :id"),
-            {"id": record["id"]},
-        )
+    verified = mark_verified(store, record)
+    if engine is not None:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE backup_record SET verified_at = :at WHERE id = :id"),
+                {"id": record["id"], "at": verified},
+            )
     return {
         "backup_id": str(record["id"]),
         "tables": len(counts),
