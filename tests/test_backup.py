@@ -3,6 +3,7 @@ corruption and interrupted uploads."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,9 +14,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from stave.infra.embedded_pg import EmbeddedPostgres
-from stave.infra.errors import InvalidInput, ObjectCorrupted, StorageUnavailable
-from stave.infra.objectstore import make_object_store
+from stave.infra.errors import InvalidInput, NotFound, ObjectCorrupted, StorageUnavailable
+from stave.infra.objectstore import ObjectStore, make_object_store
 from stave.infra.settings import Settings
 from stave.tasks import backup
 from tests.test_cli import assert_one_line_error, stave
@@ -186,45 +186,75 @@ def test_backups_left_running_by_a_killed_process_are_marked_failed(
     assert not store.exists(key)
 
 
+def age_manifest(store: ObjectStore, object_key: str, **fields: str) -> None:
+    """Rewrite fields of a backup's manifest in the store (the catalogue retention reads)."""
+    key = object_key + ".manifest.json"
+    manifest = json.loads(store.get_bytes(key))
+    manifest.update(fields)
+    store.put_bytes(key, json.dumps(manifest).encode(), content_type="application/json")
+
+
 def test_retention_deletes_objects_and_records_but_keeps_the_newest_verified(
     engine: Engine, database_url: str, settings: Settings
 ) -> None:
     store = make_object_store(settings)
     env_name = f"ret{uuid.uuid4().hex[:6]}"
     made = [backup.run_backup(engine, store, url=database_url, env_name=env_name) for _ in range(3)]
-    with engine.begin() as conn:
-        for age, result in zip((40, 20, 0), made, strict=True):
-            conn.execute(
-                text(
-                    "UPDATE backup_record SET created_at = now() - make_interval(days => :d) "
-                    "WHERE id = :id"
-                ),
-                {"d": age, "id": result.id},
-            )
-        conn.execute(
-            text("UPDATE backup_record SET verified_at = now() WHERE id = :id"), {"id": made[0].id}
-        )
+    now = datetime.now(UTC)
+    for age, result in zip((40, 20, 0), made, strict=True):
+        age_manifest(store, result.object_key, started_at=(now - timedelta(days=age)).isoformat())
+    age_manifest(store, made[0].object_key, verified_at=now.isoformat())
     removed = backup.apply_retention(engine, store, env_name=env_name, daily=1, weekly=0, monthly=0)
     assert removed == [str(made[1].id)]
     assert not store.exists(made[1].object_key)
+    assert not store.exists(made[1].object_key + ".manifest.json")
     assert store.exists(made[0].object_key) and store.exists(made[2].object_key)
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                text("SELECT id, verified_at FROM backup_record WHERE env = :e"), {"e": env_name}
+            ).all()
+        )
+    # The cache follows the store: the removed one's record is gone, the verified mark came in.
+    assert set(rows) == {made[0].id, made[2].id} and rows[made[0].id] is not None
+
+
+def test_the_store_is_the_catalogue_and_the_records_are_rebuilt_from_it(
+    engine: Engine, database_url: str, settings: Settings
+) -> None:
+    store = make_object_store(settings)
+    env_name = f"cat{uuid.uuid4().hex[:6]}"
+    made = backup.run_backup(engine, store, url=database_url, env_name=env_name)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM backup_record WHERE env = :e"), {"e": env_name})
+    found = backup.find_backup(store, env_name, None, kind="dump")
+    assert found.id == made.id and found.sha256 == made.sha256
+    assert backup.sync_records(engine, store, env_name) == {"added": 1, "removed": 0}
+    assert backup.sync_records(engine, store, env_name) == {"added": 0, "removed": 0}
+    store.delete(made.object_key + ".manifest.json")
+    assert backup.stored_backups(store, env_name) == []
+    assert backup.sync_records(engine, store, env_name) == {"added": 0, "removed": 1}
+    with pytest.raises(NotFound, match="no dump backup"):
+        backup.find_backup(store, env_name, None, kind="dump")
 
 
 def test_the_nightly_flow_dumps_drills_and_reports(
-    prefect_api: str,
-    engine: Engine,
-    database_url: str,
-    pg_cluster: EmbeddedPostgres,
-    stave_env: Callable[..., Settings],
+    prefect_api: str, engine: Engine, database_url: str, settings: Settings
 ) -> None:
     from stave.flows.backup import nightly_backup
 
-    stave_env(wal_spool_dir=pg_cluster.wal_spool)
     summary = nightly_backup()
-    assert summary["base_backup"] and summary["wal_shipped"] >= 1
+    # The session's database does not archive WAL: no base backup, said so, and no failure.
+    assert summary["base_backup"] is None and summary["base_retention"] is None
     assert summary["drill"]["tables"] == summary["backup"]["tables"]
-    record = backup.get_backup(engine, summary["backup"]["id"])
-    assert record["verified_at"] is not None
+    store = make_object_store(settings)
+    found = backup.find_backup(store, settings.env, summary["backup"]["id"], kind="dump")
+    assert found.verified_at is not None
+    with engine.connect() as conn:
+        verified = conn.execute(
+            text("SELECT verified_at FROM backup_record WHERE id = :id"), {"id": found.id}
+        ).scalar_one()
+    assert verified is not None
 
 
 def test_cli_backup_run_verify_list_and_restore(database_url: str, tmp_path: Path) -> None:
@@ -239,6 +269,10 @@ def test_cli_backup_run_verify_list_and_restore(database_url: str, tmp_path: Pat
     assert checked.returncode == 0 and "match the manifest" in checked.stdout
     listed = stave("backup", "list", cwd=tmp_path, env=env)
     assert made["id"] in listed.stdout and "verified" in listed.stdout
+    only = stave("backup", "verify", made["id"], "--store-only", cwd=tmp_path, env=env)
+    assert only.returncode == 0 and "sha256 matches" in only.stdout
+    runs = stave("backup", "list", "--runs", cwd=tmp_path, env=env)
+    assert made["id"] in runs.stdout and "succeeded" in runs.stdout
     refused = stave("backup", "restore", made["id"], "--into", "stave_test", cwd=tmp_path, env=env)
     assert refused.returncode == 1
     assert "is not empty" in assert_one_line_error(refused)

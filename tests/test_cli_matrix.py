@@ -93,6 +93,7 @@ class Samples:
             "month": "2026-01",
             "name": "matrix-template",
             "user": "matrix-user",
+            "target_file": str(self.root / "wal-target.json"),
         }
         if name not in fixed:
             pytest.fail(f"stave {' '.join(path)}: no sample value for {name!r}; add one")
@@ -104,6 +105,7 @@ EXTRAS: dict[tuple[str, ...], list[str]] = {
     ("gallery",): [str(uuid.uuid4())],
     ("templates", "set"): ["-p", "steps=12"],
     ("prefs", "set"): ["-p", "duration_s=5"],
+    ("backup", "pitr"): ["--latest"],
 }
 
 

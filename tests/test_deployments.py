@@ -333,7 +333,6 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
                 "drill": False,
                 "retention": False,
                 "base": False,
-                "wal": False,
             },
             "archive/weekly-archive": {"dry_run": True},
             "train/train": {

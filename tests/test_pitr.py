@@ -1,61 +1,151 @@
-"""Point-in-time recovery on the real embedded PostgreSQL: base backup, WAL shipped to the
-object store, recovery to a noted moment finds exactly the rows committed before it."""
+"""WAL archiving and the chain recovery needs, on the real filesystem store and the session's
+PostgreSQL: the archive command's contract with the server, gaps and corruption found before
+anything is replayed, and WAL retention bounded by the oldest kept base backup.
+(The whole loss-and-recovery drill is tests/test_disaster.py.)"""
 
 from __future__ import annotations
 
-import time
+import json
+import subprocess
+import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
-from stave.infra.embedded_pg import EmbeddedPostgres
+from stave.infra import wal
+from stave.infra.errors import ConfigError, ObjectCorrupted
 from stave.infra.objectstore import make_object_store
+from stave.infra.objectstore.base import ObjectStore
+from stave.infra.objectstore.filesystem import FilesystemStore
 from stave.infra.settings import Settings
-from stave.tasks import pitr
+from stave.models.base import utcnow
+from stave.tasks import backup, pitr, walchain
 
-pytestmark = pytest.mark.integration
+SYSTEM = "7000000000000000001"
 
 
-def test_recovery_to_a_noted_time_finds_exactly_the_earlier_rows(
-    engine: Engine,
-    database_url: str,
-    pg_cluster: EmbeddedPostgres,
-    settings: Settings,
-    tmp_path: Path,
+def segment(tmp_path: Path, name: str, fill: bytes = b"\0") -> Path:
+    path = tmp_path / name
+    path.write_bytes(name.encode() + fill * 4096)
+    return path
+
+
+def archive(store: ObjectStore, env_name: str, tmp_path: Path, *names: str) -> None:
+    for name in names:
+        wal.push(store, env_name, SYSTEM, segment(tmp_path, name), name)
+
+
+def names(timeline: int, first: int, last: int) -> list[str]:
+    return [wal.segment_name(timeline, n) for n in range(first, last + 1)]
+
+
+def test_archive_command_is_idempotent_and_refuses_other_bytes(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    name = names(1, 3, 3)[0]
+    path = segment(tmp_path, name)
+    key = wal.push(store, "dev", SYSTEM, path, name)
+    assert key == f"backups/dev/wal/{SYSTEM}/{name.lower()}.zz"
+    assert wal.push(store, "dev", SYSTEM, path, name) == key  # a retry after a crash: success
+    assert wal.fetch(store, key) == path.read_bytes()
+    with pytest.raises(ObjectCorrupted, match="already in the store with other bytes"):
+        wal.push(store, "dev", SYSTEM, segment(tmp_path, name, b"\1"), name)
+
+
+def test_archive_command_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    """What PostgreSQL sees: exit 1 and one line on stderr when the store cannot take it."""
+    settings = Settings(home=tmp_path / "home", s3_endpoint="127.0.0.1:9", s3_max_retries=0)
+    setup = wal.write_target(settings, tmp_path / "target.json")
+    assert (tmp_path / "target.json").stat().st_mode & 0o777 == 0o600
+    assert "archive_timeout = 60" in setup.conf_lines()
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / "pg_control").write_bytes((123).to_bytes(8, "little") + b"\0" * 100)
+    name = names(1, 1, 1)[0]
+    segment(tmp_path, name)
+    run = subprocess.run(
+        [sys.executable, "-m", "stave.infra.wal", "push", "--target", str(setup.target_file),
+         name, name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0], run.stderr
+
+
+def test_the_chain_is_planned_across_timelines_and_gaps_are_named(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    env_name = f"w{uuid.uuid4().hex[:6]}"
+    archive(store, env_name, tmp_path, *names(1, 1, 6), "00000002.history", *names(2, 6, 8))
+    wal.push(store, env_name, SYSTEM, segment(tmp_path, "x"), names(1, 6, 6)[0] + ".partial")
+    plan = walchain.plan(store, env_name, SYSTEM, names(1, 3, 3)[0])
+    assert names(1, 1, 2)[0] not in plan.keys  # before the base backup: not needed
+    assert plan.segments == 4 + 3 and plan.last == names(2, 8, 8)[0]
+    assert "00000002.history" in plan.keys
+    fetched = tmp_path / "fetched"
+    walchain.fetch_all(store, plan, fetched)
+    assert (fetched / names(2, 7, 7)[0]).read_bytes().startswith(names(2, 7, 7)[0].encode())
+
+    store.delete(wal.wal_key(env_name, SYSTEM, names(1, 4, 4)[0]))
+    with pytest.raises(ObjectCorrupted, match=f"{names(1, 4, 4)[0]} is missing"):
+        walchain.plan(store, env_name, SYSTEM, names(1, 3, 3)[0])
+    with pytest.raises(ObjectCorrupted, match="the base backup's start"):
+        walchain.plan(store, env_name, SYSTEM, names(1, 20, 20)[0])
+
+
+def test_a_corrupted_segment_is_named_before_replay(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    env_name = f"w{uuid.uuid4().hex[:6]}"
+    archive(store, env_name, tmp_path, *names(1, 1, 3))
+    key = wal.wal_key(env_name, SYSTEM, names(1, 2, 2)[0])
+    path = store.base / key
+    path.write_bytes(path.read_bytes()[:-3] + b"rot")  # bit rot under an intact record
+    plan = walchain.plan(store, env_name, SYSTEM, names(1, 1, 1)[0])
+    with pytest.raises(ObjectCorrupted, match=key):
+        walchain.check_all(store, plan)
+
+
+def fake_base(store: ObjectStore, env_name: str, start: str, days_old: float) -> None:
+    ident = uuid.uuid4()
+    when = utcnow() - timedelta(days=days_old)
+    key = f"backups/{env_name}/base/{ident}.tar"
+    info = store.put_bytes(key, b"tar")
+    manifest = {
+        "id": str(ident),
+        "kind": "base",
+        "bytes": info.size,
+        "sha256": info.sha256,
+        "start_wal": start,
+        "wal_segment_size": wal.DEFAULT_SEGMENT_SIZE,
+        "system_identifier": SYSTEM,
+        "started_at": when.isoformat(),
+        "finished_at": when.isoformat(),
+    }
+    store.put_bytes(key + ".manifest.json", json.dumps(manifest).encode())
+
+
+def test_base_retention_deletes_the_wal_only_dropped_backups_needed(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    env_name = f"w{uuid.uuid4().hex[:6]}"
+    archive(store, env_name, tmp_path, *names(1, 1, 9), "00000001.history")
+    for start, age in ((2, 30), (5, 8), (8, 0)):
+        fake_base(store, env_name, names(1, start, start)[0], age)
+    result = backup.apply_base_retention(None, store, env_name=env_name, daily=2, weekly=0)
+    assert len(result["deleted"]) == 1 and result["wal_deleted"] == 4  # segments 1..4
+    left = [wal.split_key(i.key, env_name) for i in store.list(wal.wal_prefix(env_name))]
+    assert sorted(n for _, n in filter(None, left)) == ["00000001.history", *names(1, 5, 9)]
+    assert [b.manifest["start_wal"] for b in backup.stored_backups(store, env_name)] == [
+        names(1, 8, 8)[0],
+        names(1, 5, 5)[0],
+    ]
+
+
+@pytest.mark.integration
+def test_a_base_backup_needs_a_server_that_archives(
+    engine: Engine, database_url: str, settings: Settings
 ) -> None:
-    store = make_object_store(settings)
-    env_name = f"pitr{uuid.uuid4().hex[:6]}"
-    table = f"pitr_probe_{uuid.uuid4().hex[:6]}"
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {table} (n int PRIMARY KEY)"))
-    pitr.take_base_backup(engine, store, url=database_url, env_name=env_name)
-    with engine.begin() as conn:
-        conn.execute(text(f"INSERT INTO {table} SELECT generate_series(1, 5)"))
-    time.sleep(0.2)
-    with engine.connect() as conn:
-        noted = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-    time.sleep(0.2)
-    with engine.begin() as conn:
-        conn.execute(text(f"INSERT INTO {table} SELECT generate_series(6, 9)"))
-    pitr.switch_wal(database_url)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(pg_cluster.wal_spool.iterdir()):
-        time.sleep(0.1)
-    time.sleep(0.5)  # let archive_command finish the segment it is copying
-    assert pitr.ship_wal(store, pg_cluster.wal_spool, env_name=env_name) >= 1
-
-    recovered = pitr.recover(engine, store, env_name=env_name, target=noted, into=tmp_path / "r")
-    try:
-        probe = create_engine(recovered.url(database_url.rsplit("/", 1)[1]), poolclass=NullPool)
-        with probe.connect() as conn:
-            rows = conn.execute(text(f"SELECT n FROM {table} ORDER BY n")).scalars().all()
-        probe.dispose()
-        assert rows == [1, 2, 3, 4, 5]
-    finally:
-        recovered.cluster.stop()
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP TABLE {table}"))
+    """The session's server does not archive: a base backup would never be recoverable."""
+    with pytest.raises(ConfigError, match="archive_mode is off"):
+        pitr.take_base_backup(engine, make_object_store(settings), url=database_url, env_name="dev")
+    assert not pitr.archiving_enabled(database_url)

@@ -28,6 +28,7 @@ from stave.cli import (
     metrics,
     orchestration,
     report,
+    store,
 )
 from stave.infra import stop
 from stave.infra.db import translate_db_error
@@ -68,6 +69,7 @@ def _root(
 
 app.add_typer(db.app, name="db")
 app.add_typer(backup.app, name="backup")
+app.add_typer(store.app, name="store")
 app.add_typer(archive.app, name="archive")
 app.command("doctor")(doctor.doctor)
 app.command("env")(env.env)

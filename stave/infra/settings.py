@@ -176,8 +176,10 @@ class Settings(BaseSettings):
     # Continuous archiving: a server with any new WAL closes its segment at least this often,
     # so at most this many seconds of commits are lost with the database host (the RPO).
     wal_archive_timeout_s: int = Field(default=60, ge=1, le=3600)
-    # Bucket lifecycle (`stave store setup`): uploaded prompt files expire after this many days.
+    # Bucket lifecycle (`stave store setup`): uploaded prompt files expire after this many days;
+    # a deleted or overwritten backup object stays recoverable (a noncurrent version) this long.
     prompts_expire_days: int = Field(default=30, ge=1, le=3650)
+    backup_versions_keep_days: int = Field(default=7, ge=1, le=3650)
 
     # Sounds-alike search: one HNSW index per encoder version (cosine). m and ef_construction
     # apply when an index is (re)built (`stave index rebuild`); ef_search at query time, raised
