@@ -106,4 +106,8 @@ def test_metrics_after_a_real_job_match_the_database(
     assert 0 < coverage[version] <= 1.0 and coverage[version] >= covered
     assert {lb["table"] for lb, _ in found["stave_archive_lag_rows"]} >= {"generation_task"}
     assert len(found["stave_last_verified_backup_age_seconds"]) == 1
+    # The session's server does not archive WAL: said, and nothing failing.
+    assert found["stave_wal_archiving"][0][1] == 0.0
+    assert found["stave_wal_archive_failing"][0][1] == 0.0
+    assert found["stave_wal_last_archived_age_seconds"][0][1] == float("inf")
     assert found["stave_oldest_pending_task_age_seconds"][0][1] >= 0

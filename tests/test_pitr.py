@@ -59,7 +59,7 @@ def test_archive_command_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", s3_endpoint="127.0.0.1:9", s3_max_retries=0)
     setup = wal.write_target(settings, tmp_path / "target.json")
     assert (tmp_path / "target.json").stat().st_mode & 0o777 == 0o600
-    assert "archive_timeout = 60" in setup.conf_lines()
+    assert "archive_timeout = 30" in setup.conf_lines()
     (tmp_path / "global").mkdir()
     (tmp_path / "global" / "pg_control").write_bytes((123).to_bytes(8, "little") + b"\0" * 100)
     name = names(1, 1, 1)[0]

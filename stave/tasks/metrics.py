@@ -51,6 +51,7 @@ def measure(conn: Connection) -> Iterator[Metric]:
     yield from _clips(conn)
     yield from _coverage(conn)
     yield from _backups(conn)
+    yield from _wal_archiver(conn)
     yield from _archive_lag(conn)
 
 
@@ -128,6 +129,29 @@ def _backups(conn: Connection) -> Iterator[Metric]:
         "stave_last_verified_backup_age_seconds",
         "Seconds since the newest backup that passed a restore drill (+Inf: none has).",
         value=age,
+    )
+
+
+def _wal_archiver(conn: Connection) -> Iterator[Metric]:
+    """Continuous archiving, from the server's own archiver statistics: whether it is on, how
+    long since a segment reached the store, and whether the latest attempt failed."""
+    mode = conn.execute(text("SHOW archive_mode")).scalar_one()
+    row = conn.execute(
+        text("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver")
+    ).one()
+    last, failed = row.last_archived_time, row.last_failed_time
+    yield GaugeMetricFamily(
+        "stave_wal_archiving", "1 when the server archives WAL to the store.", value=mode != "off"
+    )
+    yield GaugeMetricFamily(
+        "stave_wal_last_archived_age_seconds",
+        "Seconds since the server last archived a WAL segment (+Inf: never since its start).",
+        value=(datetime.now(UTC) - last).total_seconds() if last else float("inf"),
+    )
+    yield GaugeMetricFamily(
+        "stave_wal_archive_failing",
+        "1 when the archiver's latest attempt failed (segments pile up in pg_wal; RPO grows).",
+        value=failed is not None and (last is None or failed > last),
     )
 
 
