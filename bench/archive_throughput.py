@@ -165,6 +165,7 @@ def ours() -> dict[str, float]:
         make_object_store(settings),
         settings.tmp_dir / "archive",
         batch_size=settings.archive_batch_size,
+        env_name=settings.env,
     )
     return {
         "seconds": time.perf_counter() - started,

@@ -112,7 +112,17 @@ def fill(engine: object, url: str, gb: float) -> None:
             ) as copy:
                 for a in assets:
                     copy.write_row(
-                        (a, "bench", f"audio/{a}.flac", "0" * 64, 160000, "flac", 16000, 1, 10.0)
+                        (
+                            a,
+                            "bench",
+                            f"dev/audio/{a}.flac",
+                            "0" * 64,
+                            160000,
+                            "flac",
+                            16000,
+                            1,
+                            10.0,
+                        )
                     )
             vectors = centres[rng.integers(0, 64, n)] + 0.3 * rng.normal(size=(n, 512)).astype(
                 np.float32

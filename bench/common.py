@@ -63,7 +63,7 @@ def bulk_assets(engine: Engine, n: int, start: datetime) -> tuple[list[uuid.UUID
     )
     with copy_in(engine, f"COPY audio_asset ({columns}) FROM STDIN") as copy:
         for asset_id, at in zip(ids, created, strict=True):
-            key = f"audio/{asset_id}.flac"
+            key = f"dev/audio/{asset_id}.flac"
             copy.write_row((asset_id, "bench", key, "0" * 64, 1, "flac", 16000, 1, 10.0, at))
     return ids, created
 

@@ -123,7 +123,7 @@ def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
     settings = stave_env()
     store = make_object_store(settings)
 
-    result = archive.run_archive(engine, store, tmp_dir)
+    result = archive.run_archive(engine, store, tmp_dir, env_name="dev")
     assert result.rows["generation_task"] >= 3 and result.rows["latent_embedding"] >= 3
     assert_same(snapshot(engine, job), {"tasks": [], "events": [], "assets": [], "vectors": []})
     with engine.connect() as conn:
@@ -134,10 +134,10 @@ def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
             == 0
         )
 
-    # The audio moved under archive/, verified; the hot object is gone.
+    # The audio moved under dev/archive/, verified; the hot object is gone.
     for asset_id, sha, _ in before["assets"]:
-        assert not store.exists(f"audio/{asset_id}.flac")
-        assert store.verify(f"archive/audio/{asset_id}.flac", expected_sha256=sha)
+        assert not store.exists(f"dev/audio/{asset_id}.flac")
+        assert store.verify(f"dev/archive/audio/{asset_id}.flac", expected_sha256=sha)
 
     # Queried in place, without restoring: vectors and JSON come back exactly.
     tasks = archive.query(engine, store, "generation_task", tmp_dir, where=f"job_id = '{job}'")
@@ -151,14 +151,14 @@ def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
 
     # Restored: the same rows, byte for byte; a second restore adds nothing.
     year, month = before["tasks"][0][4].year, before["tasks"][0][4].month
-    added = archive.restore(engine, store, "generation_task", year, month, tmp_dir)
+    added = archive.restore(engine, store, "generation_task", year, month, tmp_dir, env_name="dev")
     assert added["generation_task"] >= 3 and added.get("generation_job", 0) >= 1
     restored = snapshot(engine, job)
     assert restored["tasks"] == before["tasks"] and restored["events"] == before["events"]
     assert [a[0] for a in restored["assets"]] == [a[0] for a in before["assets"]]
     for (i, v), (j, w) in zip(restored["vectors"], before["vectors"], strict=True):
         assert i == j and np.array_equal(v, w)
-    again = archive.restore(engine, store, "generation_task", year, month, tmp_dir)
+    again = archive.restore(engine, store, "generation_task", year, month, tmp_dir, env_name="dev")
     assert sum(again.values()) == 0
     # The restored asset points at the archived audio, which still verifies.
     with engine.connect() as conn:
@@ -166,7 +166,7 @@ def test_old_records_leave_for_parquet_are_queried_there_and_restored_once(
             text("SELECT object_key, sha256 FROM audio_asset WHERE id = :a"),
             {"a": before["assets"][0][0]},
         ).one()
-    assert key.startswith("archive/audio/") and store.verify(key, expected_sha256=sha)
+    assert key.startswith("dev/archive/audio/") and store.verify(key, expected_sha256=sha)
 
 
 def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
@@ -182,7 +182,7 @@ def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
         raise SystemExit("killed after writing, before deleting")
 
     with pytest.raises(SystemExit):
-        archive.run_archive(engine, store, tmp_dir, process=crash_after_write)
+        archive.run_archive(engine, store, tmp_dir, env_name="dev", process=crash_after_write)
     assert_same(snapshot(engine, job), before)  # nothing deleted
     with engine.connect() as conn:
         writing = (
@@ -192,7 +192,9 @@ def test_a_crash_between_write_and_delete_loses_and_duplicates_nothing(
         )
     assert writing and all(store.exists(k) for k in writing)
 
-    result = archive.run_archive(engine, store, tmp_dir)  # the rerun cleans up and redoes it
+    result = archive.run_archive(
+        engine, store, tmp_dir, env_name="dev"
+    )  # the rerun cleans up and redoes it
     assert result.cleaned == len(writing)
     assert not any(store.exists(k) for k in writing)
     assert snapshot(engine, job)["tasks"] == []
@@ -230,10 +232,10 @@ def test_a_failed_delete_keeps_the_rows_and_the_rerun_takes_the_new_ones_too(
         return group.written
 
     with pytest.raises(archive.ArchiveConflict, match="nothing deleted"):
-        archive.run_archive(engine, store, tmp_dir, process=event_arrives_meanwhile)
+        archive.run_archive(engine, store, tmp_dir, env_name="dev", process=event_arrives_meanwhile)
     assert len(snapshot(engine, job)["tasks"]) == 2  # the delete failed as a whole
 
-    archive.run_archive(engine, store, tmp_dir)
+    archive.run_archive(engine, store, tmp_dir, env_name="dev")
     assert snapshot(engine, job)["tasks"] == []
     events = archive.query(engine, store, "task_event", tmp_dir, where=f"task_id = '{first_task}'")
     assert any('"late": true' in d for d in events.column("detail").to_pylist())
@@ -247,7 +249,7 @@ def test_nothing_old_enough_writes_nothing(
         before = conn.execute(text("SELECT count(*) FROM archive_batch")).scalar_one()
     far_past = datetime(1990, 1, 1, tzinfo=UTC)
     assert all(p.rows == 0 for p in archive.plan(engine, None, now=far_past))
-    result = archive.run_archive(engine, store, tmp_dir, now=far_past)
+    result = archive.run_archive(engine, store, tmp_dir, env_name="dev", now=far_past)
     assert result.groups == 0
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM archive_batch")).scalar_one() == before
@@ -386,11 +388,13 @@ def test_with_the_triggers_off_a_row_committed_while_the_delete_waits_is_counted
         raise outcome[0]
 
     with pytest.raises(archive.ArchiveConflict, match="task_event"):
-        archive.run_archive(engine, store, tmp_dir, process=racing)
+        archive.run_archive(engine, store, tmp_dir, env_name="dev", process=racing)
     assert orphans(engine) == 0
     assert len(snapshot(engine, job)["tasks"]) == 2
 
-    archive.run_archive(engine, store, tmp_dir)  # the rerun takes the racing event too
+    archive.run_archive(
+        engine, store, tmp_dir, env_name="dev"
+    )  # the rerun takes the racing event too
     assert snapshot(engine, job)["tasks"] == [] and orphans(engine) == 0
     events = archive.query(engine, store, "task_event", tmp_dir, where=f"task_id = '{task}'")
     assert any('"racing": true' in d for d in events.column("detail").to_pylist())
@@ -412,7 +416,7 @@ def test_rows_with_one_timestamp_split_into_groups_by_id_each_archived_once(
         )
     tasks = {str(t[0]) for t in snapshot(engine, job)["tasks"]}
     store = make_object_store(stave_env())
-    result = archive.run_archive(engine, store, tmp_dir, batch_size=2)
+    result = archive.run_archive(engine, store, tmp_dir, env_name="dev", batch_size=2)
     assert result.groups >= 2 + 1  # two groups of tasks (2 + 1), then the job
     assert snapshot(engine, job)["tasks"] == []
     ids = archive.query(engine, store, "generation_task", tmp_dir).column("id").to_pylist()
@@ -482,17 +486,19 @@ def test_a_long_writer_of_the_travellers_makes_the_delete_give_up_not_wait(
     )
     try:
         with pytest.raises(archive.ArchiveBusy, match="stayed busy"):
-            archive.run_archive(engine, store, tmp_dir)
+            archive.run_archive(engine, store, tmp_dir, env_name="dev")
         assert len(snapshot(engine, job)["tasks"]) == 1
     finally:
         writer.rollback()
         writer.close()
 
-    archive.run_archive(engine, store, tmp_dir)
+    archive.run_archive(engine, store, tmp_dir, env_name="dev")
     assert snapshot(engine, job)["tasks"] == [] and orphans(engine) == 0
     month = datetime.fromisoformat(archive.list_batches(engine, "generation_task")[-1]["time_from"])
     with archive.exclusive(engine), pytest.raises(archive.ArchiveBusy, match="in progress"):
-        archive.restore(engine, store, "generation_task", month.year, month.month, tmp_dir)
+        archive.restore(
+            engine, store, "generation_task", month.year, month.month, tmp_dir, env_name="dev"
+        )
 
 
 def test_an_unreachable_server_is_one_line_with_nothing_deleted() -> None:

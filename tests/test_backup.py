@@ -72,7 +72,7 @@ def test_backup_streams_a_dump_that_the_drill_restores(
     result = backup.run_backup(
         engine, store, url=database_url, env_name="dev", progress=streamed.append
     )
-    assert result.object_key.startswith("backups/dev/dump/") and result.bytes > 0
+    assert result.object_key.startswith("dev/backups/dump/") and result.bytes > 0
     assert sum(streamed) == result.bytes  # the progress bar saw every byte
     assert store.stat(result.object_key).sha256 == result.sha256
     manifest = result.manifest
@@ -165,13 +165,13 @@ def test_an_interrupted_upload_leaves_a_failed_record_and_no_object(
             ).one()
         assert row.status == "failed" and row.error
         assert not store.exists(row.object_key)
-        assert list(store.list("backups/")) == []
+        assert list(store.list("dev/backups/")) == []
 
 
 def test_backups_left_running_by_a_killed_process_are_marked_failed(
     engine: Engine, settings: Settings
 ) -> None:
-    key = f"backups/dev/dump/2026/01/01/{uuid.uuid4()}.dump"
+    key = f"dev/backups/dump/2026/01/01/{uuid.uuid4()}.dump"
     with engine.begin() as conn:
         conn.execute(
             text(

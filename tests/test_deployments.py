@@ -272,7 +272,7 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
             f"unquoted comma, so one field too many {tag},3\n"
         )
         uploaded = run_json(["prompts", "upload", str(prompts)], env, tmp_path)
-        assert uploaded["file_key"].startswith("prompts/") and uploaded["rows"] == 2
+        assert uploaded["file_key"].startswith("dev/prompts/") and uploaded["rows"] == 2
         assert uploaded["rejected"] == 1 and uploaded["rejections"][0]["row"] == 3
         assert tag not in uploaded["file_key"]  # object keys never carry user text
 

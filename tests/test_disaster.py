@@ -161,7 +161,7 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         client = Minio(s3_endpoint, "test-access", "test-secret", secure=False)
         segment = next(
             o.object_name
-            for o in client.list_objects(bucket_name, "backups/dev/wal/", recursive=True)
+            for o in client.list_objects(bucket_name, "dev/backups/wal/", recursive=True)
             if o.object_name.endswith("0000000000000003.zz")
         )
         held = client.stat_object(bucket_name, segment)

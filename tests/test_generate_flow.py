@@ -75,7 +75,7 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     rows = [*unique_rows(5), {"prompt": "bad", "steps": 0}]
     rows[1]["duration_s"] = 2
     path = prompt_file(tmp_path, rows)
-    uploaded = upload_prompts(make_object_store(settings), path).file_key
+    uploaded = upload_prompts(make_object_store(settings), path, env_name=settings.env).file_key
     summary = generate(file_key=uploaded)
     assert summary["published"] == 5
     assert summary["rejected"] == 1 and summary["created"]
@@ -85,7 +85,7 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     assert [t.status for t in tasks] == ["published"] * 5
     for task in tasks:
         assert store.verify(task.object_key, expected_sha256=task.sha256)
-        assert task.object_key == f"audio/{task.asset}.flac"
+        assert task.object_key == f"dev/audio/{task.asset}.flac"
         assert task.sample_rate == 16000
         assert abs(np.linalg.norm(np.asarray(task.embedding.to_numpy())) - 1) < 1e-3
         record = task.provenance
@@ -126,7 +126,8 @@ def test_progress_and_summary_artifacts_are_written(
     settings = stave_env(**{**TINY, "batch_size": 2})
     path = prompt_file(tmp_path, [*unique_rows(5), {"prompt": "x", "guidance": 99}])
     state = generate(
-        file_key=upload_prompts(make_object_store(settings), path).file_key, return_state=True
+        file_key=upload_prompts(make_object_store(settings), path, env_name=settings.env).file_key,
+        return_state=True,
     )
     summary = state.result()
     job = summary["job_id"]
@@ -255,7 +256,13 @@ def test_store_outage_fails_the_batch_as_storage_unavailable_and_the_retry_publi
             ("published", None),
         ]
         assert (
-            sweep(engine, make_object_store(settings), delete=False, grace=_no_grace()).orphans
+            sweep(
+                engine,
+                make_object_store(settings),
+                env_name=settings.env,
+                delete=False,
+                grace=_no_grace(),
+            ).orphans
             == []
         )
 
@@ -526,13 +533,13 @@ def test_the_job_s_pages_open_from_the_store_through_the_run_s_artifacts(
     assert page in str(links[f"job-pages-{job}"])  # the markdown summary links it too
     if where == "s3":
         assert page.startswith("http://") and "X-Amz-Signature=" in page and "Expires=7200" in page
-        assert f"/gallery/dev/{job}/index.html" in page
+        assert f"/dev/gallery/{job}/index.html" in page
         html = httpx.get(page, timeout=30).text
         players = re.findall(r'<audio [^>]*src="([^"]+)"', html)
         assert players and all("X-Amz-Signature=" in p for p in players)
         assert httpx.get(docs, timeout=30).status_code == 200
     else:
-        assert page.startswith("file://") and page.endswith(f"/gallery/dev/{job}/index.html")
+        assert page.startswith("file://") and page.endswith(f"/dev/gallery/{job}/index.html")
         html = Path(page.removeprefix("file://")).read_text()
         assert re.findall(r'<audio [^>]*src="(audio/[^"]+)"', html)  # relative links
     dom = open_in_chromium(page)

@@ -66,7 +66,7 @@ def test_embedding_round_trips_through_the_orm(engine: Engine) -> None:
         asset = AudioAsset(
             task_id=task.id,
             user_id="u1",
-            object_key=f"audio/{new_id()}.flac",
+            object_key=f"dev/audio/{new_id()}.flac",
             sha256="a" * 64,
             bytes=10,
             format="flac",

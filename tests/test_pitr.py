@@ -47,7 +47,7 @@ def test_archive_command_is_idempotent_and_refuses_other_bytes(tmp_path: Path) -
     name = names(1, 3, 3)[0]
     path = segment(tmp_path, name)
     key = wal.push(store, "dev", SYSTEM, path, name)
-    assert key == f"backups/dev/wal/{SYSTEM}/{name.lower()}.zz"
+    assert key == f"dev/backups/wal/{SYSTEM}/{name.lower()}.zz"
     assert wal.push(store, "dev", SYSTEM, path, name) == key  # a retry after a crash: success
     assert wal.fetch(store, key) == path.read_bytes()
     with pytest.raises(ObjectCorrupted, match="already in the store with other bytes"):
@@ -109,7 +109,7 @@ def test_a_corrupted_segment_is_named_before_replay(tmp_path: Path) -> None:
 def fake_base(store: ObjectStore, env_name: str, start: str, days_old: float) -> None:
     ident = uuid.uuid4()
     when = utcnow() - timedelta(days=days_old)
-    key = f"backups/{env_name}/base/{ident}.tar"
+    key = f"{env_name}/backups/base/{ident}.tar"
     info = store.put_bytes(key, b"tar")
     manifest = {
         "id": str(ident),

@@ -43,8 +43,17 @@ def test_store_setup_applies_lifecycle_and_versioning_idempotently(
     assert "at creation" in items["object lock"]["detail"]
     rules = {r.rule_id: r for r in client.get_bucket_lifecycle(bucket_name).rules}
     assert "theirs" in rules and len([r for r in rules if r.startswith("stave-")]) == 8
-    assert rules["stave-expire-prompts"].expiration.days == 9
-    assert rules["stave-expire-prompts"].rule_filter.prefix == "prompts/"
+    # Another environment sharing the bucket adds its own rules and keeps these.
+    stave(
+        "store",
+        "setup",
+        cwd=tmp_path,
+        env={**env, "STAVE_ENV": "stage", "STAVE_REQUIRE_EXTERNAL_SERVICES": "false"},
+    )
+    rules = {r.rule_id: r for r in client.get_bucket_lifecycle(bucket_name).rules}
+    assert "stave-dev-expire-prompts" in rules and "stave-stage-expire-prompts" in rules
+    assert rules["stave-dev-expire-prompts"].expiration.days == 9
+    assert rules["stave-dev-expire-prompts"].rule_filter.prefix == "dev/prompts/"
     abort = rules["stave-abort-incomplete-uploads"].abort_incomplete_multipart_upload
     assert abort.days_after_initiation == 1
     assert client.get_bucket_versioning(bucket_name).status == ENABLED

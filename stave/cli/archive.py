@@ -63,6 +63,7 @@ def run(
             older_than_days=days,
             batch_size=batch_size or current.archive_batch_size,
             progress=bar.update,
+            env_name=current.env,
         )
     if as_json:
         print_json(result.to_dict())
@@ -70,7 +71,7 @@ def run(
     typer.echo(f"archived {result.groups} group(s):")
     for table, rows in sorted(result.rows.items()):
         typer.echo(f"  {table:<18}{rows:>9}")
-    typer.echo(f"  audio objects moved to archive/audio/: {result.moved_objects}")
+    typer.echo(f"  audio objects moved to {current.env}/archive/audio/: {result.moved_objects}")
     if result.cleaned:
         typer.echo(f"  cleaned {result.cleaned} file(s) an interrupted run had left")
 
@@ -113,6 +114,7 @@ def restore(
         int(match.group(1)),
         int(match.group(2)),
         current.tmp_dir / "archive",
+        env_name=current.env,
     )
     if as_json:
         print_json(added)

@@ -341,6 +341,7 @@ def gc(
     result = sweep(
         engine(current),
         make_object_store(current),
+        env_name=current.env,
         delete=delete,
         grace=timedelta(minutes=grace_minutes),
     )

@@ -228,7 +228,10 @@ def prompts_upload(
 ) -> None:
     """Check a prompt file and put it in the object store; print the key to give the
     bulk-generation deployment as file_key."""
-    made = upload_prompts(make_object_store(settings()), file, fmt.value if fmt else None)
+    current = settings()
+    made = upload_prompts(
+        make_object_store(current), file, fmt.value if fmt else None, env_name=current.env
+    )
     print_rejections([r.to_dict() for r in made.rejected], as_json)
     if as_json:
         print_json(made.to_dict())

@@ -84,6 +84,7 @@ def archive_old_records(
         older_than_days=older_than_days,
         batch_size=batch_size or settings.archive_batch_size,
         process=process,
+        env_name=settings.env,
     )
     update_progress_artifact(progress_id, progress=100.0)
     summary = result.to_dict()

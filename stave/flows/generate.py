@@ -65,7 +65,7 @@ def generate(
 
     Args:
         file_key: Key of a prompt file in the object store, as `stave prompts upload` prints
-            it (e.g. prompts/3f2a….csv).
+            it (e.g. prod/prompts/3f2a….csv).
         rows: Or the prompts themselves, one clip each (the same fields and limits as a
             prompt file's columns).
         format: The file's format when its key does not say (csv, jsonl, parquet).

@@ -3,7 +3,7 @@
 PostgreSQL runs `archive_command` for every finished segment; Stave's command is
 `python -m stave.infra.wal push --target FILE %p %f`. It compresses the segment (zlib level 1:
 a segment closed early by `archive_timeout` is mostly zeros), puts it under
-`backups/<env>/wal/<system id>/<name>.zz` with its sha256 recorded by the store, checks the
+`<env>/backups/wal/<system id>/<name>.zz` with its sha256 recorded by the store, checks the
 store's record of it, and only then exits 0, so the server recycles the local file only once
 the store holds it.
 A name that is already there with the same bytes is success (a retry after a crash between
@@ -51,7 +51,7 @@ from stave.infra.errors import (
 from stave.infra.objectstore import make_object_store
 from stave.infra.objectstore.base import ObjectStore, sha256_hex
 from stave.infra.objectstore.filesystem import FilesystemStore
-from stave.infra.objectstore.keys import validate_key, validate_prefix
+from stave.infra.objectstore.keys import backups_prefix, validate_key, validate_prefix
 from stave.infra.settings import Settings
 
 # Segments (24 hex digits), partial segments left at a promotion, timeline history files and
@@ -81,7 +81,7 @@ _SECRETS = ("s3_access_key", "s3_secret_key")
 
 def wal_prefix(env_name: str, system: str | None = None) -> str:
     """Where an environment's WAL lives: one folder per cluster (system identifier)."""
-    return validate_prefix(f"backups/{env_name}/wal/" + (f"{system}/" if system else ""))
+    return validate_prefix(f"{backups_prefix(env_name)}wal/" + (f"{system}/" if system else ""))
 
 
 def wal_key(env_name: str, system: str, name: str) -> str:

@@ -15,9 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stave.infra.objectstore.base import ObjectStore
+from stave.infra.objectstore.keys import validate_prefix
 from stave.models.base import utcnow
 
-PREFIXES = ("audio/", "archive/audio/")
+# Under the environment's own prefix only: another environment's audio in a shared bucket is
+# not this database's to judge.
+PREFIXES = ("{env}/audio/", "{env}/archive/audio/")
 
 
 @dataclass
@@ -30,11 +33,17 @@ class Sweep:
 
 
 def sweep(
-    engine: Engine, store: ObjectStore, *, delete: bool, grace: timedelta = timedelta(hours=1)
+    engine: Engine,
+    store: ObjectStore,
+    *,
+    env_name: str,
+    delete: bool,
+    grace: timedelta = timedelta(hours=1),
 ) -> Sweep:
     result = Sweep()
     cutoff = utcnow() - grace
-    for prefix in PREFIXES:
+    for pattern in PREFIXES:
+        prefix = validate_prefix(pattern.format(env=env_name))
         batch: list[tuple[str, int, bool]] = []
         for info in store.list(prefix):
             young = info.last_modified is not None and info.last_modified > cutoff

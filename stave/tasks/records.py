@@ -164,8 +164,8 @@ def job_summary(job_id: uuid.UUID | None, rejected: int = 0) -> dict[str, Any]:
         "pending": counts.get("pending", 0),
         "running": counts.get("running", 0),
         "rejected": rejected,
-        "objects": (settings.s3_endpoint and f"s3://{settings.bucket}/audio/")
-        or str(settings.object_root / settings.bucket / "audio"),
+        "objects": (settings.s3_endpoint and f"s3://{settings.bucket}/{settings.env}/audio/")
+        or str(settings.object_root / settings.bucket / settings.env / "audio"),
         "data_docs": str(settings.data_docs_dir / "index.html"),
     }
 

@@ -1,8 +1,8 @@
 """Static sites in the object store, where people look: a job's listening page and the Data Docs.
 
 A site built in a local folder (the gallery's `index.html` with its audio and spectrograms;
-Great Expectations' Data Docs) is put under one prefix (`gallery/<env>/<job>/`,
-`data-docs/<env>/`), each file under a safe key (`keys.site_key`), and its pages' links are
+Great Expectations' Data Docs) is put under one prefix (`<env>/gallery/<job>/`,
+`<env>/data-docs/`), each file under a safe key (`keys.site_key`), and its pages' links are
 rewritten to match: relative links between the keys on the filesystem store (the site opens
 from disk), presigned links on S3 (each object carries its own signature, so the site opens
 from a private bucket for as long as the links last). The index's link is what the flow puts

@@ -79,6 +79,8 @@ def measure(data: bytes) -> dict[str, Any]:
 def store_clips(
     store: ObjectStore,
     made: list[tuple[uuid.UUID, Any, dict[str, Any]]],
+    *,
+    env_name: str,
 ) -> list[StoredClip]:
     """Encode, measure and put each (task id, clip, provenance); all or nothing."""
     written: list[str] = []
@@ -88,7 +90,7 @@ def store_clips(
             data = encode_flac(clip.audio, clip.sample_rate)
             facts = measure(data)
             asset_id = new_id()
-            key = audio_key(asset_id, AUDIO_FORMAT)
+            key = audio_key(env_name, asset_id, AUDIO_FORMAT)
             try:
                 store.put_bytes(key, data, content_type=CONTENT_TYPE)
             except StaveError:

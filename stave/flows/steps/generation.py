@@ -80,7 +80,8 @@ def generate_batch(
 
 @task(name="store-batch", cache_policy=NO_CACHE)
 def store_batch(made: list[tuple[uuid.UUID, Any, dict[str, Any]]]) -> list[storage.StoredClip]:
-    return storage.store_clips(make_object_store(get_settings()), made)
+    settings = get_settings()
+    return storage.store_clips(make_object_store(settings), made, env_name=settings.env)
 
 
 @task(name="validate-batch", cache_policy=NO_CACHE)

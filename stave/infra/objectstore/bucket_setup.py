@@ -1,13 +1,15 @@
 """`stave store setup`: the bucket's lifecycle rules, versioning and object lock, idempotently.
 
-Rules Stave owns carry ids starting `stave-`; they are replaced on every run and any other
-rule on the bucket is kept. Each item is reported as applied, refused (with the server's
-reason) or not applicable, so a server that lacks a feature says so instead of failing.
+Rules carry ids starting `stave-<env>-` (and `stave-abort-incomplete-uploads`, bucket-wide);
+a run replaces its own environment's rules and keeps every other rule on the bucket, so
+environments sharing a bucket each set theirs. Each item is reported as applied, refused
+(with the server's reason) or not applicable, so a server that lacks a feature says so
+instead of failing.
 
 - Incomplete multipart uploads (a killed backup or upload) are aborted after a day.
-- Uploaded prompt files (`prompts/`) expire after `prompts_expire_days`.
+- Uploaded prompt files (`<env>/prompts/`) expire after `prompts_expire_days`.
 - Versioning is on, so a deleted or overwritten object stays as a noncurrent version: for
-  `backups_keep_days` under `backups/` (a deleted backup can be brought back that long), a day
+  `backups_keep_days` under `<env>/backups/` (a deleted backup can be brought back that long), a day
   elsewhere (audio that `stave gc` removes is not kept twice for long).
 - Object lock: reported, not imposed. MinIO enables it only when a bucket is created (and a
   bucket-wide default retention would also lock audio that archival must move); where it is on,
@@ -21,12 +23,13 @@ from typing import Any
 from stave.infra.objectstore.base import ObjectStore
 
 RULE_PREFIX = "stave-"
-# Prefixes other than backups/ whose noncurrent versions are kept only a day.
+ABORT_RULE = f"{RULE_PREFIX}abort-incomplete-uploads"
+# An environment's prefixes other than backups/ whose noncurrent versions are kept a day.
 SHORT_LIVED_VERSIONS = ("audio/", "archive/", "prompts/", "gallery/", "data-docs/")
 
 
 def setup_bucket(
-    store: ObjectStore, *, prompts_expire_days: int, backups_keep_days: int
+    store: ObjectStore, *, env: str, prompts_expire_days: int, backups_keep_days: int
 ) -> list[dict[str, Any]]:
     """Apply the rules; one report item per feature."""
     from stave.infra.objectstore.minio_store import MinioStore  # minio, only when used
@@ -38,13 +41,13 @@ def setup_bucket(
             for item in ("lifecycle", "versioning", "object lock")
         ]
     return [
-        _lifecycle(store, prompts_expire_days, backups_keep_days),
+        _lifecycle(store, env, prompts_expire_days, backups_keep_days),
         _versioning(store),
         _object_lock(store),
     ]
 
 
-def _rules(prompts_expire_days: int, backups_keep_days: int) -> list[Any]:
+def _rules(env: str, prompts_expire_days: int, backups_keep_days: int) -> list[Any]:
     from minio.commonconfig import ENABLED, Filter
     from minio.lifecycleconfig import (
         AbortIncompleteMultipartUpload,
@@ -57,19 +60,19 @@ def _rules(prompts_expire_days: int, backups_keep_days: int) -> list[Any]:
         Rule(
             ENABLED,
             rule_filter=Filter(prefix=""),
-            rule_id=f"{RULE_PREFIX}abort-incomplete-uploads",
+            rule_id=ABORT_RULE,
             abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(1),
         ),
         Rule(
             ENABLED,
-            rule_filter=Filter(prefix="prompts/"),
-            rule_id=f"{RULE_PREFIX}expire-prompts",
+            rule_filter=Filter(prefix=f"{env}/prompts/"),
+            rule_id=f"{RULE_PREFIX}{env}-expire-prompts",
             expiration=Expiration(days=prompts_expire_days),
         ),
         Rule(
             ENABLED,
-            rule_filter=Filter(prefix="backups/"),
-            rule_id=f"{RULE_PREFIX}keep-deleted-backups",
+            rule_filter=Filter(prefix=f"{env}/backups/"),
+            rule_id=f"{RULE_PREFIX}{env}-keep-deleted-backups",
             noncurrent_version_expiration=NoncurrentVersionExpiration(backups_keep_days),
         ),
     ]
@@ -78,15 +81,17 @@ def _rules(prompts_expire_days: int, backups_keep_days: int) -> list[Any]:
         rules.append(
             Rule(
                 ENABLED,
-                rule_filter=Filter(prefix=prefix),
-                rule_id=f"{RULE_PREFIX}noncurrent-{name}",
+                rule_filter=Filter(prefix=f"{env}/{prefix}"),
+                rule_id=f"{RULE_PREFIX}{env}-noncurrent-{name}",
                 noncurrent_version_expiration=NoncurrentVersionExpiration(1),
             )
         )
     return rules
 
 
-def _lifecycle(store: Any, prompts_expire_days: int, backups_keep_days: int) -> dict[str, Any]:
+def _lifecycle(
+    store: Any, env: str, prompts_expire_days: int, backups_keep_days: int
+) -> dict[str, Any]:
     from minio.error import S3Error
     from minio.lifecycleconfig import LifecycleConfig
 
@@ -94,13 +99,13 @@ def _lifecycle(store: Any, prompts_expire_days: int, backups_keep_days: int) -> 
     client, bucket = store.client, store.bucket
     try:
         current = client.get_bucket_lifecycle(bucket)
-        kept = [r for r in (current.rules if current else []) if not _ours(r.rule_id)]
-        ours = _rules(prompts_expire_days, backups_keep_days)
+        kept = [r for r in (current.rules if current else []) if not _ours(r.rule_id, env)]
+        ours = _rules(env, prompts_expire_days, backups_keep_days)
         client.set_bucket_lifecycle(bucket, LifecycleConfig(kept + ours))
     except S3Error as err:
         return {"item": "lifecycle", "status": "refused", "detail": f"{err.code}: {err.message}"}
     detail = (
-        f"{len(ours)} rule(s): abort incomplete uploads after 1 day, prompts/ expire after "
+        f"{len(ours)} rule(s): abort incomplete uploads after 1 day, {env}/prompts/ expire after "
         f"{prompts_expire_days} days, deleted backups kept {backups_keep_days} days"
     )
     if kept:
@@ -143,5 +148,5 @@ def _object_lock(store: Any) -> dict[str, Any]:
     }
 
 
-def _ours(rule_id: str | None) -> bool:
-    return bool(rule_id and rule_id.startswith(RULE_PREFIX))
+def _ours(rule_id: str | None, env: str) -> bool:
+    return rule_id == ABORT_RULE or bool(rule_id and rule_id.startswith(f"{RULE_PREFIX}{env}-"))

@@ -53,35 +53,74 @@ def _fmt(fmt: str) -> str:
     return fmt
 
 
-def audio_key(asset_id: uuid.UUID, fmt: str = "flac") -> str:
-    """audio/<asset id>.<format>: a published clip."""
-    return validate_key(f"audio/{asset_id}.{_fmt(fmt)}")
+def env_root(env: str) -> str:
+    """`<env>/`: everything an environment writes lives under its own prefix, so environments
+    sharing a bucket never mix (and a lifecycle rule can target one)."""
+    return validate_prefix(f"{env}/")
+
+
+def audio_key(env: str, asset_id: uuid.UUID, fmt: str = "flac") -> str:
+    """<env>/audio/<asset id>.<format>: a published clip."""
+    return validate_key(f"{env}/audio/{asset_id}.{_fmt(fmt)}")
 
 
 def is_archived_key(key: str) -> bool:
-    """Whether an object already lives under the archive prefix (moved there by archival)."""
-    return key.startswith("archive/")
+    """Whether an object already lives under an archive prefix (moved there by archival)."""
+    return key.startswith("archive/") or key.split("/", 2)[1:2] == ["archive"]
 
 
-def archived_audio_key(asset_id: uuid.UUID, fmt: str = "flac") -> str:
-    """archive/audio/<asset id>.<format>: a clip whose records were archived."""
-    return validate_key(f"archive/audio/{asset_id}.{_fmt(fmt)}")
+def archived_audio_key(env: str, asset_id: uuid.UUID, fmt: str = "flac") -> str:
+    """<env>/archive/audio/<asset id>.<format>: a clip whose records were archived."""
+    return validate_key(f"{env}/archive/audio/{asset_id}.{_fmt(fmt)}")
+
+
+def backups_prefix(env: str) -> str:
+    """<env>/backups/: dumps, base backups, their manifests and the archived WAL."""
+    return validate_prefix(f"{env}/backups/")
 
 
 def backup_key(env: str, kind: str, backup_id: uuid.UUID, started_at: datetime) -> str:
-    """backups/<env>/<kind>/<yyyy>/<mm>/<dd>/<backup id>.<ext>."""
+    """<env>/backups/<kind>/<yyyy>/<mm>/<dd>/<backup id>.<ext>."""
     ext = {"dump": "dump", "base": "tar"}.get(kind)
     if ext is None:
         raise InvalidKey(f"backup kind {kind!r} is not 'dump' or 'base'")
     day = started_at.strftime("%Y/%m/%d")
-    return validate_key(f"backups/{env}/{kind}/{day}/{backup_id}.{ext}")
+    return validate_key(f"{backups_prefix(env)}{kind}/{day}/{backup_id}.{ext}")
 
 
-def archive_key(table: str, year: int, month: int, batch_id: uuid.UUID) -> str:
-    """archive/<table>/year=<yyyy>/month=<mm>/<batch id>.parquet (hive partitions)."""
+def archive_key(env: str, table: str, year: int, month: int, batch_id: uuid.UUID) -> str:
+    """<env>/archive/<table>/year=<yyyy>/month=<mm>/<batch id>.parquet (hive partitions)."""
     if not 1 <= month <= 12:
         raise InvalidKey(f"month {month} is not 1-12")
-    return validate_key(f"archive/{table}/year={year:04d}/month={month:02d}/{batch_id}.parquet")
+    return validate_key(
+        f"{env}/archive/{table}/year={year:04d}/month={month:02d}/{batch_id}.parquet"
+    )
+
+
+def prompts_key(env: str, sha256: str, fmt: str) -> str:
+    """<env>/prompts/<sha256>.<ext>: an uploaded prompt file, named by its content."""
+    return validate_key(f"{env}/prompts/{sha256}.{fmt}")
+
+
+# Where each kind of object lived before keys were scoped by environment: (old prefix, new
+# prefix) for `stave store migrate-keys`. `{env}` is the environment's name.
+LEGACY_PREFIXES = (
+    ("backups/{env}/", "{env}/backups/"),
+    ("gallery/{env}/", "{env}/gallery/"),
+    ("data-docs/{env}/", "{env}/data-docs/"),
+    ("audio/", "{env}/audio/"),
+    ("archive/", "{env}/archive/"),
+    ("prompts/", "{env}/prompts/"),
+)
+
+
+def scoped_key(env: str, key: str) -> str | None:
+    """The environment-scoped key for a key written before scoping; None if `key` is not one."""
+    for old, new in LEGACY_PREFIXES:
+        prefix = old.format(env=env)
+        if key.startswith(prefix):
+            return validate_key(new.format(env=env) + key.removeprefix(prefix))
+    return None
 
 
 def site_key(prefix: str, relpath: str) -> str:
@@ -101,10 +140,10 @@ def site_key(prefix: str, relpath: str) -> str:
 
 
 def gallery_prefix(env: str, job_id: uuid.UUID) -> str:
-    """gallery/<env>/<job id>/: a job's listening page."""
-    return validate_prefix(f"gallery/{env}/{job_id}/")
+    """<env>/gallery/<job id>/: a job's listening page."""
+    return validate_prefix(f"{env}/gallery/{job_id}/")
 
 
 def data_docs_prefix(env: str) -> str:
-    """data-docs/<env>/: the validation suite's Data Docs site."""
-    return validate_prefix(f"data-docs/{env}/")
+    """<env>/data-docs/: the validation suite's Data Docs site."""
+    return validate_prefix(f"{env}/data-docs/")

@@ -132,6 +132,7 @@ def columns_of(conn: Connection, table: str) -> list[Column]:
 @dataclass
 class Group:
     id: uuid.UUID
+    env: str
     root: str
     year: int
     month: int
@@ -146,7 +147,7 @@ class Group:
     written: dict[str, tuple[int, str]] = field(default_factory=dict)  # table -> rows, checksum
 
     def key(self, table: str) -> str:
-        return archive_key(table, self.year, self.month, self.files[table])
+        return archive_key(self.env, table, self.year, self.month, self.files[table])
 
     def condition(self, member: Member) -> str:
         return member.where.replace(ROOT, self.where)
@@ -247,6 +248,8 @@ def prepare(
     cutoff: datetime,
     batch_size: int,
     after: tuple[datetime, uuid.UUID] | None = None,
+    *,
+    env_name: str,
 ) -> Group | None:
     """Choose the next group (the oldest month's oldest rows, past `after`, the key this run's
     last group of the table ended at) and record its files as `writing`; None when nothing in
@@ -259,6 +262,7 @@ def prepare(
         first = time_from.astimezone(UTC)
         group = Group(
             id=new_id(),
+            env=env_name,
             root=policy.table,
             year=first.year,
             month=first.month,
@@ -283,7 +287,7 @@ def prepare(
                 {
                     "asset_id": str(a.id),
                     "from": a.object_key,
-                    "to": archived_audio_key(a.id, a.format),
+                    "to": archived_audio_key(env_name, a.id, a.format),
                     "sha256": a.sha256,
                 }
                 for a in assets

@@ -14,6 +14,7 @@ from sqlmodel import SQLModel
 
 from stave.infra.errors import InvalidInput, NotFound
 from stave.infra.objectstore import ObjectStore
+from stave.infra.objectstore.keys import scoped_key
 from stave.infra.pgraw import driver_connection
 from stave.models import archive_policies
 from stave.tasks.archive.groups import columns_of, members
@@ -25,7 +26,14 @@ READ_CHUNK = 5000
 
 
 def restore(
-    engine: Engine, store: ObjectStore, table: str, year: int, month: int, tmp_dir: Path
+    engine: Engine,
+    store: ObjectStore,
+    table: str,
+    year: int,
+    month: int,
+    tmp_dir: Path,
+    *,
+    env_name: str,
 ) -> dict[str, int]:
     """Put a root table's archived month back (with what travelled with it, and archived
     parents its rows need). Idempotent: rows already present are left as they are."""
@@ -72,7 +80,29 @@ def restore(
                     text("UPDATE archive_batch SET restored_at = now() WHERE group_id = :g"),
                     {"g": group_id},
                 )
+    _rescope(engine, store, env_name)
     return restored
+
+
+def _rescope(engine: Engine, store: ObjectStore, env_name: str) -> None:
+    """Rows archived before keys were scoped by environment come back with their old keys:
+    point them at the scoped object where `stave store migrate-keys` moved it."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, object_key FROM audio_asset WHERE object_key NOT LIKE :scoped "
+                "AND (object_key LIKE 'archive/%' OR object_key LIKE 'audio/%')"
+            ),
+            {"scoped": f"{env_name}/%"},
+        ).all()
+    for row in rows:
+        new = scoped_key(env_name, row.object_key)
+        if new is not None and not store.exists(row.object_key) and store.exists(new):
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE audio_asset SET object_key = :k WHERE id = :id"),
+                    {"k": new, "id": row.id},
+                )
 
 
 def _restore_parents(

@@ -70,6 +70,7 @@ def run_archive(
     now: datetime | None = None,
     process: GroupFn | None = None,
     progress: Callable[[int], None] | None = None,
+    env_name: str,
 ) -> RunResult:
     """Archive every root table's old rows, group by group. Each group goes through
     `process_group` with the run's context; `process` wraps that call (the flow's Prefect
@@ -83,7 +84,9 @@ def run_archive(
         for policy in archive_policies():
             cutoff = cutoff_for(policy, older_than_days, now)
             after = None
-            while (group := prepare(engine, policy, cutoff, batch_size, after)) is not None:
+            while (
+                group := prepare(engine, policy, cutoff, batch_size, after, env_name=env_name)
+            ) is not None:
                 if process is None:
                     process_group(engine, store, policy, group, context, progress)
                 else:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from stave.infra import wal
 from stave.infra.errors import InvalidInput, NotFound, ObjectCorrupted
 from stave.infra.objectstore.base import ObjectStore
-from stave.infra.objectstore.keys import validate_prefix
+from stave.infra.objectstore.keys import backups_prefix
 from stave.models.base import parse_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ class WalSummary:
     first: str | None = None
     last: str | None = None
     newest_at: datetime | None = None
-
-
-def backups_prefix(env_name: str) -> str:
-    return validate_prefix(f"backups/{env_name}/")
 
 
 def stored_backups(

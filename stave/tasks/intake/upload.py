@@ -8,6 +8,7 @@ from typing import Any
 
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import ObjectStore
+from stave.infra.objectstore.keys import prompts_key
 from stave.tasks.intake.check import check_rows
 from stave.tasks.intake.read import read_file
 from stave.tasks.intake.rows import Rejection
@@ -30,16 +31,18 @@ class Uploaded:
         }
 
 
-def upload_prompts(store: ObjectStore, file: Path, fmt: str | None = None) -> Uploaded:
+def upload_prompts(
+    store: ObjectStore, file: Path, fmt: str | None = None, *, env_name: str
+) -> Uploaded:
     """Check the file's rows as a submission would (an operator learns of a bad row now, not
-    from a failed run later), then store it as `prompts/<sha256>.<ext>`: a key made from its
+    from a failed run later), then store it as `<env>/prompts/<sha256>.<ext>`: a key made from its
     content, never from its name."""
     source = read_file(file, fmt)
     checked, rejected = check_rows(source)
     if not checked:
         first = f" (first: {rejected[0]})" if rejected else ""
         raise InvalidInput(f"{file}: no row would be accepted{first}; nothing uploaded")
-    key = f"prompts/{source.sha256}.{source.fmt}"
+    key = prompts_key(env_name, source.sha256, source.fmt)
     with open(file, "rb") as handle:
         stored = store.put_stream(key, handle)
     return Uploaded(key, stored.size, len(checked), rejected)
