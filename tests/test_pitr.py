@@ -106,7 +106,7 @@ def test_a_corrupted_segment_is_named_before_replay(tmp_path: Path) -> None:
         walchain.check_all(store, plan)
 
 
-def fake_base(store: ObjectStore, env_name: str, start: str, days_old: float) -> None:
+def fake_base(store: ObjectStore, env_name: str, start: str, days_old: float) -> str:
     ident = uuid.uuid4()
     when = utcnow() - timedelta(days=days_old)
     key = f"{env_name}/backups/base/{ident}.tar"
@@ -123,6 +123,7 @@ def fake_base(store: ObjectStore, env_name: str, start: str, days_old: float) ->
         "finished_at": when.isoformat(),
     }
     store.put_bytes(key + ".manifest.json", json.dumps(manifest).encode())
+    return str(ident)
 
 
 def test_base_retention_deletes_the_wal_only_dropped_backups_needed(tmp_path: Path) -> None:
@@ -149,3 +150,19 @@ def test_a_base_backup_needs_a_server_that_archives(
     with pytest.raises(ConfigError, match="archive_mode is off"):
         pitr.take_base_backup(engine, make_object_store(settings), url=database_url, env_name="dev")
     assert not pitr.archiving_enabled(database_url)
+
+
+def test_verifying_a_base_backup_checks_it_and_its_wal_and_names_what_is_wrong(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    env_name = f"w{uuid.uuid4().hex[:6]}"
+    archive(store, env_name, tmp_path, *names(1, 1, 4))
+    ident = fake_base(store, env_name, names(1, 2, 2)[0], 0)
+    report = pitr.verify_base(store, env_name, ident)
+    assert report["wal_files"] == 3 and report["last_segment"] == names(1, 4, 4)[0]
+    assert backup.find_backup(store, env_name, ident, kind="base").verified_at is not None
+    tar = store.base / f"{env_name}/backups/base/{ident}.tar"
+    tar.write_bytes(b"rot")
+    with pytest.raises(ObjectCorrupted, match=f"{env_name}/backups/base/{ident}.tar"):
+        pitr.verify_base(store, env_name, ident)

@@ -52,6 +52,7 @@ def run(
     if drill:
         found = backup.find_backup(store, current.env, str(result.id), kind="dump")
         report["drill"] = backup.drill(db, store, found.as_record(), url=url)
+    backup.sync_records(db, store, current.env)  # the cache learns what the store holds
     if as_json:
         print_json(report)
         return
@@ -210,12 +211,11 @@ def base(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     current = settings()
     store = make_object_store(current)
     store.check()  # before a record or a base backup is started
+    db = engine(current)
     backup_id = recovery.take_base_backup(
-        engine(current),
-        store,
-        url=database_url(current),
-        env_name=current.env,
+        db, store, url=database_url(current), env_name=current.env
     )
+    backup.sync_records(db, store, current.env)
     if as_json:
         print_json({"backup_id": str(backup_id)})
         return

@@ -36,7 +36,12 @@ from stave.infra.settings import Settings
 from stave.models.base import utcnow
 from stave.tasks import walchain
 from stave.tasks.backup import BackupFailed, manifest_key, recorded, stream_to_store, succeed
-from stave.tasks.backup.catalogue import StoredBackup, find_backup, stored_backups
+from stave.tasks.backup.catalogue import (
+    StoredBackup,
+    find_backup,
+    mark_verified,
+    stored_backups,
+)
 
 
 @dataclass
@@ -241,6 +246,7 @@ def verify_base(store: ObjectStore, env_name: str, backup_id: str | None) -> dic
     store.verify(base.object_key, expected_sha256=base.sha256)
     wal_plan = _plan(store, env_name, base)
     checked = walchain.check_all(store, wal_plan)
+    mark_verified(store, base.as_record())
     return {
         "backup_id": str(base.id),
         "kind": "base",
