@@ -89,7 +89,7 @@ def make_assets(
             asset_id = new_id()
             audio = audios[i] if audios is not None else tone(i)
             data = encode_flac(np.asarray(audio, dtype=np.float32), 16000)
-            key = audio_key(asset_id)
+            key = audio_key("dev", asset_id)
             store.put_bytes(key, data)
             sha = hashlib.sha256(data).hexdigest()
             created = start + timedelta(seconds=i)
