@@ -142,6 +142,20 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         report = json.loads(db_status.stdout)
         assert report["up_to_date"] and report["tables"]["audio_asset"] == 2
 
+        # The recovered database is the new primary: it archives again from its first minute
+        # (on a new timeline), so losing it too loses no more than the first time.
+        third = _markers(recovered_url, time.monotonic() + 3 * ARCHIVE_TIMEOUT_S)
+        time.sleep(ARCHIVE_TIMEOUT_S + 1)
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        shutil.rmtree(data_dir)
+        again = stave(
+            "backup", "pitr", "--latest", "--as-embedded", "--json", cwd=tmp_path, env=env
+        )
+        assert again.returncode == 0, again.stderr
+        assert {n for n, _ in third} <= set(_recovered_markers(json.loads(again.stdout)["url"]))
+
         # (b) A given moment, into a new directory: every marker before it, none after.
         to = stave(
             "backup", "pitr", "--to", moment.isoformat(), "--into", str(tmp_path / "b"),
@@ -159,10 +173,10 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
 
         # Corruption in the store is named in one line and nothing is served.
         client = Minio(s3_endpoint, "test-access", "test-secret", secure=False)
-        segment = next(
-            o.object_name
-            for o in client.list_objects(bucket_name, "dev/backups/wal/", recursive=True)
-            if o.object_name.endswith("0000000000000003.zz")
+        base_entry = next(b for b in catalogue["backups"] if b["id"] == base_id)
+        segment = (
+            f"dev/backups/wal/{base_entry['system_identifier']}/"
+            f"{base_entry['start_wal'].lower()}.zz"
         )
         held = client.stat_object(bucket_name, segment)
         meta = {k[len("x-amz-meta-"):]: v for k, v in held.metadata.items()

@@ -237,6 +237,7 @@ def recover(
         _chown_tree(into, cluster._run_as)
     server = cluster.ensure_running()
     _wait_promoted(server)
+    cluster.wake_checkpointer()  # promoted: archive_timeout applies from now, not in 5 min
     return RecoveredServer(server, cluster, str(base.id), len(wal_plan.keys), wal_plan.last)
 
 
