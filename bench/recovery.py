@@ -14,6 +14,7 @@ PostgreSQL with continuous archiving at the default `archive_timeout`:
 Target: median RPO <= 60 s.
 
 Run: .venv/bin/python bench/recovery.py [--gb 1.0] [--runs 3] [--trickle 75] [--segments 16]
+     [--barman PATH/barman-cloud-wal-archive]  (a third row: barman-cloud on the same segments)
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--trickle", type=float, default=75.0, help="seconds of markers per run")
     parser.add_argument("--segments", type=int, default=16)
+    parser.add_argument(
+        "--barman",
+        default=None,
+        help="path to barman-cloud-wal-archive (e.g. in a venv with barman[cloud]): a third row",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from backup_throughput import fill
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace, fill: object) -> None:
     )
     runs = [round(r, 1) for r in rtos]
     print(f"RTO median {rto_median:.1f} s of runs {runs} for {size / 2**30:.2f} GiB")
-    archive_throughput(store, settings, args.segments)
+    archive_throughput(store, settings, args.segments, args.barman)
 
 
 def trickle(url: str, seconds: float) -> tuple[datetime, datetime]:
@@ -175,7 +181,7 @@ def newest_marker(url: str) -> datetime | None:
     return at
 
 
-def archive_throughput(store: object, settings: object, count: int) -> None:
+def archive_throughput(store: object, settings: object, count: int, barman: str | None) -> None:
     from stave.infra import wal
     from stave.infra.objectstore.minio_store import MinioStore
 
@@ -212,6 +218,7 @@ def archive_throughput(store: object, settings: object, count: int) -> None:
         for path in paths:
             store.client.fput_object(store.bucket, f"raw-wal/{path.name}", str(path))
         raw = time.perf_counter() - started
+        barman_s = barman_archive(barman, store, paths) if barman else None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     mib = total / 2**20
@@ -220,7 +227,29 @@ def archive_throughput(store: object, settings: object, count: int) -> None:
     name = "stave archive command (process per segment)"
     print(f"{name:<44}{ours:>9.2f}{mib / ours:>9.1f}{stored / 2**20:>12.1f}")
     print(f"{'MinIO SDK fput_object (one process)':<44}{raw:>9.2f}{mib / raw:>9.1f}{mib:>12.1f}")
+    if barman_s is not None:
+        name = "barman-cloud-wal-archive --gzip (per segment)"
+        print(f"{name:<44}{barman_s:>9.2f}{mib / barman_s:>9.1f}{'':>12}")
     print(f"ratio stave/raw throughput: {raw / ours:.2f}")
+
+
+def barman_archive(command: str, store: object, paths: list[Path]) -> float:
+    """The same segments through barman-cloud's archiver, as PostgreSQL would run it."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": os.environ["STAVE_S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["STAVE_S3_SECRET_KEY"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    destination = f"s3://{store.bucket}/barman"  # type: ignore[attr-defined]
+    endpoint = f"http://{os.environ['STAVE_S3_ENDPOINT']}"
+    started = time.perf_counter()
+    for path in paths:
+        subprocess.run(
+            [command, "--endpoint-url", endpoint, "--gzip", destination, "stave", str(path)],
+            check=True, env=env, capture_output=True,
+        )  # fmt: skip
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

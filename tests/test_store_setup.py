@@ -48,7 +48,12 @@ def test_store_setup_applies_lifecycle_and_versioning_idempotently(
         "store",
         "setup",
         cwd=tmp_path,
-        env={**env, "STAVE_ENV": "stage", "STAVE_REQUIRE_EXTERNAL_SERVICES": "false"},
+        env={
+            **env,
+            "STAVE_ENV": "stage",
+            "STAVE_REQUIRE_EXTERNAL_SERVICES": "false",
+            "STAVE_S3_SECURE": "false",
+        },
     )
     rules = {r.rule_id: r for r in client.get_bucket_lifecycle(bucket_name).rules}
     assert "stave-dev-expire-prompts" in rules and "stave-stage-expire-prompts" in rules

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stave.infra.objectstore.base import ObjectInfo, ObjectStore
 from stave.infra.objectstore.filesystem import FilesystemStore
 from stave.infra.objectstore.keys import validate_key
-from stave.infra.settings import Settings
+
+if TYPE_CHECKING:  # the WAL archive command builds a store without loading the settings
+    from stave.infra.settings import Settings
 
 
 def make_object_store(settings: Settings) -> ObjectStore:
