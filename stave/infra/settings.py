@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     base_keep_weekly: int = Field(default=4, ge=0, le=520)
     # Continuous archiving: a server with any new WAL closes its segment at least this often,
     # so at most about this many seconds of commits are lost with the database host (the RPO;
-    # 30, with margin under the 60-s objective: a forced segment compresses to a few KiB).
+    # 30, with margin under the 60-s objective: a forced segment compresses to ~75 KiB).
     wal_archive_timeout_s: int = Field(default=30, ge=1, le=3600)
     # Bucket lifecycle (`stave store setup`): uploaded prompt files expire after this many days;
     # a deleted or overwritten backup object stays recoverable (a noncurrent version) this long.
