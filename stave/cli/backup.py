@@ -249,6 +249,10 @@ def wal_setup(
         return
     typer.echo(f"# wrote {setup.target_file}; add to postgresql.conf and reload:")
     typer.echo(setup.conf_lines().rstrip())
+    typer.echo(
+        "# and reload once after every start (pg_ctl reload): until then the checkpointer "
+        "sleeps a whole checkpoint_timeout before archive_timeout first applies"
+    )
 
 
 @app.command()
