@@ -94,6 +94,7 @@ class Samples:
             "name": "matrix-template",
             "user": "matrix-user",
             "target_file": str(self.root / "wal-target.json"),
+            "deployment": "backup/nightly-backup",
         }
         if name not in fixed:
             pytest.fail(f"stave {' '.join(path)}: no sample value for {name!r}; add one")

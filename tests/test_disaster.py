@@ -104,6 +104,9 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         base = stave("backup", "base", "--json", cwd=tmp_path, env=env)
         assert base.returncode == 0, base.stderr
         base_id = json.loads(base.stdout)["backup_id"]
+        dumped = stave("backup", "run", "--no-drill", "--json", cwd=tmp_path, env=env)
+        assert dumped.returncode == 0, dumped.stderr
+        dump_id = json.loads(dumped.stdout)["id"]
 
         first = _markers(url, time.monotonic() + 3 * ARCHIVE_TIMEOUT_S)
         time.sleep(0.3)
@@ -193,5 +196,16 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         assert not (tmp_path / "c" / "data" / "postmaster.pid").exists()
         checked = stave("backup", "verify", base_id, cwd=tmp_path, env=env)
         assert segment in assert_one_line_error(checked)
+
+        # The dump, too, is found from the store alone: lose the host once more and restore it
+        # into the new, empty server the next command starts.
+        stave("db", "stop", cwd=tmp_path, env=env)
+        shutil.rmtree(data_dir)
+        restored = stave(
+            "backup", "restore", dump_id, "--into", "stave_from_dump", "--json",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        assert json.loads(restored.stdout)["rows"]["audio_asset"] == 2
     finally:
         stave("db", "stop", cwd=tmp_path, env=env)

@@ -1,4 +1,4 @@
-"""`stave server | pools setup | worker | deploy | prompts upload`: running Stave on Prefect.
+"""`stave server | pools setup | worker | deploy | run | prompts upload`: Stave on Prefect.
 
 Each command is a thin layer over Prefect's own: the value is in one environment built from
 Stave's settings (API URL, auth string, Prefect's home and database) and one-line errors.
@@ -14,6 +14,7 @@ from pathlib import Path
 from uuid import UUID
 
 import typer
+from tqdm import tqdm
 
 from stave.cli.common import (
     JSON_HELP,
@@ -237,3 +238,50 @@ def prompts_upload(
         print_json(made.to_dict())
     else:
         typer.echo(made.file_key)
+
+
+def run(
+    deployment: str = typer.Argument(..., help="flow/deployment, e.g. backup/nightly-backup."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="key=value, typed by the deployment's schema (repeat)."
+    ),
+    watch: bool = typer.Option(False, "--watch", help="Follow the run to its end."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Trigger a deployment on the Prefect server (STAVE_PREFECT_API_URL and its auth), its
+    parameters checked against the deployment's schema first; --watch follows the run's
+    state and progress and exits 1 unless it completes."""
+    current = settings()
+    _connect(current)
+    from stave.flows import trigger  # prefect
+
+    made = trigger.trigger(deployment, param)
+    report: dict[str, object] = {
+        "flow_run_id": str(made.flow_run_id),
+        "flow_run_name": made.flow_run_name,
+        "deployment": made.deployment,
+        "parameters": made.parameters,
+    }
+    if not as_json:
+        typer.echo(f"flow run {made.flow_run_name} ({made.flow_run_id}) of {deployment} created")
+    if not watch:
+        if as_json:
+            print_json(report)
+        return
+    with tqdm(total=100, unit="%", desc=made.flow_run_name, leave=False, disable=as_json) as bar:
+
+        def show(now: trigger.Followed) -> None:
+            bar.set_postfix_str(now.state)
+            if now.progress is not None:
+                bar.update(now.progress - bar.n)
+
+        final = trigger.follow(made.flow_run_id, show)
+    report.update(state=final.state, message=final.message)
+    if as_json:
+        print_json(report)
+    elif final.completed:
+        typer.echo(f"flow run {made.flow_run_name}: {final.state}")
+    if not final.completed:
+        raise StaveError(
+            f"flow run {made.flow_run_name} ended {final.state}: {final.message or 'no message'}"
+        )
