@@ -206,6 +206,6 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
             cwd=tmp_path, env=env,
         )  # fmt: skip
         assert restored.returncode == 0, restored.stderr
-        assert json.loads(restored.stdout)["rows"]["audio_asset"] == 2
+        assert json.loads(restored.stdout)["rows"]["public.audio_asset"] == 2
     finally:
         stave("db", "stop", cwd=tmp_path, env=env)

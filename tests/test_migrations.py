@@ -195,3 +195,4 @@ def test_migrations_keep_frozen_copies_that_match_the_live_names() -> None:
     )
     assert m0001.APP_TABLE_PRIVILEGES == roles.APP_TABLE_PRIVILEGES
     assert (m0005.APP, m0005.REPORTING) == (roles.APP, roles.REPORTING)
+    assert load("0007").ARCHIVER == roles.ARCHIVER

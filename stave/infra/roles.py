@@ -12,6 +12,8 @@ MIGRATOR = "stave_migrator"
 APP = "stave_app"
 REPORTING = "stave_reporting"
 ALL_ROLES = (MIGRATOR, APP, REPORTING)
+# Migration 0007's role for archive workers (fast deletes may skip triggers).
+ARCHIVER = "stave_archiver"
 
 APP_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 
@@ -34,3 +36,23 @@ def assume_migrator(connection: Connection) -> bool:
     if ready:
         connection.execute(text(f"SET ROLE {MIGRATOR}"))
     return bool(ready)
+
+
+def ensure_cluster_roles(connection: Connection) -> None:
+    """Create the roles, and the server-wide grants, that migrations made on the server a dump
+    came from. Roles live in the server, not in a database, so a dump restored into a new
+    server (the day the old one is lost) needs them before its objects can name their owners.
+    Needs a role that may create roles; idempotent."""
+    for role in (*ALL_ROLES, ARCHIVER):
+        connection.execute(
+            text(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+                f"THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
+            )
+        )
+    connection.execute(text(f"GRANT {MIGRATOR} TO SESSION_USER"))
+    superuser = connection.execute(
+        text("SELECT rolsuper FROM pg_roles WHERE rolname = session_user")
+    ).scalar()
+    if superuser:
+        connection.execute(text(f"GRANT SET ON PARAMETER session_replication_role TO {ARCHIVER}"))

@@ -164,21 +164,17 @@ class Settings(BaseSettings):
     min_loudness_lufs: float = -60.0
     max_peak_dbfs: float = 0.0
 
-    # Backups: how many of the newest daily, weekly and monthly dumps to keep (the newest
-    # verified one is always kept).
+    # Retention: the newest dump of each of the last N days, weeks, months; the newest base
+    # backup of each of the last N days, weeks (and the WAL they need); the newest verified
+    # backup of each kind is always kept.
     backup_keep_daily: int = Field(default=7, ge=1, le=365)
     backup_keep_weekly: int = Field(default=4, ge=0, le=520)
     backup_keep_monthly: int = Field(default=6, ge=0, le=1200)
-    # Base backups (point-in-time recovery): the newest of each of the last N days and weeks
-    # are kept, WAL older than the oldest kept base backup is deleted.
     base_keep_daily: int = Field(default=7, ge=1, le=365)
     base_keep_weekly: int = Field(default=4, ge=0, le=520)
-    # Continuous archiving: a server with any new WAL closes its segment at least this often,
-    # so at most about this many seconds of commits are lost with the database host (the RPO;
-    # 30, with margin under the 60-s objective: a forced segment compresses to ~75 KiB).
+    # A server with new WAL closes a segment this often: the RPO (margin under 60 s).
     wal_archive_timeout_s: int = Field(default=30, ge=1, le=3600)
-    # Bucket lifecycle (`stave store setup`): uploaded prompt files expire after this many days;
-    # a deleted or overwritten backup object stays recoverable (a noncurrent version) this long.
+    # `stave store setup`: uploaded prompts expire; deleted backup objects stay as versions.
     prompts_expire_days: int = Field(default=30, ge=1, le=3650)
     backup_versions_keep_days: int = Field(default=7, ge=1, le=3650)
 

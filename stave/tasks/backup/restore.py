@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 from stave.infra.db import libpq_target
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore.base import ObjectStore
+from stave.infra.roles import ensure_cluster_roles
 from stave.models.base import utcnow
 from stave.tasks.backup.catalogue import mark_verified
 from stave.tasks.backup.tools import BackupFailed, Drain, count_rows, tool, user_tables
@@ -29,6 +30,12 @@ def restore(
     """
     store.verify(record["object_key"], expected_sha256=record["sha256"])
     _ensure_empty_database(url, database, force=force)
+    admin = _maintenance(url)
+    try:
+        with admin.connect() as conn:
+            ensure_cluster_roles(conn)  # a new server has none of them
+    finally:
+        admin.dispose()
     target, env = libpq_target(str(make_url(url).set(database=database)))
     args = [tool("pg_restore"), "--exit-on-error", f"--dbname={target}"]
     if force:
