@@ -11,6 +11,7 @@ in its Prefect artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import posixpath
 import re
@@ -65,14 +66,23 @@ def publish_site(
     files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     keys = {rel: site_key(prefix, rel) for rel in files}
     pages = [rel for rel in files if rel.endswith(PAGE_TYPES)]
+    published = 0
+    # Another run on this host may be rebuilding the same site (Data Docs) meanwhile: a file
+    # that went between the listing and the read is that run's to publish, not an error.
     for rel, path in files.items():
         if rel not in pages:
-            with open(path, "rb") as stream:
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as stream:
                 store.put_stream(keys[rel], stream, content_type=_content_type(rel))
+                published += 1
     for rel in pages:
-        text = _rewrite(files[rel].read_text(encoding="utf-8"), rel, keys, store, expires)
+        try:
+            page = files[rel].read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        text = _rewrite(page, rel, keys, store, expires)
         store.put_bytes(keys[rel], text.encode(), content_type="text/html; charset=utf-8")
-    return PublishedSite(prefix, store.url(keys["index.html"], expires), len(files))
+        published += 1
+    return PublishedSite(prefix, store.url(keys["index.html"], expires), published)
 
 
 def _rewrite(
