@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from stave.models import archive_policies
 from stave.tasks.archive import count_eligible, cutoff_for
+from stave.tasks.archiver import archiver_status
 
 CACHE_S = 5.0
 
@@ -135,13 +136,10 @@ def _backups(conn: Connection) -> Iterator[Metric]:
 def _wal_archiver(conn: Connection) -> Iterator[Metric]:
     """Continuous archiving, from the server's own archiver statistics: whether it is on, how
     long since a segment reached the store, and whether the latest attempt failed."""
-    mode = conn.execute(text("SHOW archive_mode")).scalar_one()
-    row = conn.execute(
-        text("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver")
-    ).one()
-    last, failed = row.last_archived_time, row.last_failed_time
+    archiver = archiver_status(conn)
+    last = archiver.last_archived
     yield GaugeMetricFamily(
-        "stave_wal_archiving", "1 when the server archives WAL to the store.", value=mode != "off"
+        "stave_wal_archiving", "1 when the server archives WAL to the store.", value=archiver.on
     )
     yield GaugeMetricFamily(
         "stave_wal_last_archived_age_seconds",
@@ -151,7 +149,7 @@ def _wal_archiver(conn: Connection) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "stave_wal_archive_failing",
         "1 when the archiver's latest attempt failed (segments pile up in pg_wal; RPO grows).",
-        value=failed is not None and (last is None or failed > last),
+        value=archiver.failing,
     )
 
 

@@ -19,13 +19,15 @@ import re
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from stave.infra.db import embedded_server, libpq_target
@@ -35,6 +37,7 @@ from stave.infra.objectstore.base import ObjectStore
 from stave.infra.settings import Settings
 from stave.models.base import utcnow
 from stave.tasks import walchain
+from stave.tasks.archiver import archiver_status
 from stave.tasks.backup import BackupFailed, manifest_key, recorded, stream_to_store, succeed
 from stave.tasks.backup.catalogue import (
     StoredBackup,
@@ -128,63 +131,46 @@ def _backup_label(store: ObjectStore, key: str) -> dict[str, Any]:
     }
 
 
-def archiving_enabled(url: str) -> bool:
+@contextmanager
+def _connected(url: str) -> Iterator[Connection]:
+    """One connection to the server at `url`, closed with its engine."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            return bool(conn.execute(text("SHOW archive_mode")).scalar_one() != "off")
+            yield conn
     finally:
         engine.dispose()
+
+
+def archiving_enabled(url: str) -> bool:
+    with _connected(url) as conn:
+        return archiver_status(conn).on
 
 
 def _require_archiving(url: str) -> tuple[int, str]:
     """The server's WAL segment size and system identifier, once it is known to archive WAL (a
     base backup without its WAL in the store could never be recovered)."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            mode = conn.execute(text("SHOW archive_mode")).scalar_one()
-            size = conn.execute(
-                text("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")
-            ).scalar_one()
-            system = conn.execute(
-                text("SELECT system_identifier FROM pg_control_system()")
-            ).scalar_one()
-            archiver = conn.execute(
-                text(
-                    "SELECT last_failed_wal, last_failed_time, last_archived_time "
-                    "FROM pg_stat_archiver"
-                )
-            ).one()
-    finally:
-        engine.dispose()
-    if mode == "off":
+    with _connected(url) as conn:
+        archiver = archiver_status(conn)
+        size = conn.execute(
+            text("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")
+        ).scalar_one()
+        system = conn.execute(
+            text("SELECT system_identifier FROM pg_control_system()")
+        ).scalar_one()
+    if not archiver.on:
         raise ConfigError(
             "the database does not archive WAL (archive_mode is off): set it up with "
             "`stave backup wal-setup` before taking base backups"
         )
-    failing = archiver.last_failed_time is not None and (
-        archiver.last_archived_time is None
-        or archiver.last_failed_time > archiver.last_archived_time
-    )
-    if failing:
+    if archiver.failing:
         # pg_basebackup would wait for its WAL to be archived for as long as that fails.
         raise BackupFailed(
             f"WAL archiving is failing (last failed: {archiver.last_failed_wal} at "
-            f"{archiver.last_failed_time:%Y-%m-%d %H:%M:%S}): the server's log says why; "
+            f"{archiver.last_failed:%Y-%m-%d %H:%M:%S}): the server's log says why; "
             "fix it before a base backup"
         )
     return int(size), str(system)
-
-
-def switch_wal(url: str) -> None:
-    """Close the current segment so everything written so far gets archived."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_switch_wal()"))
-    finally:
-        engine.dispose()
 
 
 def recover(
