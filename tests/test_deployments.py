@@ -175,6 +175,18 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path) 
     pytest.fail(f"{what} within {timeout} s; log:\n{log.read_text()[-4000:]}")
 
 
+def wait_healthy(http: httpx.Client, timeout: float, what: str, log: Path) -> None:
+    """Until the Prefect server at `http`'s base URL answers its health check."""
+
+    def healthy() -> bool:
+        try:
+            return http.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, timeout, what, log)
+
+
 def run_json(args: list[str], env: dict[str, str], cwd: Path) -> Any:
     done = subprocess.run(
         [STAVE, *args, "--json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
@@ -201,14 +213,7 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
     server = start(["server"], env, server_log)
     worker = cpu_worker = None
     try:
-
-        def healthy() -> bool:
-            try:
-                return http.get("/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 60, "the Prefect server did not answer", server_log)
+        wait_healthy(http, 60, "the Prefect server did not answer", server_log)
         # The auth string is required: a client without it is turned away.
         assert httpx.post(f"{api}/flows/filter", json={}).status_code == 401
 

@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 from stave.infra import embedded_pg
 from stave.infra.db import ensure_database
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer
-from tests.test_deployments import run_json, start, stop, wait_until
+from tests.test_deployments import run_json, start, stop, wait_healthy
 from tests.utils.net import free_port
 
 DEBIAN_PG = Path("/usr/lib/postgresql/15/bin")
@@ -69,14 +69,7 @@ def test_stave_server_runs_on_postgresql(
     log = tmp_path / "server.log"
     server = start(["server"], env, log)
     try:
-
-        def healthy() -> bool:
-            try:
-                return http.get("/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 120, "the Prefect server on PostgreSQL did not answer", log)
+        wait_healthy(http, 120, "the Prefect server on PostgreSQL did not answer", log)
         pools = run_json(["pools", "setup"], env, tmp_path)
         assert pools
         flow = http.post("/flows/", json={"name": f"pg-{uuid.uuid4().hex[:6]}"}).json()
