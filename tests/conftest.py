@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +24,11 @@ from stave.infra import migrate
 from stave.infra.db import ensure_database, make_engine
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer
 from stave.infra.settings import Settings, get_settings
+from tests.utils.net import free_port
 
 TEST_DATABASE = "stave_test"
+ROOT = Path(__file__).resolve().parent.parent
+DEBIAN_PG = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,6 +128,77 @@ def stave_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Setting
 @pytest.fixture
 def bucket_name() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server (Debian's) on loopback for the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stave built as the wheel a worker host installs (once per session)."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
+    (built,) = out.glob("stave-*.whl")
+    return built
+
+
+@pytest.fixture(scope="session")
+def wheel_site(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed alone into a folder (`PYTHONPATH` for a worker "host" that has only
+    the installed package; its dependencies come from this environment)."""
+    site = tmp_path_factory.mktemp("wheel-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), wheel],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+@pytest.fixture(scope="session")
+def debian_postgres_bin() -> Path:
+    """Debian's PostgreSQL 15 binaries (with pg_trgm, which the Prefect server needs and
+    pgserver's build lacks); the tests that need them skip where they are missing."""
+    if not (DEBIAN_PG / "initdb").exists():
+        pytest.skip("Debian's postgresql-15 is not installed (.ci/run installs it)")
+    return DEBIAN_PG
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

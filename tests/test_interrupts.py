@@ -15,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
+from stave.infra import migrate
+from stave.infra.db import ensure_database
+from stave.infra.embedded_pg import RunningServer
 from tests.test_cli import STAVE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -153,3 +157,61 @@ def test_a_second_ctrl_c_stops_at_once(env: dict[str, str], engine: Engine, tmp_
     assert process.returncode == 130 and time.monotonic() - sent < 10
     assert "Traceback" not in out + err
     assert err.strip().splitlines()[-1].startswith("stave: error: stopped by SIGINT")
+
+
+def test_a_warm_drain_serves_a_trickle_with_one_model_load_and_stops_on_sigterm(
+    env: dict[str, str], pg_server: RunningServer, tmp_path: Path
+) -> None:
+    # Its own database: a follower drains every job, and other tests leave work queued.
+    name = f"follow_{uuid.uuid4().hex[:8]}"
+    ensure_database(pg_server.url("postgres"), name)
+    url = pg_server.url(name)
+    migrate.upgrade(url)
+    engine = create_engine(url, poolclass=NullPool)
+    fast = {
+        **env,
+        "STAVE_DATABASE_URL": url,
+        "STAVE_DEFAULT_DURATION_S": "1",
+        "STAVE_DEFAULT_STEPS": "2",
+        "STAVE_FOLLOW_POLL_S": "0.2",
+    }
+    tag = uuid.uuid4().hex[:8]
+    follower = start(["run-pending", "--follow", "--json"], fast, tmp_path)
+    try:
+        for part, rows in enumerate((2, 1, 1)):  # a trickle: each part after the last is done
+            file = tmp_path / f"part{part}.csv"
+            file.write_text(
+                "prompt,seed\n"
+                + "".join(f"bright bell arpeggio {part}.{i} {tag},{i}\n" for i in range(rows))
+            )
+            queued = subprocess.run(
+                [STAVE, "submit", str(file)], env=fast, cwd=tmp_path, capture_output=True
+            )
+            assert queued.returncode == 0, queued.stderr
+            total = sum((2, 1, 1)[: part + 1])
+            wait_for(
+                lambda total=total: statuses(engine, tag).get("published", 0) == total,
+                120,
+                f"the follower did not publish part {part}",
+            )
+        assert follower.poll() is None  # still up, between runs
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+        engine.dispose()
+    assert follower.returncode == 0, err
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM")
+    runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(runs) >= 3 and sum(r["published_now"] for r in runs) == 4  # a flow run per part
+    assert statuses(engine, tag) == {"published": 4}
+    with engine.connect() as conn:  # one process made them all: one model load
+        pids = conn.execute(
+            text(
+                "SELECT DISTINCT (e.detail->'gpu_slot'->>'pid')::int FROM task_event e "
+                "JOIN generation_task t ON t.id = e.task_id "
+                "WHERE t.prompt LIKE :t AND e.to_status = 'published'"
+            ),
+            {"t": f"%{tag}%"},
+        ).scalars()
+        assert list(pids) == [follower.pid]

@@ -21,6 +21,7 @@ from stave.cli import (
     catalog,
     db,
     doctor,
+    drain,
     embeddings,
     env,
     generator,
@@ -77,7 +78,7 @@ app.command("train")(generator.train)
 app.command("eval")(generator.evaluate)
 app.command("generate")(jobs.generate)
 app.command("submit")(jobs.submit)
-app.command("run-pending")(jobs.run_pending)
+app.command("run-pending")(drain.run_pending)
 app.command("jobs")(jobs.jobs)
 app.command("job")(jobs.job)
 app.command("task")(jobs.task)

@@ -1,4 +1,4 @@
-"""`stave generate | submit | run-pending | jobs | job | task | retry | regenerate | gc`."""
+"""`stave generate | submit | jobs | job | task | retry | regenerate | gc`."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _checked_source(
     return source
 
 
-def _job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
+def job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
     """A progress bar over a job's clips, fed from the database while the flow runs here."""
 
     def poll() -> tuple[int, int, dict[str, Any]] | None:
@@ -118,7 +118,7 @@ def generate(
     else:
         from stave.flows.generate import generate as generate_flow  # prefect
 
-        with _job_bar(queued.job_id, queued.accepted + queued.already_submitted):
+        with job_bar(queued.job_id, queued.accepted + queued.already_submitted):
             state = generate_flow(job_id=queued.job_id, return_state=True)
             summary = flow_summary(state)
     summary["created"] = queued.created
@@ -152,40 +152,6 @@ def submit(
         f"job {queued.job_id} {state}: {queued.accepted} task(s) queued, "
         f"{len(queued.rejected)} row(s) rejected"
     )
-
-
-def run_pending(
-    job: str | None = typer.Option(None, "--job", help="Only this job's tasks."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many tasks."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """Generate whatever is queued (by `stave submit`, or left by a worker that died)."""
-    current = settings()
-    job_id = parse_id(job, "job") if job else None
-    check_generator(current)
-    make_object_store(current).check()
-    waiting = job_state(engine(current), job_id).open
-    if waiting == 0:
-        if as_json:
-            print_json({"job_id": job, "batches": 0, "pending": 0})
-        else:
-            typer.echo("nothing pending")
-        return
-    in_process_prefect(current)
-    from stave.flows.generate import run_pending as run_pending_flow  # prefect
-
-    with _job_bar(job_id, min(waiting, limit or waiting)):
-        summary = flow_summary(run_pending_flow(job_id=job_id, limit=limit, return_state=True))
-    if as_json:
-        print_json(summary)
-    else:
-        typer.echo(
-            f"processed {summary['batches']} batch(es): {summary['published_now']} published, "
-            f"{summary['quarantined_now']} quarantined, {summary['failed_now']} failed, "
-            f"{summary['retried_now']} to retry; {summary['pending']} still pending"
-        )
-    stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
-    raise_if_clips_failed(summary, "stave jobs, then stave job ID --status failed")
 
 
 def jobs(

@@ -24,7 +24,7 @@ from stave.cli.common import (
     print_rejections,
     settings,
 )
-from stave.infra import prefect_env
+from stave.infra import prefect_env, supervise
 from stave.infra.errors import ConfigError, StaveError
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
@@ -127,8 +127,13 @@ def worker(
         None, "--limit", min=1, help="Flow runs at once (default: 1 on gpu, 4 on cpu)."
     ),
     name: str | None = typer.Option(None, "--name", help="Worker name (default: host-gpuN)."),
+    grace: float = typer.Option(
+        90.0, "--grace", min=1, help="On SIGTERM, seconds its flow runs get to stop first."
+    ),
 ) -> None:
-    """Start a Prefect process worker; with --gpu N it serves the gpu pool on that GPU only."""
+    """Start a Prefect process worker; with --gpu N it serves the gpu pool on that GPU only.
+
+    SIGTERM stops its flow runs first (drains hand their batch back), then the worker."""
     chosen = (pool or (Pool.gpu if gpu is not None else Pool.cpu)).value
     if gpu is not None and chosen != prefect_env.GPU_POOL:
         raise ConfigError("--gpu pins a worker of the gpu pool; drop --pool cpu or --gpu")
@@ -143,7 +148,7 @@ def worker(
     worker_name = name or prefect_env.worker_name(chosen, gpu)
     pinned = f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
     typer.echo(f"worker {worker_name}: pool {chosen}, {runs} run(s) at once{pinned}", err=True)
-    _exec(
+    code = supervise.run(
         [
             prefect_env.prefect_executable(),
             "worker",
@@ -158,11 +163,15 @@ def worker(
             str(runs),
             "--no-create-pool-if-not-found",
         ],
-        prefect_env.worker_env(current, gpu),
+        {**os.environ, **prefect_env.worker_env(current, gpu)},
         # Entrypoints are modules of the installed package: the folder does not matter, so the
         # worker runs in its own scratch folder rather than wherever it was started.
         cwd=_scratch(current, "worker"),
+        grace_s=grace,
+        say=lambda line: typer.echo(f"worker {worker_name}: {line}", err=True),
     )
+    if code:
+        raise typer.Exit(code)
 
 
 def _scratch(current: Settings, name: str) -> Path:

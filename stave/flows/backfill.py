@@ -18,9 +18,9 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.states import Failed
 
 from stave.flows import names
+from stave.flows.ending import run_state
 from stave.flows.logs import run_logger
 from stave.flows.steps import backfill as steps
 from stave.infra import stop
@@ -29,7 +29,7 @@ from stave.infra.errors import InvalidInput
 from stave.infra.settings import get_settings
 from stave.tasks import backfill
 from stave.tasks.encoders import load_encoder
-from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
+from stave.tasks.outcome import RunOutcome, failure_message
 
 
 @flow(name="backfill-embeddings", log_prints=True, flow_run_name=names.backfill)
@@ -130,8 +130,6 @@ def backfill_embeddings(
         key=f"backfill-summary-{run.id}",
         description=f"backfill of {encoder.version}: {status}",
     )
-    if summary["failure"]:
-        # Truthful: the run did not embed every asset it was given (`stave embeddings status`
-        # lists each failure and its reason).
-        return Failed(message=summary["failure"], data=ClipsFailed(summary["failure"], summary))
-    return summary
+    # Truthful: Failed when it did not embed every asset it was given (`stave embeddings
+    # status` lists each failure and its reason); Cancelled when a signal stopped it.
+    return run_state(summary, f"resumes from run {run.id}'s checkpoint")

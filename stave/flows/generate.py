@@ -18,17 +18,17 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
-from prefect.states import Failed
 
 from stave.flows import names
 from stave.flows.drain import DrainStats, drain
+from stave.flows.ending import run_state
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
 from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput, StaveError
 from stave.infra.settings import get_settings
 from stave.tasks.intake import PromptRow
-from stave.tasks.outcome import ClipsFailed, RunOutcome, failure_message
+from stave.tasks.outcome import RunOutcome, failure_message
 from stave.tasks.records import job_failure, job_summary
 
 
@@ -164,9 +164,8 @@ def _finish(summary: dict[str, Any], stats: DrainStats | None) -> Any:
     """The summary artifact, then the run's state: Failed when its clips failed (the summary
     is the state's data either way, for the CLI and the API)."""
     _summary_artifact(summary, stats)
-    if summary["failure"]:
-        return Failed(message=summary["failure"], data=ClipsFailed(summary["failure"], summary))
-    return summary
+    handed_back = stats.handed_back if stats else 0
+    return run_state(summary, f"{handed_back} clip(s) handed back to the queue")
 
 
 @flow(name="run-pending", log_prints=True, flow_run_name=names.drain)

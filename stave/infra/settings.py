@@ -17,49 +17,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stave.infra.errors import ConfigError
+from stave.infra.profiles import PLACEHOLDER_SECRETS, PROFILES
 
 Env = Literal["dev", "stage", "prod"]
-
-# Profile defaults, keyed by STAVE_ENV: the one place where environments differ. Values set in
-# the environment or `.env` always win over these.
-PROFILES: dict[str, dict[str, Any]] = {
-    "dev": {
-        "log_level": "INFO",
-        "db_pool_size": 5,
-        "s3_secure": False,
-        "require_external_services": False,
-    },
-    "stage": {
-        "log_level": "INFO",
-        "db_pool_size": 10,
-        "s3_secure": True,
-        "require_external_services": True,
-    },
-    "prod": {
-        "log_level": "WARNING",
-        "db_pool_size": 20,
-        "s3_secure": True,
-        "require_external_services": True,
-    },
-}
-
-# Values that mean "nobody set this": refused as secrets outside dev.
-PLACEHOLDER_SECRETS = frozenset(
-    {
-        "",
-        "changeme",
-        "change-me",
-        "changethis",
-        "password",
-        "secret",
-        "minioadmin",
-        "postgres",
-        "admin",
-        "test",
-        "example",
-        "xxx",
-    }
-)
 
 
 def normalise_pg_url(url: str) -> str:
@@ -146,6 +106,8 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, ge=0)
     # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA).
     batch_size: int = Field(default=0, ge=0, le=256)
+    # `stave run-pending --follow`: how often an idle warm drain asks whether work is due.
+    follow_poll_s: float = Field(default=0.5, gt=0, le=60)
     # A run (generate, drain) ends Failed, and the CLI exits 3, when any of its clips failed, or
     # when more than this share of them was quarantined (0: any quarantined clip).
     quarantine_fails_run_above: float = Field(default=0.0, ge=0.0, le=1.0)

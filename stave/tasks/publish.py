@@ -167,6 +167,8 @@ def _event(clip: StoredClip, status: str, verdict: Verdict) -> dict[str, Any]:
         "sha256": clip.sha256,
         "validation_batch": verdict.batch_id,
     }
+    if "gpu_slot" in clip.provenance:  # where and when it was generated (flows record it)
+        detail["gpu_slot"] = clip.provenance["gpu_slot"]
     if status == "quarantined":
         detail["error_class"] = "validation_failed"
         detail["failed_expectations"] = verdict.failures.get(clip.task_id, [])

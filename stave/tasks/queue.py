@@ -299,6 +299,23 @@ def job_state(engine: Engine, job_id: uuid.UUID | None = None) -> QueueState:
     return QueueState({str(k): int(v) for k, v in counts.items()}, next_due)
 
 
+def due_now(engine: Engine, job_id: uuid.UUID | None = None) -> bool:
+    """Whether a claim would find work now: a cheap check (the queue's partial indexes) for
+    a drain that stays up between runs."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM generation_task WHERE ("
+                    "(status = 'pending' AND (available_at IS NULL OR available_at <= now())) "
+                    "OR (status = 'running' AND lease_expires_at < now())) "
+                    "AND (CAST(:job_id AS uuid) IS NULL OR job_id = CAST(:job_id AS uuid)))"
+                ),
+                {"job_id": str(job_id) if job_id else None},
+            ).scalar_one()
+        )
+
+
 def seconds_until(moment: datetime | None) -> float:
     if moment is None:
         return 0.0

@@ -10,7 +10,10 @@ leases), so they survive the worker process dying.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -70,10 +73,15 @@ def generate_batch(
     model = inference.load_model(settings)
     requests = inference.requests_for(claimed)
     # One slot per GPU: a worker waits here rather than oversubscribing a device.
-    with gpu_slot(settings.gpu_concurrency_limit):
+    with gpu_slot(settings.gpu_concurrency_limit, settings.lease_s):
+        held_from = datetime.now(UTC).isoformat()
         clips = model.generator.generate(requests)
+        # Where and when the slot was held: kept with each clip's provenance and on its
+        # published event, so a fleet's concurrency can be checked after the fact.
+        slot = {"host": socket.gethostname(), "pid": os.getpid(), "from": held_from}
+        slot["to"] = datetime.now(UTC).isoformat()
     return [
-        (t.id, clip, inference.provenance(clip, model, model_version_id))
+        (t.id, clip, {**inference.provenance(clip, model, model_version_id), "gpu_slot": slot})
         for t, clip in zip(claimed, clips, strict=True)
     ]
 

@@ -1,0 +1,236 @@
+"""Coordination scales: 1, 2, 4 and 8 worker processes draining one queue through Prefect.
+
+Each worker is its own process (as each GPU host's flow run is) running the `run-pending` flow
+for the job against one Prefect server, with the `gpu` global concurrency limit set to the
+number of workers (one slot per simulated GPU, so the limit is exercised, not binding). The
+model is the stand-in (`standin.py`): each batch takes a fixed time without using the CPU, as
+a GPU would, and returns real clips, so claim → store → validate → publish and every Prefect
+task run and artifact are the real ones. Workers import, load and warm up first; the clock runs
+from a common start to the job's last clip published.
+
+Printed per N: clips/s and efficiency = rate(N) / (N × rate(1)). Target: >= 0.9 at 4 workers,
+>= 0.8 at 8. Then the claim path alone: 64 processes (not threads) claiming one queue of tasks
+at once, checked for any task claimed twice.
+
+Run: .venv/bin/python bench/fleet_scaling.py [--workers 1,2,4,8] [--batches 6]
+     [--batch 8] [--batch-seconds 2.0] [--duration 1.0] [--claimers 64] [--claim-tasks 5000]
+(a throwaway STAVE_HOME with the embedded PostgreSQL and filesystem store unless set.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {4: 0.9, 8: 0.8}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One worker: load the stand-in, say ready, wait for the start, drain the job."""
+    sys.path.insert(0, str(HERE))
+    import standin
+
+    from stave.flows.generate import run_pending
+    from stave.infra.settings import get_settings
+
+    standin.install(get_settings(), args.batch_seconds, args.duration)
+    print("ready", flush=True)
+    go = Path(args.go)
+    while not go.exists():
+        time.sleep(0.01)
+    run_pending(job_id=uuid.UUID(args.job))
+
+
+def pending_job(engine: Any, settings: Any, n: int, duration: float) -> uuid.UUID:
+    from stave.tasks.intake import rows_from_parameter
+    from stave.tasks.submission import submit
+
+    tag = uuid.uuid4().hex[:8]
+    rows = [
+        {"prompt": f"fleet bench {tag} {i}", "seed": i, "duration_s": duration, "steps": 2}
+        for i in range(n)
+    ]
+    job = submit(engine, rows_from_parameter(rows), settings).job_id
+    assert job is not None
+    return job
+
+
+def open_tasks(engine: Any, job: uuid.UUID) -> int:
+    from stave.tasks import queue
+
+    return queue.job_state(engine, job).open
+
+
+def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    from stave.infra.db import get_engine
+    from stave.infra.settings import get_settings
+
+    engine = get_engine()
+    clips = workers * args.batches * args.batch
+    job = pending_job(engine, get_settings(), clips, args.duration)
+    go = Path(os.environ["STAVE_HOME"]) / f"go-{uuid.uuid4().hex}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", "--job", str(job), "--go", str(go)]
+            + [f"--batch-seconds={args.batch_seconds}", f"--duration={args.duration}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    for proc in procs:  # imports, model load and the stand-in's templates: not timed
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"a worker did not start (exit {proc.wait()})")
+    started = time.perf_counter()
+    go.touch()
+    while open_tasks(engine, job):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.wait(timeout=120)
+    go.unlink()
+    return {"workers": workers, "clips": clips, "seconds": elapsed, "rate": clips / elapsed}
+
+
+def _claimer(url: str, job: str, batch: int, start: Any, out: Any) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from stave.tasks import queue
+
+    engine = create_engine(url, poolclass=NullPool)
+    worker = f"claimer-{os.getpid()}"
+    got: list[str] = []
+    start.wait()
+    while claimed := queue.claim(engine, worker, batch, 600, uuid.UUID(job)):
+        got += [str(t.id) for t in claimed]
+    out.put(got)
+    engine.dispose()
+
+
+def claim_race(claimers: int, tasks: int, batch: int) -> dict[str, Any]:
+    """`claimers` processes claim one job's `tasks` at once; any task claimed twice counts."""
+    from stave.infra.db import database_url, get_engine
+    from stave.infra.settings import get_settings
+
+    settings = get_settings()
+    job = pending_job(get_engine(), settings, tasks, 1.0)
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Event(), context.Queue()
+    procs = [
+        context.Process(
+            target=_claimer, args=(database_url(settings), str(job), batch, start, out)
+        )
+        for _ in range(claimers)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(3.0)  # every process imported and connected... or close to it
+    began = time.perf_counter()
+    start.set()
+    results = [out.get(timeout=300) for _ in procs]
+    elapsed = time.perf_counter() - began
+    for proc in procs:
+        proc.join(timeout=60)
+    counts = Counter(task for got in results for task in got)
+    return {
+        "claimers": claimers,
+        "tasks": tasks,
+        "claimed": len(counts),
+        "claimed_twice": sum(1 for n in counts.values() if n > 1),
+        "claims_per_s": round(tasks / elapsed),
+        "busiest_claimer": max(len(got) for got in results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--batches", type=int, default=6, help="batches per worker")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch-seconds", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=1.0, help="clip seconds")
+    parser.add_argument("--claimers", type=int, default=64)
+    parser.add_argument("--claim-tasks", type=int, default=5000)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--go", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    sys.path.insert(0, str(HERE))
+    from common import migrated_engine, throwaway_home
+
+    throwaway_home()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["STAVE_BATCH_SIZE"] = str(args.batch)
+    os.environ["STAVE_PUBLISH_PAGES"] = "false"
+    settings, _ = migrated_engine()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from stave.infra.db import database_url
+
+    sizes = [int(n) for n in args.workers.split(",")]
+    rows = []
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "STAVE_DATABASE_URL": database_url(settings),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=settings.gpu_concurrency_limit, limit=1)
+            )
+        for n in sizes:
+            with get_client(sync_client=True) as client:  # one slot per simulated GPU
+                client.update_global_concurrency_limit(
+                    settings.gpu_concurrency_limit, {"limit": n}
+                )
+            rows.append(drain_with(n, args, env))
+            print(json.dumps(rows[-1]), flush=True)
+    claims = claim_race(args.claimers, args.claim_tasks, args.batch)
+
+    one = next((r["rate"] for r in rows if r["workers"] == 1), None)
+    print(f"\nstand-in: {args.batch} clips of {args.duration} s per {args.batch_seconds} s batch")
+    print(f"{'workers':>7} {'clips':>6} {'seconds':>8} {'clips/s':>8} {'ideal':>7} {'eff.':>6}")
+    for r in rows:
+        ideal = one * r["workers"] if one else float("nan")
+        eff = r["rate"] / ideal if one else float("nan")
+        target = TARGETS.get(r["workers"])
+        mark = "" if target is None else f"  target >= {target}: {'met' if eff >= target else 'NOT met'}"
+        print(
+            f"{r['workers']:>7} {r['clips']:>6} {r['seconds']:>8.1f} {r['rate']:>8.1f}"
+            f" {ideal:>7.1f} {eff:>6.2f}{mark}"
+        )
+    print(
+        f"\nclaim race: {claims['claimers']} processes, {claims['tasks']} tasks: "
+        f"{claims['claimed']} claimed, {claims['claimed_twice']} twice, "
+        f"{claims['claims_per_s']} claims/s, busiest claimer {claims['busiest_claimer']}"
+    )
+    print(json.dumps({"scaling": rows, "claims": claims}))
+
+
+if __name__ == "__main__":
+    main()
