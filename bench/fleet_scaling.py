@@ -8,7 +8,7 @@ a GPU would, and returns real clips, so claim → store → validate → publish
 task run and artifact are the real ones. Workers import, load and warm up first; the clock runs
 from a common start to the job's last clip published.
 
-Printed per N: clips/s and efficiency = rate(N) / (N × rate(1)). Target: >= 0.9 at 4 workers,
+Printed per N: clips/s and efficiency = rate(N) / (N * rate(1)). Target: >= 0.9 at 4 workers,
 >= 0.8 at 8. Then the claim path alone: 64 processes (not threads) claiming one queue of tasks
 at once, checked for any task claimed twice.
 
@@ -81,8 +81,10 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
     go = Path(os.environ["STAVE_HOME"]) / f"go-{uuid.uuid4().hex}"
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", "--job", str(job), "--go", str(go)]
-            + [f"--batch-seconds={args.batch_seconds}", f"--duration={args.duration}"],
+            [
+                *(sys.executable, __file__, "--child", "--job", str(job), "--go", str(go)),
+                *(f"--batch-seconds={args.batch_seconds}", f"--duration={args.duration}"),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -106,15 +108,17 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
     return {"workers": workers, "clips": clips, "seconds": elapsed, "rate": clips / elapsed}
 
 
-def _claimer(url: str, job: str, batch: int, start: Any, out: Any) -> None:
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
+def _claimer(url: str, job: str, batch: int, ready: Any, start: Any, out: Any) -> None:
+    from sqlalchemy import create_engine, text
 
     from stave.tasks import queue
 
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_engine(url, pool_size=1)
+    with engine.connect() as conn:  # connected before the start, as a running worker is
+        conn.execute(text("SELECT 1"))
     worker = f"claimer-{os.getpid()}"
     got: list[str] = []
+    ready.put(os.getpid())
     start.wait()
     while claimed := queue.claim(engine, worker, batch, 600, uuid.UUID(job)):
         got += [str(t.id) for t in claimed]
@@ -130,16 +134,16 @@ def claim_race(claimers: int, tasks: int, batch: int) -> dict[str, Any]:
     settings = get_settings()
     job = pending_job(get_engine(), settings, tasks, 1.0)
     context = multiprocessing.get_context("spawn")
-    start, out = context.Event(), context.Queue()
+    ready, start, out = context.Queue(), context.Event(), context.Queue()
+    url = database_url(settings)
     procs = [
-        context.Process(
-            target=_claimer, args=(database_url(settings), str(job), batch, start, out)
-        )
+        context.Process(target=_claimer, args=(url, str(job), batch, ready, start, out))
         for _ in range(claimers)
     ]
     for proc in procs:
         proc.start()
-    time.sleep(3.0)  # every process imported and connected... or close to it
+    for _ in procs:  # every claimer imported and connected
+        ready.get(timeout=300)
     began = time.perf_counter()
     start.set()
     results = [out.get(timeout=300) for _ in procs]
@@ -191,7 +195,10 @@ def main() -> None:
     rows = []
     with prefect_test_harness(server_startup_timeout=120):
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+        from prefect.client.schemas.actions import (
+            GlobalConcurrencyLimitCreate,
+            GlobalConcurrencyLimitUpdate,
+        )
 
         env = {
             **os.environ,
@@ -206,7 +213,7 @@ def main() -> None:
         for n in sizes:
             with get_client(sync_client=True) as client:  # one slot per simulated GPU
                 client.update_global_concurrency_limit(
-                    settings.gpu_concurrency_limit, {"limit": n}
+                    settings.gpu_concurrency_limit, GlobalConcurrencyLimitUpdate(limit=n)
                 )
             rows.append(drain_with(n, args, env))
             print(json.dumps(rows[-1]), flush=True)
@@ -219,7 +226,8 @@ def main() -> None:
         ideal = one * r["workers"] if one else float("nan")
         eff = r["rate"] / ideal if one else float("nan")
         target = TARGETS.get(r["workers"])
-        mark = "" if target is None else f"  target >= {target}: {'met' if eff >= target else 'NOT met'}"
+        met = "met" if target is not None and eff >= target else "NOT met"
+        mark = "" if target is None else f"  target >= {target}: {met}"
         print(
             f"{r['workers']:>7} {r['clips']:>6} {r['seconds']:>8.1f} {r['rate']:>8.1f}"
             f" {ideal:>7.1f} {eff:>6.2f}{mark}"

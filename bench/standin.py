@@ -63,7 +63,9 @@ def install(settings: Any, seconds_per_batch: float, duration_s: float) -> Any:
     real = model.generator
     templates = real.generate(
         [
-            GenerationRequest(prompt=f"stand-in template {i}", duration_s=duration_s, steps=2, seed=i)
+            GenerationRequest(
+                prompt=f"stand-in template {i}", duration_s=duration_s, steps=2, seed=i
+            )
             for i in range(8)
         ]
     )

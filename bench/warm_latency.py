@@ -63,7 +63,9 @@ def latency(engine: Any, job: uuid.UUID, timeout: float = 300) -> float:
     raise SystemExit(f"job {job} was not published within {timeout} s")
 
 
-def per_run(engine: Any, settings: Any, args: argparse.Namespace, env: dict[str, str]) -> list[float]:
+def per_run(
+    engine: Any, settings: Any, args: argparse.Namespace, env: dict[str, str]
+) -> list[float]:
     tag, seen = uuid.uuid4().hex[:6], []
     for i in range(args.requests):
         began = time.monotonic()
@@ -138,7 +140,9 @@ def main() -> None:
         results = {"per_run": per_run(engine, settings, args, env)}
         results["warm"] = warm(engine, settings, args, env)
     rows = {mode: summary(values) for mode, values in results.items()}
-    print(f"\n{args.requests} requests of one {args.duration:g}-s clip, one every {args.interval:g} s")
+    print(
+        f"\n{args.requests} requests of one {args.duration:g}-s clip, one every {args.interval:g} s"
+    )
     print(f"{'mode':<8} {'p50 s':>7} {'p99 s':>7} {'max s':>7}")
     for mode, row in rows.items():
         print(f"{mode:<8} {row['p50']:>7.2f} {row['p99']:>7.2f} {row['max']:>7.2f}")

@@ -95,11 +95,14 @@ def test_schedules_and_no_credentials() -> None:
 # -- the operator's path, for real ----------------------------------------------------------------
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as handle:
         return subprocess.Popen(
             [STAVE, *args],
             env=env,
+            cwd=cwd,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: the server's and worker's children stop too
@@ -201,6 +204,7 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
     operator_env: dict[str, str],
     alert_hook: tuple[str, list[dict[str, Any]]],
     engine: Engine,
+    wheel_site: Path,
     tmp_path: Path,
 ) -> None:
     hook_url, alerts = alert_hook
@@ -281,12 +285,18 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         assert uploaded["rejected"] == 1 and uploaded["rejections"][0]["row"] == 3
         assert tag not in uploaded["file_key"]  # object keys never carry user text
 
-        # The workers' environment also holds another project's top-level `models`, `tasks`, …
-        # packages (a shared worker): Stave, one package, never imports them.
-        worker_env = {**env, "PYTHONPATH": str(unrelated_packages(tmp_path / "other-project"))}
+        # The workers run Stave from the built wheel (first on their path: no checkout), in an
+        # empty folder, beside another project's top-level `models`, `tasks`, … packages (a
+        # shared worker): Stave, one package, never imports them.
+        other = unrelated_packages(tmp_path / "other-project")
+        worker_env = {**env, "PYTHONPATH": f"{wheel_site}{os.pathsep}{other}"}
+        elsewhere = tmp_path / "worker-host"
+        elsewhere.mkdir()
         # Two runs at once (the gpu limit has two slots): the smallest cases overlap.
-        worker = start(["worker", "--gpu", "0", "--limit", "2"], worker_env, worker_log)
-        cpu_worker = start(["worker", "--pool", "cpu"], worker_env, cpu_log)
+        worker = start(
+            ["worker", "--gpu", "0", "--limit", "2"], worker_env, worker_log, cwd=elsewhere
+        )
+        cpu_worker = start(["worker", "--pool", "cpu"], worker_env, cpu_log, cwd=elsewhere)
         deployment = http.get("/deployments/name/generate/bulk-generation").json()
         runs = [
             http.post(
@@ -324,6 +334,15 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
             ).all()
         assert len(published) == 3
         assert all(r.status == "published" and r.object_key and r.embedded for r in published)
+        with engine.connect() as conn:  # made by the wheel's copy (a checkout says git:…)
+            made_by = conn.execute(
+                text(
+                    "SELECT DISTINCT provenance->>'code_version' FROM generation_task "
+                    "WHERE prompt LIKE :tag"
+                ),
+                {"tag": f"%{tag}%"},
+            ).scalars()
+            assert [v.split(":")[0] for v in made_by] == ["stave"]
         # The run's progress artifact reached the server.
         artifacts = http.post(
             "/artifacts/filter", json={"artifacts": {"type": {"any_": ["progress"]}}}
@@ -377,7 +396,7 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         stop(cpu_worker)
         store_down = {**worker_env, "STAVE_S3_ENDPOINT": f"127.0.0.1:{free_port()}"}
         store_down["STAVE_S3_MAX_RETRIES"] = "0"
-        cpu_worker = start(["worker", "--pool", "cpu"], store_down, cpu_log)
+        cpu_worker = start(["worker", "--pool", "cpu"], store_down, cpu_log, cwd=elsewhere)
         failing = run_deployment(http, "backup/nightly-backup", {"drill": False})
         wait_until(
             lambda: state(failing) in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"),

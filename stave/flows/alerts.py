@@ -1,7 +1,11 @@
 """Alerts through Prefect automations: failures reach a person, without anyone watching.
 
-`stave deploy` applies two automations to the Prefect server (idempotent: updated in place
-by name, removed when `STAVE_ALERT_WEBHOOK_URL` is unset):
+`stave deploy` applies these automations to the Prefect server (idempotent: updated in place
+by name). Always, so that a run whose host died does not stay Running for ever:
+- a run that stops sending heartbeats (its process killed, its host gone: workers send one
+  every `HEARTBEAT_S`) is marked Crashed after `UNRESPONSIVE_AFTER_S` (Prefect's recipe for
+  "zombie" runs; its tasks come back to the queue by their own leases).
+With `STAVE_ALERT_WEBHOOK_URL` set (removed when it is unset):
 - a run of any Stave deployment ends Failed or Crashed: the run, its deployment, its state,
   the failure message and a link to the run in the UI;
 - proactive: the nightly backup has no Completed run within `STAVE_BACKUP_ALERT_AFTER_H`
@@ -21,10 +25,11 @@ from uuid import UUID
 from prefect.automations import AutomationCore
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.events.actions import SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-from stave.infra.prefect_env import ui_url
+from stave.infra.prefect_env import HEARTBEAT_S, ui_url
 from stave.infra.settings import Settings
 
 BLOCK = "stave-alerts"
@@ -32,6 +37,8 @@ TAG = "stave"
 RUN_FAILED = "stave: a deployment's run failed"
 BACKUP_LATE = "stave: no nightly backup completed"
 BACKUP_DEPLOYMENT = "backup/nightly-backup"
+UNRESPONSIVE = "stave: mark unresponsive runs crashed"
+UNRESPONSIVE_AFTER_S = 3 * HEARTBEAT_S  # three heartbeats missed
 
 RUN_FAILED_SUBJECT = (
     "Stave: {{ flow.name }}/{{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
@@ -58,17 +65,15 @@ def apply_alerts(settings: Settings, deployments: dict[str, UUID]) -> AlertSetup
     """The automations for these deployments (`flow/name` -> id), as the settings say."""
     with get_client(sync_client=True) as client:
         ours = {a.name: a for a in client.read_automations() if TAG in a.tags}
-        if settings.alert_webhook_url is None:
-            for stale in ours.values():
-                client.delete_automation(stale.id)
-            return AlertSetup(webhook=False, removed=sorted(ours))
-        block_id = _webhook_block(settings.alert_webhook_url.get_secret_value())
-        wanted = [_run_failed(block_id, deployments)]
-        if BACKUP_DEPLOYMENT in deployments:
-            backup = deployments[BACKUP_DEPLOYMENT]
-            link = f"{ui_url(settings)}/deployments/deployment/{backup}"
-            wanted.append(_backup_late(block_id, backup, settings.backup_alert_after_h, link))
-        setup = AlertSetup(webhook=True)
+        wanted = [_unresponsive(deployments)]
+        if settings.alert_webhook_url is not None:
+            block_id = _webhook_block(settings.alert_webhook_url.get_secret_value())
+            wanted.append(_run_failed(block_id, deployments))
+            if BACKUP_DEPLOYMENT in deployments:
+                backup = deployments[BACKUP_DEPLOYMENT]
+                link = f"{ui_url(settings)}/deployments/deployment/{backup}"
+                wanted.append(_backup_late(block_id, backup, settings.backup_alert_after_h, link))
+        setup = AlertSetup(webhook=settings.alert_webhook_url is not None)
         for automation in wanted:
             existing = ours.pop(automation.name, None)
             if existing is None:
@@ -99,6 +104,40 @@ def _deployment_resources(ids: list[UUID]) -> dict[str, Any]:
         "prefect.resource.role": "deployment",
         "prefect.resource.id": [f"prefect.deployment.{i}" for i in ids],
     }
+
+
+def _unresponsive(deployments: dict[str, UUID]) -> AutomationCore:
+    after = timedelta(seconds=UNRESPONSIVE_AFTER_S)
+    return AutomationCore(
+        name=UNRESPONSIVE,
+        description=f"A run of a Stave deployment sent no heartbeat for {after.seconds} s.",
+        tags=[TAG],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_deployment_resources(list(deployments.values())),
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=after,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"no heartbeat for {after.seconds} s: its process or host died; "
+                    "its clips return to the queue when their leases run out"
+                ),
+            )
+        ],
+    )
 
 
 def _run_failed(block_id: UUID, deployments: dict[str, UUID]) -> AutomationCore:

@@ -22,6 +22,8 @@ from stave.infra.settings import Settings, mask_url
 GPU_POOL = "gpu"
 CPU_POOL = "cpu"
 POOLS = (GPU_POOL, CPU_POOL)
+# Seconds between a worker flow run's heartbeats (Prefect's minimum is 30).
+HEARTBEAT_S = 30
 
 
 def client_env(settings: Settings, api_url: str | None) -> dict[str, str]:
@@ -125,6 +127,9 @@ def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
     """The worker's environment, inherited by every flow run it starts: pinned to one GPU
     (which that process then sees as cuda:0)."""
     env = client_env(settings, settings.prefect_server_url)
+    # Flow runs send a heartbeat, so a run whose host dies is marked Crashed (`stave deploy`'s
+    # automation) instead of staying Running.
+    env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env
