@@ -431,10 +431,14 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
 def run_deployment(http: httpx.Client, name: str, parameters: dict[str, Any]) -> str:
     """A run of deployment `name` (flow/deployment) with `parameters`; its id."""
     deployment = http.get(f"/deployments/name/{name}").json()
-    for _ in range(20):  # SQLite under a busy server answers 503 now and then: ask again
-        made = http.post(
-            f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}
-        )
+    # SQLite under a busy server answers 503 (or nothing, for a while) now and then: ask again,
+    # with one idempotency key, so a request that did get through makes no second run.
+    body = {"parameters": parameters, "idempotency_key": uuid.uuid4().hex}
+    for _ in range(20):
+        try:
+            made = http.post(f"/deployments/{deployment['id']}/create_flow_run", json=body)
+        except httpx.TimeoutException:
+            continue
         if made.status_code != 503:
             break
         time.sleep(1)
