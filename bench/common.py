@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -87,3 +93,82 @@ def settled(engine: Engine, *tables: str) -> None:
         for table in tables:
             conn.execute(text(f"VACUUM {table}"))
         conn.execute(text("CHECKPOINT"))
+
+
+DEBIAN_PG = "/usr/lib/postgresql/15/bin"
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """A Prefect server for benchmarks with several worker processes; its API URL.
+
+    `stave server` on a throwaway PostgreSQL of Debian's postgresql-15 (as a fleet runs it:
+    with several writers, the SQLite default locks up), under this STAVE_HOME; Prefect's test
+    harness (SQLite) where those binaries are missing. Both stopped on the way out.
+    """
+    if not os.path.exists(os.path.join(DEBIAN_PG, "initdb")):
+        from prefect.settings import PREFECT_API_URL
+        from prefect.testing.utilities import prefect_test_harness
+
+        print("(Debian's postgresql-15 missing: Prefect's SQLite test server)", file=sys.stderr)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield str(PREFECT_API_URL.value())
+        return
+    from pathlib import Path
+
+    from stave.infra import embedded_pg
+    from stave.infra.db import ensure_database
+    from stave.infra.embedded_pg import EmbeddedPostgres
+
+    home = Path(os.environ["STAVE_HOME"])
+    saved = embedded_pg.bin_dir
+    embedded_pg.bin_dir = lambda: Path(DEBIAN_PG)
+    cluster = EmbeddedPostgres(home / "prefect-pg", log_file=home / "prefect-pg.log")
+    try:
+        running = cluster.ensure_running()
+    finally:
+        embedded_pg.bin_dir = saved
+    ensure_database(running.url("postgres"), "prefect")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "STAVE_PREFECT_DATABASE_URL": running.url("prefect"),
+        "STAVE_PREFECT_SERVER_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = open(home / "prefect-server.log", "wb")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stave", "server"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"the Prefect server did not start; see {home}/prefect-server.log")
+            time.sleep(0.5)
+        yield api
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+        embedded_pg.bin_dir = lambda: Path(DEBIAN_PG)
+        try:
+            cluster.stop()
+        finally:
+            embedded_pg.bin_dir = saved

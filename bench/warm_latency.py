@@ -92,7 +92,7 @@ def warm(engine: Any, settings: Any, args: argparse.Namespace, env: dict[str, st
         stderr=subprocess.DEVNULL,
     )
     try:
-        latency(engine, submit_one(engine, settings, tag, -1, args.duration))  # warm-up clip
+        latency(engine, submit_one(engine, settings, tag, args.requests, args.duration))  # warm-up
         for i in range(args.requests):
             began = time.monotonic()
             seen.append(latency(engine, submit_one(engine, settings, tag, i, args.duration)))
