@@ -6,6 +6,7 @@ is moto's HTTP server on loopback, spoken to through the real `minio` SDK.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -156,8 +157,23 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Stave built as the wheel a worker host installs (once per session)."""
-    out = tmp_path_factory.mktemp("wheel")
+    """Stave built as the wheel a worker host installs: once for the whole run, under a lock
+    (xdist's workers share it; two builds in one source tree would collide in `build/`)."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's base is a folder of the run's; the run's is shared and fresh.
+    shared = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "stave-wheel"
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = list(shared.glob("stave-*.whl"))
+        if not built:
+            _build_wheel(shared)
+            built = list(shared.glob("stave-*.whl"))
+    (wheel_file,) = built
+    return wheel_file
+
+
+def _build_wheel(out: Path) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -175,8 +191,6 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         cwd=out,
     )
-    (built,) = out.glob("stave-*.whl")
-    return built
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,11 @@ def _known_failure(err: Exception) -> str | None:
         return str(translated)
     if type(err).__module__.startswith("stave.generator"):
         return first_line(err)
+    if "ephemeral Prefect API server" in str(err):
+        return (
+            "Prefect's temporary server for this run did not start in time (a busy machine?): "
+            "run it again, or point STAVE_PREFECT_API_URL at a running `stave server`"
+        )
     return None
 
 

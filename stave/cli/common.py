@@ -72,6 +72,9 @@ def in_process_prefect(current: Settings) -> None:
     one is used)."""
     apply_client_env(current, current.prefect_api_url)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's temporary server (no API configured) gets 20 s to start by default: too few on
+    # a busy machine, where the first `stave generate` then failed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if current.prefect_api_url:
         from stave.flows import admin  # prefect, imported after its environment is set
 
