@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
@@ -54,6 +54,18 @@ def database_url(settings: Settings | None = None) -> str:
     running = embedded_server(settings).ensure_running()
     ensure_database(running.url("postgres"), settings.database_name)
     return running.url(settings.database_name)
+
+
+@contextmanager
+def one_connection(url: str) -> Iterator[Connection]:
+    """One connection to the database at `url`, for a short check or step outside the
+    process's pooled engine; the connection and its engine are closed on the way out."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def ensure_database(maintenance_url: str, name: str) -> None:

@@ -11,10 +11,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.pool import NullPool
 
+from stave.infra.db import one_connection
 from stave.infra.errors import ConfigError, InvalidInput, first_line
 from stave.infra.locks import advisory_lock
 
@@ -58,12 +57,8 @@ def current_revision(conn: Connection) -> str | None:
 
 
 def current_revision_at(url: str) -> str | None:
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return current_revision(conn)
-    finally:
-        engine.dispose()
+    with one_connection(url) as conn:
+        return current_revision(conn)
 
 
 def ensure_at_head(url: str, *, embedded: bool) -> str | None:
@@ -77,14 +72,10 @@ def ensure_at_head(url: str, *, embedded: bool) -> str | None:
     if embedded:
         # Two workers started together would both migrate: one does, under a lock; the other
         # waits, then finds the database at head.
-        engine = create_engine(url, poolclass=NullPool)
-        try:
-            with engine.connect() as conn, advisory_lock(conn, MIGRATION_LOCK):
-                if current_revision(conn) != head:
-                    conn.commit()
-                    upgrade(url)
-        finally:
-            engine.dispose()
+        with one_connection(url) as conn, advisory_lock(conn, MIGRATION_LOCK):
+            if current_revision(conn) != head:
+                conn.commit()
+                upgrade(url)
         return head
     raise ConfigError(
         f"the database is at revision {current or 'none'}, not head {head}: "

@@ -19,18 +19,16 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from stave.infra.db import embedded_server, libpq_target
+from stave.infra.db import embedded_server, libpq_target, one_connection
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer, bin_dir
 from stave.infra.errors import ConfigError, InvalidInput, NotFound
 from stave.infra.objectstore.base import ObjectStore
@@ -131,26 +129,15 @@ def _backup_label(store: ObjectStore, key: str) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _connected(url: str) -> Iterator[Connection]:
-    """One connection to the server at `url`, closed with its engine."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
-
-
 def archiving_enabled(url: str) -> bool:
-    with _connected(url) as conn:
+    with one_connection(url) as conn:
         return archiver_status(conn).on
 
 
 def _require_archiving(url: str) -> tuple[int, str]:
     """The server's WAL segment size and system identifier, once it is known to archive WAL (a
     base backup without its WAL in the store could never be recovered)."""
-    with _connected(url) as conn:
+    with one_connection(url) as conn:
         archiver = archiver_status(conn)
         size = conn.execute(
             text("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")

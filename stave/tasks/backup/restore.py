@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from stave.infra.db import libpq_target
+from stave.infra.db import libpq_target, one_connection
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore.base import ObjectStore
 from stave.infra.roles import ensure_cluster_roles
@@ -53,12 +53,8 @@ def restore(
     errors.join()
     if code != 0:
         raise BackupFailed(f"pg_restore into {database} exited with {code}: {errors.first_line()}")
-    counter = create_engine(str(make_url(url).set(database=database)), poolclass=NullPool)
-    try:
-        with counter.connect() as conn:
-            return count_rows(conn, user_tables(conn))
-    finally:
-        counter.dispose()
+    with one_connection(str(make_url(url).set(database=database))) as conn:
+        return count_rows(conn, user_tables(conn))
 
 
 def _maintenance(url: str) -> Engine:
@@ -83,12 +79,8 @@ def _ensure_empty_database(url: str, database: str, *, force: bool) -> None:
                 return
     finally:
         admin.dispose()
-    probe = create_engine(str(make_url(url).set(database=database)), poolclass=NullPool)
-    try:
-        with probe.connect() as conn:
-            tables = len(user_tables(conn))
-    finally:
-        probe.dispose()
+    with one_connection(str(make_url(url).set(database=database))) as conn:
+        tables = len(user_tables(conn))
     if tables and not force:
         raise InvalidInput(
             f"database {database} is not empty ({tables} tables); restore into a new name, "
