@@ -173,3 +173,25 @@ def test_rows_parameter_must_be_objects() -> None:
         rows_from_parameter([{"prompt": "a"}, "b"])  # type: ignore[list-item]
     with pytest.raises(InvalidInput, match="the list is empty"):
         rows_from_parameter([])
+
+
+def test_files_are_read_in_passes_with_their_rows_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is checked and counted first, then read row by row as often as asked (Parquet in
+    record batches), never held whole."""
+    import stave.tasks.intake.read as read
+
+    monkeypatch.setattr(read, "PARQUET_BATCH", 2)
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"p{i}"} for i in range(5)]), parquet)
+    csv = write(tmp_path, "p.csv", "prompt,seed\np0,1\n\np1,2,3\np2\n")
+    for path, count in ((parquet, 5), (csv, 3)):
+        source = read_file(path)
+        assert source.count == count
+        first, second = list(source.rows()), list(source.rows())
+        assert first == second and len(first) == count
+    assert [r[0] for r in read_file(parquet).rows()] == [1, 2, 3, 4, 5]  # type: ignore[index]
+    accepted, rejected = check_rows(read_file(csv))
+    assert [(r.row, r.line) for r in accepted] == [(1, 2), (3, 5)]
+    assert [str(r) for r in rejected] == ["row 2 (line 4), -: has 3 fields; the header has 2"]

@@ -103,16 +103,20 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def print_rejections(rejections: list[dict[str, Any]], as_json: bool) -> None:
-    """Rejected rows on stderr (row, line, field, reason), the first fifty of them."""
-    if as_json or not rejections:
+def print_rejections(
+    rejections: list[dict[str, Any]], as_json: bool, count: int | None = None
+) -> None:
+    """Rejected rows on stderr (row, line, field, reason), the first fifty of them; `count`:
+    how many there were, when more than the rejections listed."""
+    count = max(count or 0, len(rejections))
+    if as_json or not count:
         return
-    typer.echo(f"rejected {len(rejections)} row(s):", err=True)
+    typer.echo(f"rejected {count} row(s):", err=True)
     for r in rejections[:50]:
         line = f" (line {r['line']})" if r.get("line") else ""
         typer.echo(f"  row {r['row']}{line}, {r['field']}: {r['reason']}", err=True)
-    if len(rejections) > 50:
-        typer.echo(f"  … and {len(rejections) - 50} more (stave job ID --json)", err=True)
+    if count > 50:
+        typer.echo(f"  … and {count - 50} more (stave job ID --json)", err=True)
 
 
 class PollingBar:

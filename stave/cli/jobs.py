@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from sqlalchemy.engine import Engine
+from tqdm import tqdm
 
 from stave.cli.common import (
     JSON_HELP,
@@ -55,6 +57,20 @@ def _checked_source(
     return source
 
 
+def _submit(
+    db: Engine, source: SourceRows, current: Settings, user: str | None
+) -> submission.Submission:
+    """The file submitted, with a bar over its rows when it is more than one chunk."""
+    with tqdm(
+        total=source.count,
+        unit="row",
+        desc="submitting",
+        leave=False,
+        disable=source.count <= submission.CHUNK_ROWS,
+    ) as bar:
+        return submission.submit(db, source, current, user_id=user, progress=bar.update)
+
+
 def job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
     """A progress bar over a job's clips, fed from the database while the flow runs here."""
 
@@ -87,11 +103,12 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def _no_row_accepted(file: Path, queued: submission.Submission, as_json: bool) -> NoReturn:
     """Every row was rejected: the rejections (or the JSON summary), then one error line."""
-    rejections = [r.to_dict() for r in queued.rejected]
     if as_json:
         print_json(queued.to_dict())
-    print_rejections(rejections, as_json)
-    raise InvalidInput(f"{file}: no row was accepted ({len(rejections)} rejected); nothing queued")
+    print_rejections([r.to_dict() for r in queued.rejected], as_json, queued.rejected_count)
+    raise InvalidInput(
+        f"{file}: no row was accepted ({queued.rejected_count} rejected); nothing queued"
+    )
 
 
 def generate(
@@ -107,10 +124,10 @@ def generate(
     db = engine(current)
     # Submission happens outside the flow first so the progress bar knows the job; the flow's
     # own submission then finds every row already there and reuses the job.
-    queued = submission.submit(db, source, current, user_id=user)
+    queued = _submit(db, source, current, user)
     if queued.job_id is None:
         _no_row_accepted(file, queued, as_json)
-    print_rejections([r.to_dict() for r in queued.rejected], as_json)
+    print_rejections([r.to_dict() for r in queued.rejected], as_json, queued.rejected_count)
     if job_state(db, queued.job_id).open == 0:
         # Nothing to make (a resubmission of finished work): report without starting Prefect.
         summary = job_summary(queued.job_id)
@@ -122,7 +139,7 @@ def generate(
             state = generate_flow(job_id=queued.job_id, return_state=True)
             summary = flow_summary(state)
     summary["created"] = queued.created
-    summary["rejected"] = len(queued.rejected)
+    summary["rejected"] = queued.rejected_count
     summary["rejections"] = [r.to_dict() for r in queued.rejected]
     _print_summary(summary, as_json)
     if stop.requested():
@@ -140,17 +157,17 @@ def submit(
     """Check and queue a prompt file without generating; print the job id."""
     current = settings()
     source = _checked_source(current, file, fmt, generating=False)
-    queued = submission.submit(engine(current), source, current, user_id=user)
+    queued = _submit(engine(current), source, current, user)
     if queued.job_id is None:
         _no_row_accepted(file, queued, as_json)
     if as_json:
         print_json(queued.to_dict())
         return
-    print_rejections([r.to_dict() for r in queued.rejected], False)
+    print_rejections([r.to_dict() for r in queued.rejected], False, queued.rejected_count)
     state = "queued" if queued.created else "already submitted; nothing new"
     typer.echo(
         f"job {queued.job_id} {state}: {queued.accepted} task(s) queued, "
-        f"{len(queued.rejected)} row(s) rejected"
+        f"{queued.rejected_count} row(s) rejected"
     )
 
 

@@ -242,7 +242,7 @@ def prompts_upload(
     made = upload_prompts(
         make_object_store(current), file, fmt.value if fmt else None, env_name=current.env
     )
-    print_rejections([r.to_dict() for r in made.rejected], as_json)
+    print_rejections([r.to_dict() for r in made.rejected], as_json, made.rejected_count)
     if as_json:
         print_json(made.to_dict())
     else:

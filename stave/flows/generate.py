@@ -84,14 +84,19 @@ def generate(
         create_table_artifact(
             table=[r.to_dict() for r in submission.rejected],
             key=f"rejected-rows-{submission.job_id}" if submission.job_id else "rejected-rows",
-            description=f"{len(submission.rejected)} rejected row(s) of {submission.total}",
+            description=f"{submission.rejected_count} rejected row(s) of {submission.total}"
+            + (
+                f" (the first {len(submission.rejected)} listed)"
+                if submission.rejected_count > len(submission.rejected)
+                else ""
+            ),
         )
         for rejection in submission.rejected[:20]:
             log.warning("rejected %s", rejection)
     if submission.job_id is None:
         # The run fails, naming the first reason; the rejections are in the artifact above.
         raise InvalidInput(
-            f"no row was accepted ({len(submission.rejected)} rejected; first: "
+            f"no row was accepted ({submission.rejected_count} rejected; first: "
             f"{submission.rejected[0]}); nothing queued"
         )
     if not submission.created:
@@ -100,7 +105,7 @@ def generate(
         submission.job_id,
         run,
         created=submission.created,
-        rejected=len(submission.rejected),
+        rejected=submission.rejected_count,
         total_rows=submission.total,
     )
 

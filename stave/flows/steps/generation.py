@@ -47,11 +47,15 @@ def submit_rows(
     if (file_key is None) == (rows is None):
         raise InvalidInput("give exactly one of file_key, rows or job_id")
     if file_key is not None:
-        source = intake.read_object(make_object_store(get_settings()), file_key, fmt)
-    else:
-        source = intake.rows_from_parameter(
-            [row.model_dump(exclude_none=True) for row in rows or []]
-        )
+        with intake.read_object(make_object_store(get_settings()), file_key, fmt) as source:
+            return _submit(source, user_id, submitted_by)
+    source = intake.rows_from_parameter([row.model_dump(exclude_none=True) for row in rows or []])
+    return _submit(source, user_id, submitted_by)
+
+
+def _submit(
+    source: intake.SourceRows, user_id: str | None, submitted_by: str | None
+) -> submission.Submission:
     return submission.submit(
         get_engine(), source, get_settings(), submitted_by=submitted_by, user_id=user_id
     )

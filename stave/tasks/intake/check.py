@@ -4,41 +4,51 @@ rows go on. The same field rules check parameters merged from templates and pref
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from stave.tasks.intake.fields import COLUMNS, PARAMETERS, BadValue, PromptRow
-from stave.tasks.intake.rows import CheckedRow, Rejection, SourceRows
+from stave.tasks.intake.rows import CheckedRow, RawRow, Rejection, SourceRows
 
 
 def check_rows(source: SourceRows) -> tuple[list[CheckedRow], list[Rejection]]:
-    """Every row's own values checked; duplicates of an idempotency key are rejected."""
+    """Every row of a (small) source checked, in memory: the accepted rows and the
+    rejections, in row order."""
     accepted: list[CheckedRow] = []
-    rejected: list[Rejection] = list(source.unreadable)
-    keys: dict[str, int] = {}
-    for number, line, values in source.rows:
-        try:
-            row = check_row(number, values)
-        except _RowRejected as err:
-            rejected.append(Rejection(number, err.field, err.reason, line))
-            continue
-        if row.idempotency_key is not None:
-            if row.idempotency_key in keys:
-                rejected.append(
-                    Rejection(
-                        number,
-                        "idempotency_key",
-                        f"repeats row {keys[row.idempotency_key]}'s key",
-                        line,
-                    )
-                )
-                continue
-            keys[row.idempotency_key] = number
-        accepted.append(row)
-    rejected.sort(key=lambda r: r.row)
+    rejected: list[Rejection] = []
+    for item in checked(source.rows(), {}):
+        if isinstance(item, CheckedRow):
+            accepted.append(item)
+        else:
+            rejected.append(item)
     return accepted, rejected
+
+
+def checked(
+    rows: Iterable[RawRow | Rejection], keys: dict[str, int]
+) -> Iterator[CheckedRow | Rejection]:
+    """Each row checked as it comes: a CheckedRow, or the Rejection that stops it. A row
+    repeating an idempotency key in `keys` (key -> row, filled as rows pass) is rejected; a
+    caller bounding its memory clears `keys` and finds repeats further apart another way."""
+    for item in rows:
+        if isinstance(item, Rejection):
+            yield item
+            continue
+        number, line, values = item
+        try:
+            row = check_row(number, values, line)
+        except _RowRejected as err:
+            yield Rejection(number, err.field, err.reason, line)
+            continue
+        key = row.idempotency_key
+        if key is not None:
+            if key in keys:
+                yield Rejection(number, "idempotency_key", f"repeats row {keys[key]}'s key", line)
+                continue
+            keys[key] = number
+        yield row
 
 
 class _RowRejected(Exception):
@@ -47,19 +57,23 @@ class _RowRejected(Exception):
         self.field, self.reason = field, reason
 
 
-def check_row(number: int, values: Mapping[str, Any]) -> CheckedRow:
+# json.dumps(..., sort_keys=True, ensure_ascii=False), without a new encoder per call.
+_FINGERPRINT = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
+def check_row(number: int, values: Mapping[str, Any], line: int | None = None) -> CheckedRow:
     """A row's values through `PromptRow` (the UI form's model): the first wrong field, in
     column order, rejects the row."""
     try:
         row = PromptRow.model_validate({k: v for k, v in values.items() if k in COLUMNS})
     except ValidationError as err:
         raise _RowRejected(*_first_problem(err)) from None
-    given = row.model_dump(exclude_none=True)
-    fingerprint = json.dumps(
-        {k: str(v) for k, v in given.items()}, sort_keys=True, ensure_ascii=False
-    )
+    given = {k: v for k, v in row.__dict__.items() if v is not None}
+    # Derived idempotency keys hash this text: it must not change from release to release.
+    fingerprint = _FINGERPRINT.encode({k: str(v) for k, v in given.items()})
     return CheckedRow(
         row=number,
+        line=line,
         prompt=row.prompt,
         lyrics=row.lyrics,
         parameters={k: given[k] for k in PARAMETERS if k in given},

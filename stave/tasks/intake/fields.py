@@ -11,9 +11,9 @@ row's rejection.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -55,10 +55,24 @@ def _text(value: Any, *, limit: int, allow: str = "") -> str:
         raise BadValue("is not valid UTF-8 (contains a lone surrogate)") from None
     if len(value) > limit:
         raise BadValue(f"is {len(value)} characters; the limit is {limit}")
-    for position, char in enumerate(value):
-        if char not in allow and unicodedata.category(char) in ("Cc", "Cs"):
-            raise BadValue(f"contains control character U+{ord(char):04X} at position {position}")
+    found = _controls(allow).search(value)
+    if found is not None:
+        position = found.start()
+        raise BadValue(
+            f"contains control character U+{ord(value[position]):04X} at position {position}"
+        )
     return value
+
+
+@functools.cache
+def _controls(allow: str) -> re.Pattern[str]:
+    """Unicode's control (Cc) and surrogate (Cs) characters, less those allowed: one regex
+    search per value (the hot path of a million-row submission), not a loop over characters."""
+    ranges = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
+    pattern = re.compile(f"[{ranges}]")
+    if allow:
+        pattern = re.compile(f"(?![{re.escape(allow)}])[{ranges}]")
+    return pattern
 
 
 def _number(value: Any) -> float:

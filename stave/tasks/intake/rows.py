@@ -4,12 +4,16 @@ rejections (row, line, field, reason)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # The columns (and their rules) are PromptRow's fields (fields.py).
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-MAX_FILE_BYTES = 256 * 1024 * 1024
+# Files are read in passes, never whole, so the limit is not memory's but a sanity bound.
+MAX_FILE_BYTES = 1024 * 1024 * 1024
+# Rejections kept (on the job, in a summary); beyond this they are counted, not listed.
+KEPT_REJECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -27,16 +31,38 @@ class Rejection:
         return f"{where}, {self.field}: {self.reason}"
 
 
+# A row as read: (row number from 1, line in the file where known, its values).
+RawRow = tuple[int, int | None, dict[str, Any]]
+
+
 @dataclass
 class SourceRows:
-    """A prompt file's rows as read, before any check."""
+    """A prompt file whose format was checked (header, structure, row count), read again row
+    by row as often as needed: `rows()` is a fresh pass over the file, never the file in
+    memory. A row that cannot even be parsed (a JSONL line that is not JSON, a CSV line with
+    too many fields) comes as a Rejection in its place."""
 
-    rows: list[tuple[int, int | None, dict[str, Any]]]  # (row, line, values)
     sha256: str
     uri: str | None
     fmt: str
-    # Rows that could not even be parsed (a JSONL line that is not JSON).
-    unreadable: list[Rejection] = field(default_factory=list)
+    count: int  # rows, the unparseable ones included
+    passes: Callable[[], Iterator[RawRow | Rejection]] = field(repr=False)
+
+    def rows(self) -> Iterator[RawRow | Rejection]:
+        return self.passes()
+
+
+@dataclass
+class Rejections:
+    """Rejections as they come: all counted, the first KEPT_REJECTIONS kept, in row order."""
+
+    kept: list[Rejection] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, rejection: Rejection) -> None:
+        self.count += 1
+        if len(self.kept) < KEPT_REJECTIONS:
+            self.kept.append(rejection)
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,7 @@ class CheckedRow:
     """A row whose own values all passed; defaults are merged at submission."""
 
     row: int
+    line: int | None
     prompt: str
     lyrics: str | None
     parameters: dict[str, Any]  # only those the row gave

@@ -9,9 +9,13 @@ from typing import Any
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import ObjectStore
 from stave.infra.objectstore.keys import prompts_key
-from stave.tasks.intake.check import check_rows
+from stave.tasks.intake.check import checked
 from stave.tasks.intake.read import read_file
-from stave.tasks.intake.rows import Rejection
+from stave.tasks.intake.rows import CheckedRow, Rejection, Rejections
+
+# Keys remembered for finding repeats while checking; the submission finds repeats further
+# apart (it looks every key up in the database), so memory stays flat in the file's size.
+KEY_WINDOW = 100_000
 
 
 @dataclass
@@ -20,13 +24,14 @@ class Uploaded:
     bytes: int
     rows: int
     rejected: list[Rejection] = field(default_factory=list)
+    rejected_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file_key": self.file_key,
             "bytes": self.bytes,
             "rows": self.rows,
-            "rejected": len(self.rejected),
+            "rejected": self.rejected_count,
             "rejections": [r.to_dict() for r in self.rejected],
         }
 
@@ -38,11 +43,18 @@ def upload_prompts(
     from a failed run later), then store it as `<env>/prompts/<sha256>.<ext>`: a key made from its
     content, never from its name."""
     source = read_file(file, fmt)
-    checked, rejected = check_rows(source)
-    if not checked:
-        first = f" (first: {rejected[0]})" if rejected else ""
+    accepted, rejected, keys = 0, Rejections(), dict[str, int]()
+    for item in checked(source.rows(), keys):
+        if isinstance(item, CheckedRow):
+            accepted += 1
+        else:
+            rejected.add(item)
+        if len(keys) >= KEY_WINDOW:
+            keys.clear()
+    if not accepted:
+        first = f" (first: {rejected.kept[0]})" if rejected.kept else ""
         raise InvalidInput(f"{file}: no row would be accepted{first}; nothing uploaded")
     key = prompts_key(env_name, source.sha256, source.fmt)
     with open(file, "rb") as handle:
         stored = store.put_stream(key, handle)
-    return Uploaded(key, stored.size, len(checked), rejected)
+    return Uploaded(key, stored.size, accepted, rejected.kept, rejected.count)

@@ -1,0 +1,157 @@
+"""Submission at scale: `stave submit` of 100k and 1M-row CSVs vs a raw COPY of the same rows.
+
+For each size, a CSV of N prompt rows (a prompt, and a duration and a seed on some rows) is
+written once; then, `--repeat` times:
+- stave: `stave submit FILE --json` in a fresh process (reading, checking every row, deriving
+  keys and defaults, writing job, revisions, tasks and events); rows/s and the process's peak
+  RSS (from wait4, so the whole process counts);
+- raw: the rows stave wrote for that job, dumped once with COPY TO, then COPY'd back (text
+  format, one statement) into an unindexed copy of generation_task (`LIKE generation_task`):
+  what the database alone needs to take the same rows.
+Each stave run submits a file of fresh content (the rows differ by a run number), so every run
+writes N tasks. Targets: >= 20,000 rows/s, peak RSS < 500 MB and flat from 100k to 1M.
+
+Run: .venv/bin/python bench/submit_throughput.py [--sizes 100000,1000000] [--repeat 3]
+(a throwaway STAVE_HOME with the embedded PostgreSQL unless set.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import migrated_engine, settled, throwaway_home
+
+RATE_TARGET = 20_000
+RSS_TARGET_MB = 500
+STYLES = ("warm organ chords", "bright synth arpeggio", "slow piano ballad", "dusty drum loop")
+KEYS = ("A minor", "C major", "E minor", "G major", "D minor")
+
+
+def write_prompts(path: Path, n: int, run: int) -> None:
+    """N rows: prompts vary by row (and by run, so a run's rows are new); every third row
+    sets its duration, every fifth its seed."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["prompt", "duration_s", "seed"])
+        for i in range(n):
+            prompt = (
+                f"{STYLES[i % len(STYLES)]} in {KEYS[i % len(KEYS)]}, {60 + i % 100} bpm, "
+                f"take {run}-{i}"
+            )
+            out.writerow([prompt, "10" if i % 3 == 0 else "", str(i) if i % 5 == 0 else ""])
+
+
+def stave_submit(path: Path) -> tuple[float, float, dict[str, object]]:
+    """Seconds, peak RSS (MB) and the JSON summary of one `stave submit` process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stave", "submit", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"stave submit failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, json.loads(out)
+
+
+def raw_copy(engine: object, job_id: str) -> tuple[float, int]:
+    """Seconds to COPY the job's task rows into an unindexed copy of generation_task."""
+    from stave.infra.pgraw import driver_connection
+
+    columns = (
+        "id, job_id, user_id, prompt_revision_id, prompt, lyrics, parameters, idempotency_key, "
+        "status, attempts, max_attempts, created_at"
+    )
+    buffer = io.BytesIO()
+    with driver_connection(engine) as conn:  # type: ignore[arg-type]
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS bench_raw_task")
+            cur.execute(
+                "CREATE UNLOGGED TABLE bench_raw_task (LIKE generation_task INCLUDING DEFAULTS)"
+            )
+            with cur.copy(
+                f"COPY (SELECT {columns} FROM generation_task WHERE job_id = %s) TO STDOUT",
+                (job_id,),
+            ) as copy:
+                for block in copy:
+                    buffer.write(block)
+        conn.commit()
+        data = buffer.getvalue()
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY bench_raw_task ({columns}) FROM STDIN") as copy:
+                for at in range(0, len(data), 1 << 20):
+                    copy.write(data[at : at + (1 << 20)])
+            rows = cur.rowcount
+        conn.commit()
+        seconds = time.perf_counter() - started
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE bench_raw_task")
+        conn.commit()
+    return seconds, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    throwaway_home()
+    _, engine = migrated_engine()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[int, list[tuple[float, float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="stave-bench-submit-") as folder:
+        for n in sizes:
+            results[n] = []
+            for run in range(args.repeat):
+                path = Path(folder) / f"prompts-{n}-{run}.csv"
+                write_prompts(path, n, run)
+                settled(engine, "generation_task", "task_event", "prompt_revision")
+                seconds, rss, summary = stave_submit(path)
+                path.unlink()
+                if summary["accepted"] != n:
+                    raise SystemExit(f"expected {n} accepted, got {summary}")
+                raw_s, raw_rows = raw_copy(engine, str(summary["job_id"]))
+                assert raw_rows == n, raw_rows
+                results[n].append((n / seconds, rss, n / raw_s))
+                print(
+                    f"{n:>9} rows run {run + 1}: stave {seconds:6.1f} s "
+                    f"{n / seconds:>8,.0f} rows/s "
+                    f"peak RSS {rss:5.0f} MB | raw COPY {raw_s:5.1f} s {n / raw_s:>8,.0f} rows/s "
+                    f"| stave/raw {raw_s / seconds:.2f}",
+                    flush=True,
+                )
+    print("\nmedians:")
+    for n, runs in results.items():
+        rate = statistics.median(r for r, _, _ in runs)
+        rss = statistics.median(m for _, m, _ in runs)
+        raw = statistics.median(r for _, _, r in runs)
+        print(
+            f"{n:>9} rows: stave {rate:>8,.0f} rows/s (target >= {RATE_TARGET:,}: "
+            f"{'met' if rate >= RATE_TARGET else 'NOT met'}), peak RSS {rss:.0f} MB (target < "
+            f"{RSS_TARGET_MB}: {'met' if rss < RSS_TARGET_MB else 'NOT met'}); raw COPY "
+            f"{raw:>8,.0f} rows/s; stave/raw {rate / raw:.2f}"
+        )
+    if len(sizes) > 1:
+        low, high = (statistics.median(m for _, m, _ in results[n]) for n in (sizes[0], sizes[-1]))
+        print(f"peak RSS {sizes[-1]:,} / {sizes[0]:,} rows: {high / low:.2f} (flat: ~1)")
+
+
+if __name__ == "__main__":
+    main()
