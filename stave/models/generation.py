@@ -43,12 +43,22 @@ STATUSES = tuple(s.value for s in TaskStatus)
 class PromptRevision(SQLModel, table=True):
     __tablename__ = "prompt_revision"
     # (created_at, id): archival walks the rows past the hot period in this order.
-    __table_args__ = (Index(None, "user_id", "created_at"), Index(None, "created_at", "id"))
+    __table_args__ = (
+        Index(None, "user_id", "created_at"),
+        Index(None, "created_at", "id"),
+        # Most revisions start a history (no parent): only edits are indexed, which keeps a
+        # bulk submission's one revision per row off this index.
+        Index(
+            "ix_prompt_revision_parent_id",
+            "parent_id",
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
+    )
 
     id: uuid.UUID = id_field()
     user_id: str = Field(max_length=128)
     parent_id: uuid.UUID | None = Field(
-        default=None, foreign_key="prompt_revision.id", ondelete="SET NULL", index=True
+        default=None, foreign_key="prompt_revision.id", ondelete="SET NULL"
     )
     prompt: str = Field(max_length=512)
     lyrics: str | None = Field(default=None, max_length=4096)
@@ -105,7 +115,14 @@ class GenerationTask(SQLModel, table=True):
         ),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
         Index(None, "user_id", "created_at"),
-        Index(None, "model_version_id", "created_at"),
+        # Tasks get a model version when published: pending ones (a bulk submission's every
+        # row) stay off this index.
+        Index(
+            "ix_generation_task_model_version_id_created_at",
+            "model_version_id",
+            "created_at",
+            postgresql_where=text("model_version_id IS NOT NULL"),
+        ),
         Index(None, "job_id"),
         # Claims scan only pending work, oldest first; the index stays as small as the queue.
         Index(
