@@ -26,6 +26,7 @@ Run: .venv/bin/python bench/fleet_scaling.py [--workers 1,2,4,8] [--batches 8]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -34,6 +35,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +120,11 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
         elapsed = time.perf_counter() - started
         busy, total = (b - a for a, b in zip(cpu_start, cpu_ticks(), strict=True))
         cores_busy = (os.cpu_count() or 1) * busy / max(1, total)
-        for proc in procs:
-            proc.wait(timeout=120)
+        peak_rss_mb = 0.0
+        for proc in procs:  # wait4: each worker's peak RSS comes with its exit
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            peak_rss_mb = max(peak_rss_mb, usage.ru_maxrss / 1024)
     finally:  # interrupted: no worker left behind
         for proc in procs:
             if proc.poll() is None:
@@ -134,6 +139,7 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
         # near the core count, the platform's CPU work (all hosts' on one machine here), not
         # coordination, sets the pace.
         "cores_busy": round(cores_busy, 2),
+        "peak_rss_mb": round(peak_rss_mb),
     }
 
 
@@ -190,6 +196,48 @@ def claim_race(claimers: int, tasks: int, batch: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def fleet(batch: int) -> Iterator[tuple[dict[str, str], Callable[[int], None]]]:
+    """A throwaway home, migrated; a PostgreSQL-backed Prefect server; batches of `batch`.
+    Yields the workers' environment and a function setting the `gpu` limit's slots."""
+    sys.path.insert(0, str(HERE))
+    from common import migrated_engine, prefect_server, throwaway_home
+
+    throwaway_home()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["STAVE_BATCH_SIZE"] = str(batch)
+    os.environ["STAVE_PUBLISH_PAGES"] = "false"
+    settings, _ = migrated_engine()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from stave.infra.db import database_url
+
+    with prefect_server() as api, temporary_settings({PREFECT_API_URL: api}):
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api,
+            "STAVE_DATABASE_URL": database_url(settings),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=settings.gpu_concurrency_limit, limit=1)
+            )
+
+        def slots(n: int) -> None:
+            with get_client(sync_client=True) as client:
+                client.update_global_concurrency_limit(
+                    settings.gpu_concurrency_limit, GlobalConcurrencyLimitUpdate(limit=n)
+                )
+
+        yield env, slots
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", default="1,2,4,8")
@@ -207,41 +255,11 @@ def main() -> None:
         child(args)
         return
 
-    sys.path.insert(0, str(HERE))
-    from common import migrated_engine, prefect_server, throwaway_home
-
-    throwaway_home()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ["STAVE_BATCH_SIZE"] = str(args.batch)
-    os.environ["STAVE_PUBLISH_PAGES"] = "false"
-    settings, _ = migrated_engine()
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import (
-        GlobalConcurrencyLimitCreate,
-        GlobalConcurrencyLimitUpdate,
-    )
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from stave.infra.db import database_url
-
     sizes = [int(n) for n in args.workers.split(",")]
     rows = []
-    with prefect_server() as api, temporary_settings({PREFECT_API_URL: api}):
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api,
-            "STAVE_DATABASE_URL": database_url(settings),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-        }
-        with get_client(sync_client=True) as client:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=settings.gpu_concurrency_limit, limit=1)
-            )
+    with fleet(args.batch) as (env, slots):
         for n in sizes:
-            with get_client(sync_client=True) as client:  # one slot per simulated GPU
-                client.update_global_concurrency_limit(
-                    settings.gpu_concurrency_limit, GlobalConcurrencyLimitUpdate(limit=n)
-                )
+            slots(n)  # one slot per simulated GPU
             rows.append(drain_with(n, args, env))
             print(json.dumps(rows[-1]), flush=True)
     claims = claim_race(args.claimers, args.claim_tasks, args.batch)

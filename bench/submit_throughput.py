@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -53,21 +51,36 @@ def write_prompts(path: Path, n: int, run: int) -> None:
 
 
 def stave_submit(path: Path) -> tuple[float, float, dict[str, object]]:
-    """Seconds, peak RSS (MB) and the JSON summary of one `stave submit` process."""
+    """Seconds, peak RSS (MB) and the JSON summary of one `stave submit` process.
+
+    The peak is the process's own high-water mark (VmHWM, which exec resets), read until it
+    exits: wait4's ru_maxrss would count the pages of this process it was forked from."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stave", "submit", str(path), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"stave submit failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, json.loads(out)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stave", "submit", str(path), "--json"], stdout=out, stderr=err
+        )
+        peak_kb = 0
+        while proc.poll() is None:
+            peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+            time.sleep(0.1)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"stave submit failed ({proc.returncode}): {err.read()[-2000:]!r}")
+        out.seek(0)
+        return seconds, peak_kb / 1024, json.loads(out.read())
+
+
+def _high_water_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 def raw_copy(engine: object, job_id: str) -> tuple[float, int]:
@@ -78,8 +91,7 @@ def raw_copy(engine: object, job_id: str) -> tuple[float, int]:
         "id, job_id, user_id, prompt_revision_id, prompt, lyrics, parameters, idempotency_key, "
         "status, attempts, max_attempts, created_at"
     )
-    buffer = io.BytesIO()
-    with driver_connection(engine) as conn:  # type: ignore[arg-type]
+    with driver_connection(engine) as conn, tempfile.TemporaryFile() as spool:  # type: ignore[arg-type]
         with conn.cursor() as cur:
             cur.execute("DROP TABLE IF EXISTS bench_raw_task")
             cur.execute(
@@ -90,14 +102,14 @@ def raw_copy(engine: object, job_id: str) -> tuple[float, int]:
                 (job_id,),
             ) as copy:
                 for block in copy:
-                    buffer.write(block)
+                    spool.write(block)
         conn.commit()
-        data = buffer.getvalue()
+        spool.seek(0)
         started = time.perf_counter()
         with conn.cursor() as cur:
             with cur.copy(f"COPY bench_raw_task ({columns}) FROM STDIN") as copy:
-                for at in range(0, len(data), 1 << 20):
-                    copy.write(data[at : at + (1 << 20)])
+                while block := spool.read(1 << 20):
+                    copy.write(block)
             rows = cur.rowcount
         conn.commit()
         seconds = time.perf_counter() - started
