@@ -157,8 +157,8 @@ def _csv_records(
 
 def _read_csv(path: Path, where: str, digest: str) -> SourceRows:
     try:
-        # The first pass decodes in large blocks (a third of the cost of line by line); only
-        # a file that is not UTF-8 is read again line by line, to name the line.
+        # Decoded in large blocks (a third of the cost of line by line); only a file that is
+        # not UTF-8 is read again line by line, to name the line.
         with open(path, encoding="utf-8-sig", newline="") as text:
             count = sum(1 for _ in _csv_records(path, where, text))
     except UnicodeDecodeError:
@@ -166,15 +166,17 @@ def _read_csv(path: Path, where: str, digest: str) -> SourceRows:
     _no_rows(count, where)
 
     def rows() -> Iterator[RawRow | Rejection]:
-        for number, (header, line, values) in enumerate(_csv_records(path, where), start=1):
-            # Missing trailing fields are empty values; extra ones mean a misquoted comma.
-            if len(values) > len(header):
-                yield Rejection(
-                    number, "-", f"has {len(values)} fields; the header has {len(header)}", line
-                )
-                continue
-            values = values + [""] * (len(header) - len(values))
-            yield number, line, dict(zip(header, values, strict=True))
+        with open(path, encoding="utf-8-sig", newline="") as text:  # UTF-8: the first pass said
+            records = _csv_records(path, where, text)
+            for number, (header, line, values) in enumerate(records, start=1):
+                # Missing trailing fields are empty values; extra ones mean a misquoted comma.
+                if len(values) > len(header):
+                    yield Rejection(
+                        number, "-", f"has {len(values)} fields; the header has {len(header)}", line
+                    )
+                    continue
+                values = values + [""] * (len(header) - len(values))
+                yield number, line, dict(zip(header, values, strict=True))
 
     return SourceRows(digest, where, "csv", count, rows)
 

@@ -46,6 +46,7 @@ class Resolver:
         self._seeds = iter(seeds(rows))
         self.templates, self.preferences, self.parents = templates, preferences, parents
         self._layers: dict[str, tuple[Problem | None, dict[str, Any]]] = {}
+        self._bases: dict[tuple[str, str | None], tuple[Problem | None, dict[str, Any]]] = {}
 
     def resolve(self, row: CheckedRow, owner: str) -> tuple[Problem | None, dict[str, Any]]:
         """Merged parameters for a row, or the (field, reason) that stops it."""
@@ -57,19 +58,10 @@ class Resolver:
                 return ("parent_revision", f"no prompt revision {row.parent_revision}"), {}
             if parent.user_id != owner:
                 return ("parent_revision", f"revision {row.parent_revision} is another user's"), {}
-        merged: dict[str, Any] = {}
-        for origin, layer in (
-            ("settings", self.defaults),
-            (f"user {owner}'s preferences", self.preferences.get(owner, {})),
-            (
-                f"style template {row.style_template!r}",
-                self.templates.get(row.style_template or "", {}),
-            ),
-        ):
-            problem, known = self._layer(origin, layer)
-            if problem is not None:
-                return problem, {}
-            merged.update(known)
+        problem, base = self._base(owner, row.style_template)
+        if problem is not None:
+            return problem, {}
+        merged = dict(base)
         merged.update(row.parameters)
         merged["duration_s"] = float(merged["duration_s"])
         merged["steps"] = int(merged["steps"])
@@ -82,6 +74,27 @@ class Resolver:
         if row.style_template:
             merged["style_template"] = row.style_template
         return None, merged
+
+    def _base(self, owner: str, template: str | None) -> tuple[Problem | None, dict[str, Any]]:
+        """The layers under a row (settings, its user's preferences, its style template)
+        merged, once per (user, template) in a chunk."""
+        key = (owner, template)
+        found = self._bases.get(key)
+        if found is None:
+            merged: dict[str, Any] = {}
+            found = None, merged
+            for origin, layer in (
+                ("settings", self.defaults),
+                (f"user {owner}'s preferences", self.preferences.get(owner, {})),
+                (f"style template {template!r}", self.templates.get(template or "", {})),
+            ):
+                problem, known = self._layer(origin, layer)
+                if problem is not None:
+                    found = problem, {}
+                    break
+                merged.update(known)
+            self._bases[key] = found
+        return found
 
     def _layer(self, origin: str, layer: dict[str, Any]) -> tuple[Problem | None, dict[str, Any]]:
         """A layer's generation parameters, checked by the row rules, once per origin."""

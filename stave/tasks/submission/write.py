@@ -88,7 +88,7 @@ class Chunk:
 
 
 def format_chunk(planned: list[Planned], batch: Batch) -> Chunk:
-    job, at = batch.job_id.hex, batch.now.isoformat()
+    job, at, job_text = batch.job_id.hex, batch.now.isoformat(), str(batch.job_id)
     task_ids = ids(len(planned))
     revision_ids = iter(ids(sum(1 for p in planned if p.revision is None)))
     revisions: list[str] = []
@@ -109,8 +109,7 @@ def format_chunk(planned: list[Planned], batch: Batch) -> Chunk:
             f"{copy_text(item.key)}\tpending\t0\t{batch.max_attempts}\t{at}\n"
         )
         events.append(
-            f'{task_id}\t{NULL}\tpending\t{{"job_id": "{batch.job_id}", '
-            f'"row": {item.row.row}}}\t{at}\n'
+            f'{task_id}\t{NULL}\tpending\t{{"job_id": "{job_text}", "row": {item.row.row}}}\t{at}\n'
         )
     return Chunk(planned, "".join(revisions), "".join(tasks), "".join(events))
 
