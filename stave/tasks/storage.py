@@ -8,9 +8,12 @@ failed batch leaves nothing behind for `stave gc` to find.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,43 +85,57 @@ def store_clips(
     *,
     env_name: str,
 ) -> list[StoredClip]:
-    """Encode, measure and put each (task id, clip, provenance); all or nothing."""
-    written: list[str] = []
+    """Encode, measure and put each (task id, clip, provenance); all or nothing.
+
+    Clips are stored side by side on a pool of one thread per core: FLAC encoding and decoding
+    (libsndfile through cffi), the loudness filter, numpy and the put's write and fsync all
+    release the GIL, so the batch takes about 1/cores of the time one clip after another did."""
+    futures = [_pool().submit(_store_one, store, item, env_name) for item in made]
     stored: list[StoredClip] = []
-    try:
-        for task_id, clip, record in made:
-            data = encode_flac(clip.audio, clip.sample_rate)
-            facts = measure(data)
-            asset_id = new_id()
-            key = audio_key(env_name, asset_id, AUDIO_FORMAT)
-            try:
-                store.put_bytes(key, data, content_type=CONTENT_TYPE)
-            except StaveError:
-                raise
-            except Exception as err:
-                raise StorageUnavailable(
-                    f"writing {key} to {store.describe()} failed: {err}"
-                ) from err
-            written.append(key)
-            stored.append(
-                StoredClip(
-                    task_id=task_id,
-                    asset_id=asset_id,
-                    object_key=key,
-                    format=AUDIO_FORMAT,
-                    requested_duration_s=float(clip.request.duration_s),
-                    nonfinite_samples=int(np.count_nonzero(~np.isfinite(clip.audio))),
-                    embedding=np.asarray(clip.embedding, dtype=np.float32),
-                    provenance=record,
-                    timings=dict(clip.timings),
-                    device=clip.device,
-                    **facts,
-                )
-            )
-    except BaseException:
-        remove_objects(store, written)
-        raise
+    failure: BaseException | None = None
+    for future in futures:  # every clip finished (or failed) before anything is decided
+        try:
+            stored.append(future.result())
+        except BaseException as err:  # re-raised below, once every clip has finished
+            failure = failure or err
+    if failure is not None:
+        remove_objects(store, [clip.object_key for clip in stored])
+        raise failure
     return stored
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="stave-store")
+
+
+def _store_one(
+    store: ObjectStore, item: tuple[uuid.UUID, Any, dict[str, Any]], env_name: str
+) -> StoredClip:
+    task_id, clip, record = item
+    data = encode_flac(clip.audio, clip.sample_rate)
+    facts = measure(data)
+    asset_id = new_id()
+    key = audio_key(env_name, asset_id, AUDIO_FORMAT)
+    try:
+        store.put_bytes(key, data, content_type=CONTENT_TYPE)
+    except StaveError:
+        raise
+    except Exception as err:
+        raise StorageUnavailable(f"writing {key} to {store.describe()} failed: {err}") from err
+    return StoredClip(
+        task_id=task_id,
+        asset_id=asset_id,
+        object_key=key,
+        format=AUDIO_FORMAT,
+        requested_duration_s=float(clip.request.duration_s),
+        nonfinite_samples=int(np.count_nonzero(~np.isfinite(clip.audio))),
+        embedding=np.asarray(clip.embedding, dtype=np.float32),
+        provenance=record,
+        timings=dict(clip.timings),
+        device=clip.device,
+        **facts,
+    )
 
 
 def remove_objects(store: ObjectStore, keys: list[str]) -> list[str]:
