@@ -50,8 +50,10 @@ def child(args: argparse.Namespace) -> None:
 
     from stave.flows.generate import run_pending
     from stave.infra.settings import get_settings
+    from stave.tasks import validation
 
     standin.install(get_settings(), args.batch_seconds, args.duration)
+    validation.preload()  # a long-running worker has it loaded: not timed
     print("ready", flush=True)
     go = Path(args.go)
     while not go.exists():

@@ -49,6 +49,7 @@ def stage_split(clips: int, batch: int, duration: float) -> dict[str, Any]:
     settings = get_settings()
     engine, store = get_engine(), make_object_store(settings)
     model = standin.install(settings, 0.0, duration)
+    validation.preload()  # one-time (a worker's first batch), not the stage's steady cost
     model_version = inference.register_model_version(engine, model)
     job = pending_job(engine, settings, clips, duration)
     seconds = {"claim": 0.0, "generate": 0.0, "store": 0.0, "validate": 0.0, "publish": 0.0}

@@ -37,6 +37,13 @@ class Verdict:
         return task_id not in self.failures
 
 
+def preload() -> None:
+    """Import Great Expectations (about 3 s) before the first batch needs it: a drain calls
+    this in the background when its model loads, so the import overlaps the first batch's
+    generation rather than following it."""
+    importlib.import_module("great_expectations")
+
+
 def metadata_frame(stored: list[StoredClip]) -> Any:
     import pandas as pd
 
