@@ -166,10 +166,11 @@ class _Finishing:
         self.started = time.perf_counter()
         self.futures: list[Any] = []
 
-    def generate(self, worker: str, stats: DrainStats, log: Any) -> list[Any] | None:
+    def generate(
+        self, worker: str, stats: DrainStats, log: Any
+    ) -> generation.Parcel[generation.Made] | None:
         try:
-            made: list[Any] = generation.generate_batch(self.claimed, self.model_version_id)
-            return made
+            return generation.generate_batch(self.claimed, self.model_version_id)
         except Interrupted:
             # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
             stats.handed_back += queue.release(get_engine(), worker, self.ids, "stop requested")
@@ -179,13 +180,13 @@ class _Finishing:
             self.record_failure(err, worker, stats, log)
             return None
 
-    def start(self, made: list[Any]) -> None:
+    def start(self, made: generation.Parcel[generation.Made]) -> None:
         stored = generation.store_batch.submit(made)
         # A future as an argument: Prefect runs validation once the store task has finished.
         verdict = generation.validate_batch.submit(
             stored,  # type: ignore[call-overload]
             self.batch_id,
-            made[0][1].sample_rate,
+            made.items[0][1].sample_rate,
         )
         self.futures = [stored, verdict]
 
