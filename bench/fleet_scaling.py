@@ -82,6 +82,29 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on the machine: PostgreSQL (Stave's and
+    Prefect's), the Prefect server, Python workers and the rest (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if cmdline.startswith("postgres") or "/bin/postgres" in cmdline:
+            role = "postgres"
+        elif "stave server" in cmdline or "prefect" in cmdline or "uvicorn" in cmdline:
+            role = "prefect server"
+        elif "--child" in cmdline:
+            role = "workers"
+        else:
+            role = "other"
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def open_tasks(engine: Any, job: uuid.UUID) -> int:
     from stave.tasks import queue
 
@@ -115,12 +138,13 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
             line = proc.stdout.readline().strip()
             if line != "ready":
                 raise SystemExit(f"a worker did not start (exit {proc.wait()})")
-        started, cpu_start = time.perf_counter(), cpu_ticks()
+        started, cpu_start, roles_start = time.perf_counter(), cpu_ticks(), cpu_by_role()
         go.touch()
         while open_tasks(engine, job):
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         busy, total = (b - a for a, b in zip(cpu_start, cpu_ticks(), strict=True))
+        roles = {k: round(v - roles_start.get(k, 0.0), 1) for k, v in cpu_by_role().items()}
         cores_busy = (os.cpu_count() or 1) * busy / max(1, total)
         peak_rss_mb = 0.0
         for proc in procs:  # wait4: each worker's peak RSS comes with its exit
@@ -142,6 +166,8 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
         # coordination, sets the pace.
         "cores_busy": round(cores_busy, 2),
         "peak_rss_mb": round(peak_rss_mb),
+        # CPU seconds while draining, by process kind (exited processes are not counted).
+        "cpu_s": {k: v for k, v in sorted(roles.items()) if v > 0},
     }
 
 

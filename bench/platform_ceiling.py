@@ -107,7 +107,7 @@ def stage_split(clips: int, batch: int, duration: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clips", type=int, default=256, help="clips per worker")
+    parser.add_argument("--clips", type=int, default=512, help="clips per worker")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--duration", type=float, default=10.0, help="clip seconds")
@@ -148,6 +148,9 @@ def main() -> None:
             f" {r['rate'] / args.gpu_rate:>7.2f} {r['cores_busy']:>10.2f}"
             f" {r['peak_rss_mb']:>6} MB"
         )
+    for r in flows:
+        spent = ", ".join(f"{role} {seconds:.1f}" for role, seconds in r["cpu_s"].items())
+        print(f"  {r['workers']} worker(s), CPU seconds: {spent}")
     best = max(r["rate"] for r in flows)
     print(
         f"ceiling {best:.1f} clips/s = {best / args.gpu_rate:.2f} x one GPU at "
