@@ -1,8 +1,8 @@
 """The drain: claim batches and make them until nothing is left to claim (for one job, or all).
 
-Each batch: claim (SKIP LOCKED, leased) → generate (the `gpu` slot) → store → validate →
-publish; storing, validating and publishing batch k run in Prefect's task runner while the
-model makes batch k+1. A failure is classified and recorded on the batch's tasks, and
+Each batch: claim (SKIP LOCKED, leased) → generate (the `gpu` slot) → finish (store, validate,
+publish: one task run); batch k finishes in Prefect's task runner while the model makes batch
+k+1. A failure is classified and recorded on the batch's tasks, and
 retryable classes come back after a backoff. A stop (Ctrl-C, SIGTERM) claims no new batch and
 hands the one being made back to the queue.
 """
@@ -28,7 +28,7 @@ from stave.generator.errors import Interrupted
 from stave.infra import stop
 from stave.infra.db import get_engine
 from stave.infra.settings import get_settings
-from stave.tasks import inference, queue, validation, vector_index
+from stave.tasks import inference, publish, queue, validation, vector_index
 from stave.tasks.classify import classify
 
 TERMINAL = ("published", "quarantined", "failed", "cancelled")
@@ -137,7 +137,7 @@ def drain(
         stats.lap("generate", lap)
         settle()
         if made:
-            batch.start(made)
+            batch.start(made, worker)
             finishing = batch
     settle()
     return stats
@@ -152,7 +152,7 @@ def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done
 
 class _Finishing:
     """One claimed batch: generated in the flow's thread, then stored, validated and published
-    by chained Prefect tasks in the task runner's threads."""
+    by one Prefect task (finish-batch) in the task runner's threads."""
 
     def __init__(
         self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID, encoder: str
@@ -164,7 +164,7 @@ class _Finishing:
         self.encoder = encoder
         self.batch_id = f"{self.job_id}-{uuid.uuid4().hex[:8]}"
         self.started = time.perf_counter()
-        self.futures: list[Any] = []
+        self.future: Any = None  # storing, validating, publishing: in the task runner's threads
 
     def generate(
         self, worker: str, stats: DrainStats, log: Any
@@ -180,22 +180,15 @@ class _Finishing:
             self.record_failure(err, worker, stats, log)
             return None
 
-    def start(self, made: generation.Parcel[generation.Made]) -> None:
-        stored = generation.store_batch.submit(made)
-        # A future as an argument: Prefect runs validation once the store task has finished.
-        verdict = generation.validate_batch.submit(
-            stored,  # type: ignore[call-overload]
-            self.batch_id,
-            made.items[0][1].sample_rate,
+    def start(self, made: generation.Parcel[generation.Made], worker: str) -> None:
+        self.future = generation.finish_batch.submit(
+            made, self.batch_id, worker, self.job_id, self.model_version_id, self.encoder
         )
-        self.futures = [stored, verdict]
 
     def settle(self, worker: str, stats: DrainStats, log: Any) -> None:
         try:
-            stored, verdict = (f.result() for f in self.futures)
-            outcome = generation.publish_batch(
-                worker, self.job_id, stored, verdict, self.model_version_id, self.encoder
-            )
+            assert self.future is not None
+            outcome: publish.Published = self.future.result()
         except Exception as err:
             self.record_failure(err, worker, stats, log)
             return
