@@ -42,7 +42,9 @@ def _remove_home(home: str) -> None:
 
     try:
         dispose_engine()
-        embedded_server(get_settings()).stop()
+        server = embedded_server(get_settings())
+        if server.pgdata.exists():  # a benchmark that never started one has none to stop
+            server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
