@@ -154,3 +154,52 @@ def test_cuda_generation_is_deterministic_in_bf16(tiny_checkpoint: Path) -> None
     gen = StaveGenerator.load(tiny_checkpoint, device="cuda")
     a, b = gen.generate([request(3)])[0], gen.generate([request(3)])[0]
     assert a.dtype == "bfloat16" and a.audio.tobytes() == b.audio.tobytes()
+
+
+def test_batched_decoding_is_close_to_clip_by_clip_and_replays_exactly(
+    tiny_checkpoint: Path, generator: StaveGenerator
+) -> None:
+    """CUDA decodes and embeds a batch at once; forced here on the CPU: the same clips within
+    float rounding, and `run_batch` of the same batch makes the same bytes."""
+    batched = StaveGenerator.load(tiny_checkpoint, device="cpu", batched_decode=True)
+    requests = [request(30), request(31, duration_s=1.5), request(32)]
+    one_by_one = generator.generate(requests)
+    together = batched.generate(requests)
+    for a, b in zip(one_by_one, together, strict=True):
+        assert a.audio.shape == b.audio.shape
+        np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-4)
+    again = batched.run_batch(list(together[0].batch))
+    assert again[0].audio.tobytes() == together[0].audio.tobytes()
+
+
+def test_batches_follow_max_batch_and_out_of_memory_halves_them(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from stave.generator.errors import ResourceExhausted
+
+    small = StaveGenerator.load(tiny_checkpoint, device="cpu", max_batch=3)
+    made = small.generate([request(40 + i) for i in range(7)])
+    assert [len(c.batch) for c in made] == [3, 3, 3, 3, 3, 3, 1]
+
+    real_run = small._run
+    sizes: list[int] = []
+
+    def tight(requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[object]:
+        sizes.append(len(requests))
+        if len(requests) > 1:  # the device holds one clip at a time
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_run(requests, seeds, frames)  # type: ignore[return-value]
+
+    monkeypatch.setattr(small, "_run", tight)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    made = small.generate([request(50 + i) for i in range(3)])
+    assert [c.seed for c in made] == [50, 51, 52] and all(len(c.batch) == 1 for c in made)
+    assert sizes == [3, 1, 2, 1, 1]
+    monkeypatch.setattr(
+        small, "_run", lambda *_: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("sim"))
+    )
+    with pytest.raises(ResourceExhausted, match=r"one \d+-frame clip"):
+        small.generate([request(60), request(61)])

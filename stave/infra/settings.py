@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     lease_s: float = Field(default=600.0, gt=0)
     retry_backoff_s: float = Field(default=5.0, ge=0)
-    # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA).
-    batch_size: int = Field(default=0, ge=0, le=256)
+    # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA,
+    # up to 512); set, it is both the claim's size and the generator's largest batch.
+    batch_size: int = Field(default=0, ge=0, le=1024)
     # `stave run-pending --follow`: how often an idle warm drain asks whether work is due.
     follow_poll_s: float = Field(default=0.5, gt=0, le=60)
     # A run (generate, drain) ends Failed, and the CLI exits 3, when any of its clips failed, or

@@ -101,7 +101,9 @@ def load_model(settings: Settings, checkpoint: Path | None = None) -> LoadedMode
 def _load(settings: Settings, path: Path | None) -> LoadedModel:
     from stave.generator.pipeline import StaveGenerator  # torch
 
-    builtin = StaveGenerator.load(path, device=settings.device)
+    builtin = StaveGenerator.load(
+        path, device=settings.device, max_batch=settings.batch_size or None
+    )
     uri = f"file://{Path(path).resolve()}" if path else f"package:{PACKAGED_CHECKPOINT.name}"
     if settings.generator == "acestep":
         from stave.generator.acestep import AceStepGenerator
