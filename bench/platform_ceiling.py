@@ -69,10 +69,8 @@ def stage_split(clips: int, batch: int, duration: float) -> dict[str, Any]:
             break
         with timed("generate"):
             made_clips = model.generator.generate(inference.requests_for(claimed))
-        made = [
-            (t.id, clip, inference.provenance(clip, model, model_version))
-            for t, clip in zip(claimed, made_clips, strict=True)
-        ]
+        records = inference.provenances(made_clips, model, model_version)
+        made = list(zip([t.id for t in claimed], made_clips, records, strict=True))
         with timed("store"):
             stored = storage.store_clips(store, made, env_name=settings.env)
         with timed("validate"):

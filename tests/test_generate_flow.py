@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stave.infra.embedded_pg import EmbeddedPostgres
+from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
 from stave.tasks.intake import upload_prompts
@@ -110,9 +111,52 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     assert again["job_id"] == summary["job_id"] and not again["created"]
     assert len(job_tasks(engine, summary["job_id"])) == 5
 
-    # Any clip, from its record alone.
+    # Any clip, from its record alone: its batch is named by a key its members share, not
+    # listed in every record.
+    batch = tasks[2].provenance["batch"]
+    assert set(batch) == {"key", "position", "size"} and batch["size"] > 1
+    assert sum(t.provenance["batch"]["key"] == batch["key"] for t in tasks) == batch["size"]
     made = regenerate(engine, tasks[2].id)
     assert made.matches and made.sha256 == tasks[2].sha256
+
+    # A record from before the key, listing its batch's members, replays as it did.
+    mates = sorted(
+        (t for t in tasks if t.provenance["batch"]["key"] == batch["key"]),
+        key=lambda t: t.provenance["batch"]["position"],
+    )
+    members = [
+        {
+            "prompt": t.provenance["prompt"],
+            "duration_s": t.provenance["audio_duration"],
+            "guidance": t.provenance["guidance_scale"],
+            "seed": t.provenance["actual_seeds"][0],
+        }
+        for t in mates
+    ]
+    old = {**tasks[2].provenance, "batch": {"position": batch["position"], "members": members}}
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE generation_task SET provenance = CAST(:p AS jsonb) WHERE id = :id"),
+            {"p": json.dumps(old), "id": tasks[2].id},
+        )
+    assert regenerate(engine, tasks[2].id).matches
+
+    # A batch whose member is gone cannot be replayed: one line says so.
+    other = next(t for t in mates if t.id != tasks[2].id)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE generation_task SET provenance = CAST(:p AS jsonb) WHERE id = :id"),
+            {"p": json.dumps(tasks[2].provenance), "id": tasks[2].id},
+        )
+        conn.execute(
+            text(
+                "UPDATE generation_task SET provenance = jsonb_set(provenance, '{batch,key}', "
+                "'\"elsewhere\"') WHERE id = :id"
+            ),
+            {"id": other.id},
+        )
+    with pytest.raises(InvalidInput, match="cannot be replayed"):
+        regenerate(engine, tasks[2].id)
 
 
 def test_progress_and_summary_artifacts_are_written(

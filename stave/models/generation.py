@@ -164,7 +164,9 @@ class GenerationTask(SQLModel, table=True):
     timings: dict[str, Any] = jsonb_field()
     # What made the clip, as ACE-Step records it (parameters and seeds actually used, timings
     # per stage) plus model, checkpoint, code and library versions, device and dtype: enough
-    # to regenerate it bit for bit.
+    # to regenerate it bit for bit. Its batch is found by the key its members share
+    # (`ix_generation_task_batch_key`, an expression index: in the migrations only, since
+    # autogenerate cannot compare expression indexes; stave/sql/autogen.py).
     provenance: dict[str, Any] = jsonb_field()
     created_at: datetime = timestamp_field()
     started_at: datetime | None = timestamp_field(nullable=True)

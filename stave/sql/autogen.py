@@ -6,6 +6,9 @@ from typing import Any
 
 from stave.models.assets import VECTOR_INDEX_PREFIX
 
+# Indexes on expressions, which autogenerate cannot compare: declared in migrations only.
+EXPRESSION_INDEXES = frozenset({"ix_generation_task_batch_key"})
+
 
 def include_object(
     obj: Any,  # noqa: ARG001  (Alembic passes all five, positionally)
@@ -21,5 +24,5 @@ def include_object(
     if type_ == "table":
         return not str(name).startswith("tmp_")
     if type_ == "index":
-        return not str(name).startswith(VECTOR_INDEX_PREFIX)
+        return not str(name).startswith(VECTOR_INDEX_PREFIX) and name not in EXPRESSION_INDEXES
     return True

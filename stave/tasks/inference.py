@@ -10,6 +10,7 @@ library versions: everything `stave regenerate --verify` needs to make the same 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -222,7 +223,31 @@ def requests_for(tasks: list[ClaimedTask]) -> list[Any]:
     ]
 
 
-def provenance(clip: Any, model: LoadedModel, model_version_id: uuid.UUID) -> dict[str, Any]:
+def provenances(
+    clips: list[Any], model: LoadedModel, model_version_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """Each clip's generation record; the batch each was computed in is named by a key made
+    once per batch (its members' requests hashed), not listed in every member's record."""
+    keys: dict[int, str] = {}
+    for clip in clips:
+        if id(clip.batch) not in keys:
+            keys[id(clip.batch)] = batch_key(clip.batch or (clip.request,))
+    return [provenance(clip, model, model_version_id, keys[id(clip.batch)]) for clip in clips]
+
+
+def batch_key(members: Any) -> str:
+    """What identifies a batch: its requests (prompt, length, guidance, steps, scheduler, seed)
+    in order, hashed. Two batches with one key made the same requests: either replays both."""
+    canonical = json.dumps(
+        [[m.prompt, m.duration_s, m.guidance, m.steps, m.scheduler, m.seed] for m in members],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def provenance(
+    clip: Any, model: LoadedModel, model_version_id: uuid.UUID, key: str | None = None
+) -> dict[str, Any]:
     request = clip.request
     return {
         # As ACE-Step's params JSON records a generation.
@@ -245,17 +270,13 @@ def provenance(clip: Any, model: LoadedModel, model_version_id: uuid.UUID) -> di
         "dtype": clip.dtype,
         "sample_rate": clip.sample_rate,
         "libraries": library_versions(),
-        # The batch it was computed in (rounding depends on it): replayed by regenerate.
+        # The batch it was computed in (rounding depends on it), replayed by regenerate: its
+        # key, this clip's place and the batch's size. The other members' requests are their
+        # own tasks' records (listing them in every record grew with the square of the batch:
+        # 8 KB a task at 64, 60 KB at 512).
         "batch": {
+            "key": key or batch_key(clip.batch or (clip.request,)),
             "position": clip.batch_position,
-            "members": [
-                {
-                    "prompt": m.prompt,
-                    "duration_s": m.duration_s,
-                    "guidance": m.guidance,
-                    "seed": m.seed,
-                }
-                for m in clip.batch
-            ],
+            "size": len(clip.batch) or 1,
         },
     }

@@ -57,6 +57,39 @@ def checkpoint_path(uri: str) -> Path | None:
     raise InvalidInput(f"checkpoint {uri!r} is not a local file; fetch it and pass --checkpoint")
 
 
+def _member(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt": record["prompt"],
+        "duration_s": record["audio_duration"],
+        "guidance": record["guidance_scale"],
+        "seed": record["actual_seeds"][0],
+    }
+
+
+def _members(engine: Engine, ident: uuid.UUID, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The requests of the batch a clip was made in, from the tasks that share its key, in
+    their places (two batches of one key made the same requests: either serves)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT ON (position) position, provenance FROM ("
+                "  SELECT (provenance -> 'batch' ->> 'position')::int AS position, provenance"
+                "  FROM generation_task WHERE provenance -> 'batch' ->> 'key' = :key) AS m "
+                "ORDER BY position"
+            ),
+            {"key": batch["key"]},
+        ).all()
+    found = {row.position: _member(row.provenance) for row in rows}
+    missing = [i for i in range(int(batch["size"])) if i not in found]
+    if missing:
+        raise InvalidInput(
+            f"task {ident} was made in a batch of {batch['size']}; the tasks at place(s) "
+            f"{', '.join(map(str, missing[:5]))} of it are gone (archived or deleted), so the "
+            "batch cannot be replayed"
+        )
+    return [found[i] for i in range(int(batch["size"]))]
+
+
 def regenerate(
     engine: Engine,
     task_id: str | uuid.UUID,
@@ -91,13 +124,9 @@ def regenerate(
     generator = StaveGenerator.load(
         path, device=target, expected_sha256=record["checkpoint_sha256"]
     )
-    own = {
-        "prompt": record["prompt"],
-        "duration_s": record["audio_duration"],
-        "guidance": record["guidance_scale"],
-        "seed": record["actual_seeds"][0],
-    }
-    batch = record.get("batch") or {"position": 0, "members": [own]}
+    batch = record.get("batch") or {"position": 0, "members": [_member(record)]}
+    if "members" not in batch:  # records since the batch key: the members are their own tasks
+        batch = {"position": batch["position"], "members": _members(engine, ident, batch)}
     requests = [
         GenerationRequest(
             prompt=str(member["prompt"]),

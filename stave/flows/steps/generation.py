@@ -107,8 +107,10 @@ def generate_batch(claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID
         slot["to"] = datetime.now(UTC).isoformat()
     return Parcel(
         [
-            (t.id, clip, {**inference.provenance(clip, model, model_version_id), "gpu_slot": slot})
-            for t, clip in zip(claimed, clips, strict=True)
+            (t.id, clip, {**record, "gpu_slot": slot})
+            for t, clip, record in zip(
+                claimed, clips, inference.provenances(clips, model, model_version_id), strict=True
+            )
         ]
     )
 
