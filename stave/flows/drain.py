@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from stave.generator.errors import Interrupted
 from stave.infra import stop
 from stave.infra.db import get_engine
 from stave.infra.settings import get_settings
-from stave.tasks import inference, publish, queue, validation, vector_index
+from stave.tasks import inference, publish, queue, vector_index
 from stave.tasks.classify import classify
 
 TERMINAL = ("published", "quarantined", "failed", "cancelled")
@@ -121,8 +120,6 @@ def drain(
         if model is None:
             # Loaded on the first claim, so an empty queue costs no model load; kept after.
             model = inference.load_model(settings)
-            # Great Expectations' import (3 s) overlaps the first batch's generation.
-            threading.Thread(target=validation.preload, name="stave-gx", daemon=True).start()
             if hasattr(model.generator, "interrupt"):
                 model.generator.interrupt = stop.requested
             model_version_id = inference.register_model_version(engine, model)
