@@ -13,6 +13,12 @@ With `STAVE_ALERT_WEBHOOK_URL` set (removed when it is unset):
 Both post to a "Custom Webhook" block whose URL is a secret of the block (so Prefect keeps it
 masked in its API and UI); the server's automation services send the messages, so an alert
 needs no Stave process running.
+
+Delivery is at least once: Prefect's server retries an action whose bookkeeping failed after
+the POST went out (its actions consumer records success only after `succeed`), so a receiver
+can see one alert twice. A
+run's alert ends with "Alert id: <the id of the state event>", the same on every repeat, for
+a relay (or a reader) to drop repeats by.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ RUN_FAILED_BODY = (
     "Deployment {{ flow.name }}/{{ deployment.name }}: run {{ flow_run.name }} ended "
     "{{ flow_run.state.name }}.\n"
     "Cause: {{ flow_run.state.message }}\n"
-    "Run: {{ flow_run|ui_url }}"
+    "Run: {{ flow_run|ui_url }}\n"
+    "Alert id: {{ event.id }}"
 )
 
 
