@@ -4,6 +4,7 @@ nothing, a failure half way that leaves nothing, and two submissions of one file
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -154,3 +155,15 @@ def test_two_submissions_of_one_file_at_once_make_one_job(
     other = next(r for r in results if not r.created)
     assert other.job_id == made[0].job_id and other.already_submitted == 40
     assert counts(engine, made[0].job_id) == (40, 40, 40)
+
+
+def test_overlapping_submissions_keep_the_short_switch_interval_until_the_last_ends() -> None:
+    before = sys.getswitchinterval()
+    handoffs = submission._QuickHandoffs()
+    first, second = handoffs(), handoffs()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert sys.getswitchinterval() == pytest.approx(submission.SWITCH_INTERVAL_S)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before

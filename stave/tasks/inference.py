@@ -232,7 +232,7 @@ def provenances(
     for clip in clips:
         if id(clip.batch) not in keys:
             keys[id(clip.batch)] = batch_key(clip.batch or (clip.request,))
-    return [provenance(clip, model, model_version_id, keys[id(clip.batch)]) for clip in clips]
+    return [_provenance(clip, model, model_version_id, keys[id(clip.batch)]) for clip in clips]
 
 
 def batch_key(members: Any) -> str:
@@ -245,9 +245,10 @@ def batch_key(members: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def provenance(
-    clip: Any, model: LoadedModel, model_version_id: uuid.UUID, key: str | None = None
+def _provenance(
+    clip: Any, model: LoadedModel, model_version_id: uuid.UUID, key: str
 ) -> dict[str, Any]:
+    """One clip's record; its batch's key is made once per batch by `provenances`."""
     request = clip.request
     return {
         # As ACE-Step's params JSON records a generation.
@@ -275,7 +276,7 @@ def provenance(
         # own tasks' records (listing them in every record grew with the square of the batch:
         # 8 KB a task at 64, 60 KB at 512).
         "batch": {
-            "key": key or batch_key(clip.batch or (clip.request,)),
+            "key": key,
             "position": clip.batch_position,
             "size": len(clip.batch) or 1,
         },
