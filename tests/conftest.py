@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -213,6 +214,29 @@ def debian_postgres_bin() -> Path:
     if not (DEBIAN_PG / "initdb").exists():
         pytest.skip("Debian's postgresql-15 is not installed (.ci/run installs it)")
     return DEBIAN_PG
+
+
+# The end-to-end drills (a Prefect server, several workers, their flow runs: processes of their
+# own) starve each other on two cores when they overlap, and xdist's file order (most tests
+# first) put them side by side at the end of the run. They run as one unit on one xdist worker,
+# first, while the other worker takes the rest.
+DRILLS = ("tests/test_deployments.py", "tests/test_fleet.py")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadFileScheduling
+
+    class DrillsFirst(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope = str(super()._split_scope(nodeid))
+            return "drills" if scope in DRILLS else scope
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if "drills" in self.workqueue:
+                self.workqueue.move_to_end("drills", last=False)
+            super()._assign_work_unit(node)
+
+    return DrillsFirst(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -201,6 +201,7 @@ def run_json(args: list[str], env: dict[str, str], cwd: Path) -> Any:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # every deployment's run, on two cores: past the 300 s default
 def test_server_pools_deploy_worker_and_a_bulk_generation_run(
     operator_env: dict[str, str],
     alert_hook: tuple[str, list[dict[str, Any]]],
