@@ -6,9 +6,11 @@ anything is replayed, and WAL retention bounded by the oldest kept base backup.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,6 +54,33 @@ def test_archive_command_is_idempotent_and_refuses_other_bytes(tmp_path: Path) -
     assert wal.fetch(store, key) == path.read_bytes()
     with pytest.raises(ObjectCorrupted, match="already in the store with other bytes"):
         wal.push(store, "dev", SYSTEM, segment(tmp_path, name, b"\1"), name)
+
+
+def test_segments_are_zstd_raw_when_incompressible_and_earlier_zlib_ones_still_read(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    first, second, third = names(1, 1, 3)
+    key = wal.push(store, "dev", SYSTEM, segment(tmp_path, first), first)
+    assert (store.base / key).read_bytes()[:1] == wal.ZSTD
+    noise = tmp_path / second
+    noise.write_bytes(os.urandom(1 << 20))  # would not shrink: stored as it is
+    key = wal.push(store, "dev", SYSTEM, noise, second)
+    assert (store.base / key).read_bytes()[:1] == wal.RAW
+    assert wal.fetch(store, key) == noise.read_bytes()
+
+    # A segment an earlier release archived with zlib reads back, and the same segment pushed
+    # again now (a retry after a crash, across the upgrade) is success, not "other bytes".
+    old = segment(tmp_path, third)
+    key = wal.wal_key("dev", SYSTEM, third)
+    store.put_bytes(key, wal.ZLIB + zlib.compress(old.read_bytes(), 1))
+    assert wal.fetch(store, key) == old.read_bytes()
+    assert wal.push(store, "dev", SYSTEM, old, third) == key
+
+    # A stream that does not decompress, though its sha256 record matches: named.
+    store.put_bytes(key, wal.ZSTD + b"\x28\xb5\x2f\xfd garbage")
+    with pytest.raises(ObjectCorrupted, match=f"{key} does not decompress"):
+        wal.fetch(store, key)
 
 
 def test_archive_command_exits_nonzero_with_one_line(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Recovery replays every segment from the base backup's start segment onwards; a missing or
 corrupted one in the middle would make PostgreSQL stop replaying there and serve a database
 that silently lacks everything after it. So the whole chain is fetched and checked (each
-object's recorded sha256 and zlib's own check, and no gap in any timeline's run of segments)
-before a server is started, and any problem is one line naming the object.
+object's recorded sha256 and its compression's own checksum, and no gap in any timeline's run
+of segments) before a server is started, and any problem is one line naming the object.
 """
 
 from __future__ import annotations
