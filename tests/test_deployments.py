@@ -253,9 +253,24 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         assert len(again_applied["deployments"]) == len(DEPLOYMENTS)
         assert set(again_applied["alerts"]["automations"].values()) == {"updated"}
         automations = {a["name"]: a for a in http.post("/automations/filter", json={}).json()}
+        # A run is watched from its Running event (the server's own), not only from its first
+        # heartbeat: a host that dies before that heartbeat arrives is caught too.
+        zombie = automations["stave: mark unresponsive runs crashed"]["trigger"]
+        assert set(zombie["after"]) == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
         late = automations["stave: no nightly backup completed"]["trigger"]
         assert (late["posture"], late["within"]) == ("Proactive", 26 * 3600.0)
         assert late["expect"] == ["prefect.flow-run.Completed"]
+
+        # A run whose host died before its first heartbeat reached the server: Running (as its
+        # engine sets it; no worker is up yet to take it), then nothing. Checked further down.
+        # (A deployment without a concurrency limit: a forced state takes no slot.)
+        orphan = run_deployment(
+            http, "generate/bulk-generation", {"rows": [{"prompt": "orphaned run", "seed": 1}]}
+        )
+        forced = http.post(
+            f"/flow_runs/{orphan}/set_state", json={"state": {"type": "RUNNING"}, "force": True}
+        )
+        assert forced.json()["status"] == "ACCEPT", forced.text
 
         # The server's scheduler makes runs for the schedules: nightly backups at 02:00 in the
         # configured timezone. (With SQLAlchemy 2.1 it silently made none.)
@@ -394,7 +409,21 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         # Alerts: every run so far succeeded and none was posted. A backup that fails (the
         # cpu worker's object store is down at 02:00) posts exactly one message, naming the
         # deployment and the cause, within a minute.
-        assert alerts == []
+        # The orphaned run was crashed by the server (no heartbeat, counted from its Running
+        # state), and that was alerted; no other run was.
+        wait_until(lambda: state(orphan) == "CRASHED", 120, "the orphan stayed Running", server_log)
+        crash = http.get(f"/flow_runs/{orphan}").json()["state"]["message"]
+        assert "no heartbeat for 90 s" in crash, crash
+
+        def about(run: str) -> list[dict[str, Any]]:
+            return [a for a in list(alerts) if f"/runs/flow-run/{run}" in a.get("body", "")]
+
+        def others() -> list[dict[str, Any]]:  # (a repeat of the orphan's may come any time)
+            return [a for a in list(alerts) if a not in about(orphan)]
+
+        wait_until(lambda: bool(about(orphan)), 60, "the crash was not alerted", server_log)
+        assert all("Crashed" in a["subject"] for a in about(orphan)), about(orphan)
+        assert others() == []
         stop(cpu_worker)
         store_down = {**worker_env, "STAVE_S3_ENDPOINT": f"127.0.0.1:{free_port()}"}
         store_down["STAVE_S3_MAX_RETRIES"] = "0"
@@ -408,14 +437,14 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         )
         assert state(failing) == "FAILED", http.get(f"/flow_runs/{failing}").json()["state"]
         failed_at = time.monotonic()
-        wait_until(lambda: bool(alerts), 60, "no alert was posted", server_log)
+        wait_until(lambda: bool(others()), 60, "no alert was posted", server_log)
         time.sleep(3)  # a second message would have come by now
         # Prefect delivers at least once (a retried action posts again), so repeats are one
         # alert when they carry its id; a second alert with another id is a second alert.
-        said = [(a.get("subject"), a.get("body")) for a in alerts]
-        ids = [re.findall(r"^Alert id: (\S+)$", a.get("body", ""), re.MULTILINE) for a in alerts]
+        said = [(a.get("subject"), a.get("body")) for a in others()]
+        ids = [re.findall(r"^Alert id: (\S+)$", a.get("body", ""), re.MULTILINE) for a in others()]
         assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 1, said
-        alert = alerts[0]
+        alert = others()[0]
         assert time.monotonic() - failed_at < 60
         assert alert["path"] == urlsplit(hook_url).path and alert["source"] == "stave"
         assert "backup/nightly-backup" in alert["subject"] and "Failed" in alert["subject"]

@@ -144,7 +144,13 @@ class Fleet:
         return json.loads(done.stdout)
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, fleet: Fleet) -> Any:
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    fleet: Fleet,
+    detail: Callable[[], Any] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):  # a server or database mid-restart: ask again
@@ -152,7 +158,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, fleet: Fleet) 
             if found:
                 return found
         time.sleep(0.5)
-    pytest.fail(f"{what} within {timeout} s\n{fleet.logs()}")
+    said = ""
+    with contextlib.suppress(Exception):
+        said = f": {detail()}" if detail is not None else ""
+    pytest.fail(f"{what} within {timeout} s{said}\n{fleet.logs()}")
 
 
 def holding(engine: Engine, pids: list[int]) -> list[str]:
@@ -347,12 +356,12 @@ def test_the_fleet_drill(
 
         wait_for(job_done, 420, "the job did not finish", fleet)
         assert time.monotonic() - killed_at > LEASE_S  # the dead host's tasks waited out a lease
-        wait_for(
-            lambda: all(state(r) in ENDED for r in [*runs, *cpu_runs.values()]),
-            180,
-            "runs did not end",
-            fleet,
-        )
+
+        def unended() -> dict[str, str]:
+            states = {r: state(r) for r in [*runs, *cpu_runs.values()]}
+            return {r: s for r, s in states.items() if s not in ENDED}
+
+        wait_for(lambda: not unended(), 180, "runs did not end", fleet, unended)
         ended = {r: http.get(f"/flow_runs/{r}").json()["state"] for r in runs}
         # gpu-b's run said what happened to it; no run failed.
         cancelled = [s for s in ended.values() if s["type"] == "CANCELLED"]

@@ -4,7 +4,10 @@
 by name). Always, so that a run whose host died does not stay Running for ever:
 - a run that stops sending heartbeats (its process killed, its host gone: workers send one
   every `HEARTBEAT_S`) is marked Crashed after `UNRESPONSIVE_AFTER_S` (Prefect's recipe for
-  "zombie" runs; its tasks come back to the queue by their own leases).
+  "zombie" runs; its tasks come back to the queue by their own leases). The clock also starts
+  at the run's Running event, which the server itself emits: a run whose host died before its
+  first heartbeat reached the server (the client sends events from a background thread,
+  seconds after the start under load) would otherwise stay Running for ever.
 With `STAVE_ALERT_WEBHOOK_URL` set (removed when it is unset):
 - a run of any Stave deployment ends Failed or Crashed: the run, its deployment, its state,
   the failure message and a link to the run in the UI;
@@ -122,7 +125,7 @@ def _unresponsive(deployments: dict[str, UUID]) -> AutomationCore:
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related=_deployment_resources(list(deployments.values())),
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={
                 "prefect.flow-run.heartbeat",
                 "prefect.flow-run.Completed",
