@@ -17,6 +17,7 @@ from stave.models.base import new_id
 from stave.tasks import queue
 from stave.tasks.intake import rows_from_parameter
 from stave.tasks.submission import submit
+from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +266,28 @@ def test_retryable_failures_back_off_then_fail_for_good(engine: Engine, settings
         ("failed", "pending"),
         ("pending", "running"),
     ]
+
+
+def test_a_database_restarting_between_batches_does_not_fail_the_run_over_its_progress() -> None:
+    """The drain's progress figure is best effort: with the database gone for a moment (here,
+    nothing listening on its port) it is skipped with a warning, not raised (which failed the
+    run and stranded the batch just made until its lease ran out: the fleet drill's database
+    restart once landed there)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from stave.flows import drain
+
+    gone = create_engine(
+        f"postgresql+psycopg://stave@127.0.0.1:{free_port()}/stave",
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 2},
+    )
+    said: list[str] = []
+
+    class RunLog:  # what the drain writes to its run's log
+        def warning(self, message: str, *args: Any) -> None:
+            said.append(message % args)
+
+    drain._show_progress(None, gone, None, 10, 5, RunLog())
+    assert len(said) == 1 and said[0].startswith("progress not updated: "), said

@@ -20,6 +20,8 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
@@ -87,9 +89,7 @@ def drain(
             finishing.settle(worker, stats, log)
             stats.lap("wait for publish", lap)
             finishing = None
-            update_progress_artifact(
-                progress, _percent(queue.job_state(engine, job_id), total, job_id, processed)
-            )
+            _show_progress(progress, engine, job_id, total, processed, log)
 
     while limit is None or processed < limit:
         if stop.requested():
@@ -138,6 +138,20 @@ def drain(
             finishing = batch
     settle()
     return stats
+
+
+def _show_progress(
+    progress: Any, engine: Engine, job_id: uuid.UUID | None, total: int, done: int, log: Any
+) -> None:
+    """The progress artifact brought up to date, best effort: the database restarting between
+    two batches (a failover, a minor upgrade) must not fail the run, and strand the batch just
+    made until its lease runs out, over a progress figure; the next batch updates it."""
+    try:
+        state = queue.job_state(engine, job_id)
+    except OperationalError as err:
+        log.warning("progress not updated: %s", classify(err)[1])
+        return
+    update_progress_artifact(progress, _percent(state, total, job_id, done))
 
 
 def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:
