@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from stave.infra.settings import Settings
 from stave.models.base import new_id
@@ -291,3 +292,43 @@ def test_a_database_restarting_between_batches_does_not_fail_the_run_over_its_pr
 
     drain._show_progress(None, gone, None, 10, 5, RunLog())
     assert len(said) == 1 and said[0].startswith("progress not updated: "), said
+
+
+def test_giving_a_batch_back_rides_out_a_database_restart(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a batch's failure (or handing it back on a stop) tries again while the database
+    is unavailable, so the batch returns to the queue at once and the run goes on; past the
+    last try the error is raised (the leases then expire, as after a crash)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from stave.flows import drain
+
+    monkeypatch.setattr(drain, "DATABASE_RETRY_S", (0.05, 0.05))
+    gone = create_engine(
+        f"postgresql+psycopg://stave@127.0.0.1:{free_port()}/stave",
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 2},
+    )
+    said: list[str] = []
+
+    class RunLog:
+        def warning(self, message: str, *args: Any) -> None:
+            said.append(message % args)
+
+    tries = iter([gone, gone, engine])  # down twice, then back
+
+    def write() -> int:
+        with next(tries).connect() as conn:
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+    assert drain._riding_out_a_restart(write, RunLog()) == 1
+    assert len(said) == 2 and all("database unavailable" in line for line in said), said
+
+    def never() -> int:
+        with gone.connect() as conn:
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+    with pytest.raises(OperationalError):
+        drain._riding_out_a_restart(never, RunLog())

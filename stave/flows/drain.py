@@ -13,8 +13,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.artifacts import (
     create_progress_artifact,
@@ -140,6 +141,26 @@ def drain(
     return stats
 
 
+# Seconds between tries of a write that gives a batch back, while the database is unavailable:
+# a restart (a failover, a minor upgrade) takes seconds; 15 s in all stays inside a task lease
+# and a worker's stop grace. (Claims retry the same way, as Prefect task retries.)
+DATABASE_RETRY_S = (1.0, 2.0, 4.0, 8.0)
+_T = TypeVar("_T")
+
+
+def _riding_out_a_restart(write: Callable[[], _T], log: Any) -> _T:
+    """`write()`, tried again while the database is unavailable (up to DATABASE_RETRY_S): a
+    batch that failed, or was stopped, as the database restarted goes back to the queue now
+    rather than after its lease, and its run does not fail over the moment."""
+    for pause in DATABASE_RETRY_S:
+        try:
+            return write()
+        except OperationalError as err:
+            log.warning("database unavailable, trying again in %g s: %s", pause, err.orig)
+            time.sleep(pause)
+    return write()
+
+
 def _show_progress(
     progress: Any, engine: Engine, job_id: uuid.UUID | None, total: int, done: int, log: Any
 ) -> None:
@@ -184,7 +205,9 @@ class _Finishing:
             return generation.generate_batch(self.claimed, self.model_version_id)
         except Interrupted:
             # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
-            stats.handed_back += queue.release(get_engine(), worker, self.ids, "stop requested")
+            stats.handed_back += _riding_out_a_restart(
+                lambda: queue.release(get_engine(), worker, self.ids, "stop requested"), log
+            )
             log.warning("batch %s handed back: stop requested", self.batch_id)
             return None
         except Exception as err:
@@ -221,14 +244,17 @@ class _Finishing:
         stats.errors[error_class] = stats.errors.get(error_class, 0) + len(self.ids)
         log.warning("batch %s failed (%s): %s", self.batch_id, error_class, message)
         try:
-            statuses = queue.fail(
-                get_engine(),
-                worker,
-                self.ids,
-                error_class,
-                message,
-                backoff_s=get_settings().retry_backoff_s,
-                detail={"batch": self.batch_id},
+            statuses = _riding_out_a_restart(
+                lambda: queue.fail(
+                    get_engine(),
+                    worker,
+                    self.ids,
+                    error_class,
+                    message,
+                    backoff_s=get_settings().retry_backoff_s,
+                    detail={"batch": self.batch_id},
+                ),
+                log,
             )
         except Exception as again:  # the database itself is gone: the leases will expire
             log.error(
