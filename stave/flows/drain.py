@@ -22,13 +22,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
 from stave.generator.errors import Interrupted
 from stave.infra import stop
-from stave.infra.db import get_engine
+from stave.infra.db import get_engine, translate_db_error
 from stave.infra.settings import get_settings
 from stave.tasks import inference, publish, queue, vector_index
 from stave.tasks.classify import classify
@@ -155,8 +155,11 @@ def _riding_out_a_restart(write: Callable[[], _T], log: Any) -> _T:
     for pause in DATABASE_RETRY_S:
         try:
             return write()
-        except OperationalError as err:
-            log.warning("database unavailable, trying again in %g s: %s", pause, err.orig)
+        except DBAPIError as err:
+            unavailable = translate_db_error(err)
+            if unavailable is None:
+                raise
+            log.warning("%s; trying again in %g s", unavailable, pause)
             time.sleep(pause)
     return write()
 
@@ -169,8 +172,11 @@ def _show_progress(
     made until its lease runs out, over a progress figure; the next batch updates it."""
     try:
         state = queue.job_state(engine, job_id)
-    except OperationalError as err:
-        log.warning("progress not updated: %s", classify(err)[1])
+    except DBAPIError as err:
+        unavailable = translate_db_error(err)
+        if unavailable is None:
+            raise
+        log.warning("progress not updated: %s", unavailable)
         return
     update_progress_artifact(progress, _percent(state, total, job_id, done))
 
