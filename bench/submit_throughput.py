@@ -11,8 +11,12 @@ written once; then, `--repeat` times:
 Each stave run submits a file of fresh content (the rows differ by a run number), so every run
 writes N tasks. Targets: >= 20,000 rows/s, peak RSS < 500 MB and flat from 100k to 1M.
 
+`--login app` submits as a login in stave_app, as production does (subject to row-level
+security, so the rows go through temporary tables; write.py), instead of the embedded server's
+superuser.
+
 Run: .venv/bin/python bench/submit_throughput.py [--sizes 100000,1000000] [--repeat 3]
-(a throwaway STAVE_HOME with the embedded PostgreSQL unless set.)
+[--login superuser|app] (a throwaway STAVE_HOME with the embedded PostgreSQL unless set.)
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import migrated_engine, settled, throwaway_home
@@ -50,7 +56,20 @@ def write_prompts(path: Path, n: int, run: int) -> None:
             out.writerow([prompt, "10" if i % 3 == 0 else "", str(i) if i % 5 == 0 else ""])
 
 
-def stave_submit(path: Path) -> tuple[float, float, dict[str, object]]:
+def app_login_url(engine: Any) -> str:
+    """The URL of a LOGIN user in stave_app, made for this run (the home goes with it)."""
+    from sqlalchemy import text
+
+    from stave.infra.roles import APP
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"DROP ROLE IF EXISTS bench_app; CREATE ROLE bench_app LOGIN IN ROLE {APP}")
+        )
+    return str(engine.url.set(username="bench_app").render_as_string(hide_password=False))
+
+
+def stave_submit(path: Path, env: dict[str, str]) -> tuple[float, float, dict[str, object]]:
     """Seconds, peak RSS (MB) and the JSON summary of one `stave submit` process.
 
     The peak is the process's own high-water mark (VmHWM, which exec resets), read until it
@@ -58,7 +77,10 @@ def stave_submit(path: Path) -> tuple[float, float, dict[str, object]]:
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stave", "submit", str(path), "--json"], stdout=out, stderr=err
+            [sys.executable, "-m", "stave", "submit", str(path), "--json"],
+            stdout=out,
+            stderr=err,
+            env=env,
         )
         peak_kb = 0
         while proc.poll() is None:
@@ -123,9 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--login", choices=("superuser", "app"), default="superuser")
     args = parser.parse_args()
     throwaway_home()
     _, engine = migrated_engine()
+    env = dict(os.environ)
+    if args.login == "app":
+        env["STAVE_DATABASE_URL"] = app_login_url(engine)
+    print(f"submitting as: {args.login}")
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[int, list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="stave-bench-submit-") as folder:
@@ -135,7 +162,7 @@ def main() -> None:
                 path = Path(folder) / f"prompts-{n}-{run}.csv"
                 write_prompts(path, n, run)
                 settled(engine, "generation_task", "task_event", "prompt_revision")
-                seconds, rss, summary = stave_submit(path)
+                seconds, rss, summary = stave_submit(path, env)
                 path.unlink()
                 if summary["accepted"] != n:
                     raise SystemExit(f"expected {n} accepted, got {summary}")

@@ -4,6 +4,7 @@ nothing, a failure half way that leaves nothing, and two submissions of one file
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import uuid
@@ -157,13 +158,15 @@ def test_two_submissions_of_one_file_at_once_make_one_job(
     assert counts(engine, made[0].job_id) == (40, 40, 40)
 
 
-def test_overlapping_submissions_keep_the_short_switch_interval_until_the_last_ends() -> None:
+def test_overlapping_submissions_keep_the_bulk_mode_until_the_last_ends() -> None:
     before = sys.getswitchinterval()
-    handoffs = submission._QuickHandoffs()
-    first, second = handoffs(), handoffs()
+    bulk = submission._BulkMode()
+    first, second = bulk(), bulk()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
     assert sys.getswitchinterval() == pytest.approx(submission.SWITCH_INTERVAL_S)
+    assert gc.get_freeze_count() > 0  # the heap stays out of collections
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+    assert gc.get_freeze_count() == 0

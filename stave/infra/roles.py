@@ -2,8 +2,12 @@
 
 They are NOLOGIN group roles: operators create login users IN ROLE one of them, so no password
 ever lives in a migration. The migrator owns every object; the app role has only the table
-privileges the flows need (no DDL); the reporting role reads.
+privileges the flows need (no DDL), and may set `session_replication_role` (migration 0011) so
+a bulk submission can write rows whose references it guarantees itself without a trigger per
+row; the reporting role reads.
 """
+
+from collections.abc import Sequence
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -14,6 +18,8 @@ REPORTING = "stave_reporting"
 ALL_ROLES = (MIGRATOR, APP, REPORTING)
 # Migration 0007's role for archive workers (fast deletes may skip triggers).
 ARCHIVER = "stave_archiver"
+# The roles that may set session_replication_role (granted by a superuser: 0007, 0011).
+SKIP_TRIGGER_ROLES = (ARCHIVER, APP)
 
 APP_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 
@@ -55,4 +61,32 @@ def ensure_cluster_roles(connection: Connection) -> None:
         text("SELECT rolsuper FROM pg_roles WHERE rolname = session_user")
     ).scalar()
     if superuser:
-        connection.execute(text(f"GRANT SET ON PARAMETER session_replication_role TO {ARCHIVER}"))
+        for role in SKIP_TRIGGER_ROLES:
+            connection.execute(text(f"GRANT SET ON PARAMETER session_replication_role TO {role}"))
+
+
+def may_skip_triggers(conn: Connection, tables: Sequence[str] = ()) -> bool:
+    """Whether this role may set `session_replication_role = replica` (a superuser, or a role
+    granted it: migrations 0007 and 0011), and `tables` have no triggers of their own, which
+    replica would silence along with the foreign-key checks."""
+    # Parameter privileges (and has_parameter_privilege) arrived in PostgreSQL 15.
+    if int(conn.execute(text("SHOW server_version_num")).scalar_one()) < 150000:
+        may = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    else:
+        may = conn.execute(
+            text("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+        )
+    return bool(may.scalar()) and not (tables and has_own_triggers(conn, tables))
+
+
+def has_own_triggers(conn: Connection, tables: Sequence[str]) -> bool:
+    """Whether any of `tables` has a trigger that is not a foreign key's."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal "
+                "AND tgrelid = ANY(CAST(:t AS regclass[])))"
+            ),
+            {"t": list(tables)},
+        ).scalar()
+    )

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from stave.infra.objectstore import ObjectStore
 from stave.infra.pgarrow import ArrowSource
+from stave.infra.roles import has_own_triggers, may_skip_triggers
 from stave.models import LifecyclePolicy, archive_policies
 from stave.tasks.archive.digest import KeyDigest, checksum
 from stave.tasks.archive.groups import (
@@ -201,33 +202,15 @@ def fast_deletes(engine: Engine) -> dict[str, bool]:
 
 def group_is_closed(conn: Connection, policy: LifecyclePolicy) -> bool:
     tables = [m.table for m in members(policy)]
-    return bool(
-        conn.execute(
-            text(
-                "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' "
-                "  AND confrelid = ANY(CAST(:t AS regclass[])) "
-                "  AND NOT conrelid = ANY(CAST(:t AS regclass[]))) "
-                "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal "
-                "  AND tgrelid = ANY(CAST(:t AS regclass[])))"
-            ),
-            {"t": tables},
-        ).scalar()
-    )
-
-
-def may_skip_triggers(conn: Connection) -> bool:
-    # Parameter privileges (and has_parameter_privilege) arrived in PostgreSQL 15.
-    if int(conn.execute(text("SHOW server_version_num")).scalar_one()) < 150000:
-        return bool(
-            conn.execute(
-                text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-            ).scalar()
-        )
-    return bool(
-        conn.execute(
-            text("SELECT has_parameter_privilege('session_replication_role', 'SET')")
-        ).scalar()
-    )
+    outside_keys = conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' "
+            "  AND confrelid = ANY(CAST(:t AS regclass[])) "
+            "  AND NOT conrelid = ANY(CAST(:t AS regclass[])))"
+        ),
+        {"t": tables},
+    ).scalar()
+    return not outside_keys and not has_own_triggers(conn, tables)
 
 
 def commit(
