@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import migrated_engine, settled, throwaway_home
 
 RATE_TARGET = 20_000
+RATE_TARGET_ROWS = 1_000_000
 RSS_TARGET_MB = 500
 STYLES = ("warm organ chords", "bright synth arpeggio", "slow piano ballad", "dusty drum loop")
 KEYS = ("A minor", "C major", "E minor", "G major", "D minor")
@@ -181,9 +182,13 @@ def main() -> None:
         rate = statistics.median(r for r, _, _ in runs)
         rss = statistics.median(m for _, m, _ in runs)
         raw = statistics.median(r for _, _, r in runs)
+        # The rate target is a million-row file's (a smaller one weighs the process's start).
+        verdict = "met" if rate >= RATE_TARGET else "NOT met"
+        if n < RATE_TARGET_ROWS:
+            verdict = f"for {RATE_TARGET_ROWS:,} rows"
         print(
             f"{n:>9} rows: stave {rate:>8,.0f} rows/s (target >= {RATE_TARGET:,}: "
-            f"{'met' if rate >= RATE_TARGET else 'NOT met'}), peak RSS {rss:.0f} MB (target < "
+            f"{verdict}), peak RSS {rss:.0f} MB (target < "
             f"{RSS_TARGET_MB}: {'met' if rss < RSS_TARGET_MB else 'NOT met'}); raw COPY "
             f"{raw:>8,.0f} rows/s; stave/raw {rate / raw:.2f}"
         )
