@@ -119,10 +119,8 @@ def _generate_job(
     summary.update(created=created, **extra)
     if stats is not None:
         lap = time.perf_counter()
-        generation.build_data_docs()
-        lap = stats.lap("data docs", lap)
         summary["pages"] = _pages(job_id)
-        stats.lap("pages", lap)
+        stats.lap("pages and data docs", lap)
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
     summary["failure"] = job_failure(
@@ -134,8 +132,10 @@ def _generate_job(
 def _pages(job_id: uuid.UUID) -> dict[str, Any] | None:
     """The job's listening page and the Data Docs in the store, linked from the run's
     artifacts (off with STAVE_PUBLISH_PAGES=false). Pages are for people: a store that fails
-    them is a warning, not the run's failure (its clips are its outcome)."""
+    them is a warning, not the run's failure (its clips are its outcome). The Data Docs are
+    built either way (locally, under the log folder)."""
     if not get_settings().publish_pages:
+        generation.build_data_docs()
         return None
     try:
         pages = generation.publish_pages(job_id)

@@ -17,6 +17,7 @@ import posixpath
 import re
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Engine
 from stave.infra.objectstore import ObjectStore
 from stave.infra.objectstore.keys import data_docs_prefix, gallery_prefix, site_key
 from stave.infra.settings import Settings
-from stave.tasks import gallery
+from stave.tasks import gallery, validation
 
 # A page's links to the site's own files: src="…" and href="…" that are not absolute URLs,
 # fragments or queries (those pass through as they are).
@@ -122,17 +123,22 @@ def publish_job_pages(
     engine: Engine, store: ObjectStore, settings: Settings, job_id: uuid.UUID
 ) -> JobPages:
     """The job's listening page (its first clips, with their neighbours) and the Data Docs,
-    built here and put in the store; their links."""
+    built here and put in the store; their links. The Data Docs are built on a second thread
+    while the listening page is: a run's last step waits for the longer of the two, not both."""
     expires = timedelta(hours=settings.link_expiry_h)
     pages = JobPages()
-    clips = gallery.select_job(engine, job_id, settings.gallery_max_clips)
-    if clips:
-        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as scratch:
-            folder = Path(scratch) / "gallery"
-            made = gallery.build(engine, store, settings, folder, clips, f"Job {job_id}")
-            site = publish_site(store, folder, gallery_prefix(settings.env, job_id), expires)
-        pages.gallery, pages.clips, pages.problems = site.index_url, made.clips, made.problems
+    with ThreadPoolExecutor(1, thread_name_prefix="stave-docs") as side:
+        building = side.submit(validation.build_data_docs, settings)
+        clips = gallery.select_job(engine, job_id, settings.gallery_max_clips)
+        if clips:
+            settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as scratch:
+                folder = Path(scratch) / "gallery"
+                made = gallery.build(engine, store, settings, folder, clips, f"Job {job_id}")
+                site = publish_site(store, folder, gallery_prefix(settings.env, job_id), expires)
+            pages.gallery, pages.clips = site.index_url, made.clips
+            pages.problems = made.problems
+        building.result()
     if (settings.data_docs_dir / "index.html").is_file():
         docs = publish_site(store, settings.data_docs_dir, data_docs_prefix(settings.env), expires)
         pages.data_docs = docs.index_url

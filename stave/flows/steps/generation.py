@@ -156,6 +156,6 @@ def build_data_docs() -> str:
 
 @task(name="publish-pages", cache_policy=NO_CACHE)
 def publish_pages(job_id: uuid.UUID) -> sites.JobPages:
-    """The job's listening page and the Data Docs, to the object store."""
+    """The job's listening page and the Data Docs (built meanwhile), to the object store."""
     settings = get_settings()
     return sites.publish_job_pages(get_engine(), make_object_store(settings), settings, job_id)
