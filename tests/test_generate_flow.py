@@ -26,6 +26,7 @@ from stave.infra.embedded_pg import EmbeddedPostgres
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
+from stave.tasks import finishing
 from stave.tasks.intake import upload_prompts
 from tests.test_gallery import CHROMIUM, open_in_chromium
 from tests.utils.flaky_proxy import FlakyProxy
@@ -104,6 +105,7 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
         ).all()
     assert runs and all(r.success for r in runs)
     assert sum(r.statistics["clips"] for r in runs) == 5
+    finishing.wait_for_pages()  # built after the run, by a finishing process
     assert (settings.data_docs_dir / "index.html").is_file()
 
     # The same file again: nothing new, the same job.
@@ -561,6 +563,10 @@ def test_the_job_s_pages_open_from_the_store_through_the_run_s_artifacts(
     stave_env(**TINY, home=tmp_path / "home", link_expiry_h=2, **store)
     summary = generate(rows=unique_rows(2))
     job = summary["job_id"]
+    # The run ended when its last batch was published, its artifacts linking where the pages
+    # go; a finishing process puts them there after it.
+    (built,) = finishing.wait_for_pages()
+    assert built["gallery"] == summary["pages"]["gallery"], built
     with get_client(sync_client=True) as client:
         links = {
             # A link artifact's data is markdown: [text](url).

@@ -184,22 +184,22 @@ def test_batches_follow_max_batch_and_out_of_memory_halves_them(
     made = small.generate([request(40 + i) for i in range(7)])
     assert [len(c.batch) for c in made] == [3, 3, 3, 3, 3, 3, 1]
 
-    real_run = small._run
+    real_make = small._make
     sizes: list[int] = []
 
-    def tight(requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[object]:
+    def tight(requests: list[GenerationRequest], seeds: list[int], frames: int) -> object:
         sizes.append(len(requests))
         if len(requests) > 1:  # the device holds one clip at a time
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real_run(requests, seeds, frames)  # type: ignore[return-value]
+        return real_make(requests, seeds, frames)
 
-    monkeypatch.setattr(small, "_run", tight)
+    monkeypatch.setattr(small, "_make", tight)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     made = small.generate([request(50 + i) for i in range(3)])
     assert [c.seed for c in made] == [50, 51, 52] and all(len(c.batch) == 1 for c in made)
     assert sizes == [3, 1, 2, 1, 1]
     monkeypatch.setattr(
-        small, "_run", lambda *_: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("sim"))
+        small, "_make", lambda *_: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("sim"))
     )
     with pytest.raises(ResourceExhausted, match=r"one \d+-frame clip"):
         small.generate([request(60), request(61)])

@@ -1,10 +1,15 @@
 """The drain: claim batches and make them until nothing is left to claim (for one job, or all).
 
-Each batch: claim (SKIP LOCKED, leased) → generate (the `gpu` slot) → finish (store, validate,
-publish: one task run); batch k finishes in Prefect's task runner while the model makes batch
-k+1. A failure is classified and recorded on the batch's tasks, and
-retryable classes come back after a backoff. A stop (Ctrl-C, SIGTERM) claims no new batch and
-hands the one being made back to the queue.
+Each batch: claim (SKIP LOCKED, leased) → generate (the `gpu` slot; measured on the device and
+copied into shared memory) → handed to a finishing process, which stores, validates and
+publishes it (`tasks/finishing/`) while this process makes the next. This process, the one
+that drives the GPU, does only that: no other thread of it runs Python while the model works
+(ARCHITECTURE.md, "Processes on a GPU host"). At most `in_flight` batches are with the
+finishers; the drain waits for room before it claims another. A failure is classified and
+recorded on the batch's tasks, and retryable classes come back after a backoff; a finisher
+that dies with a batch fails it (`internal`, retried) and its objects are removed. A stop
+(Ctrl-C, SIGTERM) claims no new batch, hands back the one being made and those no finisher
+has taken yet, and waits for the ones being finished.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from stave.flows.steps import generation
 from stave.generator.errors import Interrupted
 from stave.infra import stop
 from stave.infra.db import get_engine, translate_db_error
+from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
-from stave.tasks import inference, publish, queue, vector_index
+from stave.tasks import finishing, inference, queue, storage, vector_index
 from stave.tasks.classify import classify
 
 TERMINAL = ("published", "quarantined", "failed", "cancelled")
@@ -48,11 +54,20 @@ class DrainStats:
     failed_by_class: dict[str, int] = field(default_factory=dict)  # clips that ended failed
     errors: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    model_s: float = 0.0  # the model's own time (the GPU's busy time)
+    wall_s: float = 0.0
+    finisher_cpu: dict[str, float] = field(default_factory=dict)  # CPU s by step, summed
 
     def lap(self, stage: str, started: float) -> float:
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
         return now
+
+    @property
+    def gpu_busy(self) -> float | None:
+        """The model's time over the drain's wall: near 1, the GPU is the limit; near 0.2,
+        the platform around it is."""
+        return round(self.model_s / self.wall_s, 3) if self.wall_s > 0 else None
 
 
 def worker_id() -> str:
@@ -64,6 +79,7 @@ def drain(
 ) -> DrainStats:
     """Claim and process batches until nothing is left to claim (for one job, or all)."""
     stop.reclaim()  # a CLI-run flow stops on SIGTERM as on Ctrl-C
+    began = time.perf_counter()
     settings = get_settings()
     engine = get_engine()
     log = run_logger("stave.flows.generate")
@@ -77,67 +93,89 @@ def drain(
         description=f"clips settled (job {job_id})" if job_id else "queued clips processed",
     )
     model: inference.LoadedModel | None = None
+    pool: finishing.FinisherPool | None = None
     model_version_id = uuid.UUID(int=0)
     processed = 0
-    # Storing, validating and publishing batch k runs in Prefect's thread pool while the model
-    # makes batch k+1: at most one batch is finishing at a time.
-    finishing: _Finishing | None = None
+    handed: dict[str, _Batch] = {}  # with the finishers, by batch id
 
-    def settle() -> None:
-        nonlocal finishing
-        if finishing is not None:
-            lap = time.perf_counter()
-            finishing.settle(worker, stats, log)
-            stats.lap("wait for publish", lap)
-            finishing = None
-            _show_progress(progress, engine, job_id, total, processed, log)
+    def settle(finished: list[finishing.Finished]) -> None:
+        for done in finished:
+            request = done.request
+            if isinstance(request, finishing.Handoff) and request.batch_id in handed:
+                handed.pop(request.batch_id).settle(done.answer, worker, stats, log)
+        if finished:
+            stats.wall_s = time.perf_counter() - began
+            _show_progress(progress, engine, job_id, total, processed, stats, log)
 
-    while limit is None or processed < limit:
-        if stop.requested():
-            # Ctrl-C or SIGTERM: no new batch; the one finishing is settled below.
-            log.warning("stop requested: no new batch is claimed")
-            break
-        if model is None:
-            size = settings.batch_size or 8
-        else:
-            size = settings.batch_size or model.batch_size(settings.default_duration_s)
-        take = size if limit is None else min(size, limit - processed)
-        lap = time.perf_counter()
-        claimed = generation.claim_batch(worker, take, job_id)
-        stats.lap("claim", lap)
-        if not claimed:
-            if finishing is not None:
-                settle()  # its outcome (a retry, say) may give the queue more work
-                continue
-            state = queue.job_state(engine, job_id)
-            waiting = state.counts.get("pending", 0) + (
-                state.counts.get("running", 0) if wait_for_running else 0
-            )
-            if waiting == 0 or state.next_due is None:
+    failed = True
+    try:
+        while limit is None or processed < limit:
+            if stop.requested():
+                # Ctrl-C or SIGTERM: no new batch; those handed over are settled below.
+                log.warning("stop requested: no new batch is claimed")
                 break
-            # Retries wait out their backoff; a dead worker's tasks wait out its lease.
-            time.sleep(min(max(queue.seconds_until(state.next_due), 0.2), 5.0))
-            continue
-        if model is None:
-            # Loaded on the first claim, so an empty queue costs no model load; kept after.
-            model = inference.load_model(settings)
-            if hasattr(model.generator, "interrupt"):
-                model.generator.interrupt = stop.requested
-            model_version_id = inference.register_model_version(engine, model)
-            warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
-            if warning:
-                log.warning(warning)
-        stats.batches += 1
-        processed += len(claimed)
-        batch = _Finishing(claimed, model_version_id, model.encoder_version)
-        lap = time.perf_counter()
-        made = batch.generate(worker, stats, log)
-        stats.lap("generate", lap)
-        settle()
-        if made:
-            batch.start(made, worker)
-            finishing = batch
-    settle()
+            if pool is not None:
+                lap = time.perf_counter()
+                settle(pool.wait_for_room())
+                stats.lap("wait for finishers", lap)
+            if model is None:
+                size = settings.batch_size or 8
+            else:
+                size = settings.batch_size or model.batch_size(settings.default_duration_s)
+            take = size if limit is None else min(size, limit - processed)
+            lap = time.perf_counter()
+            claimed = generation.claim_batch(worker, take, job_id)
+            stats.lap("claim", lap)
+            if not claimed:
+                if pool is not None and pool.in_flight:
+                    settle(pool.poll(None))  # its outcome (a retry) may give the queue work
+                    continue
+                state = queue.job_state(engine, job_id)
+                waiting = state.counts.get("pending", 0) + (
+                    state.counts.get("running", 0) if wait_for_running else 0
+                )
+                if waiting == 0 or state.next_due is None:
+                    break
+                # Retries wait out their backoff; a dead worker's tasks wait out its lease.
+                time.sleep(min(max(queue.seconds_until(state.next_due), 0.2), 5.0))
+                continue
+            if model is None:
+                # Loaded on the first claim, so an empty queue costs no model load; kept after.
+                # The finishers start first: they import while the model loads.
+                pool = finishing.finishers(settings)
+                model = inference.load_model(settings)
+                if hasattr(model.generator, "interrupt"):
+                    model.generator.interrupt = stop.requested
+                model_version_id = inference.register_model_version(engine, model)
+                warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
+                if warning:
+                    log.warning(warning)
+            assert pool is not None
+            stats.batches += 1
+            processed += len(claimed)
+            batch = _Batch(claimed, model_version_id)
+            lap = time.perf_counter()
+            made = batch.generate(worker, stats, log)
+            stats.lap("generate", lap)
+            if made is not None:
+                stats.model_s += made.model_s
+                batch.handoff = made.value
+                handed[batch.batch_id] = batch
+                pool.submit(made.value)
+            settle(pool.poll(0.0))
+        failed = False
+    finally:
+        if pool is not None:
+            # Batches no finisher has taken go back to the queue now on a stop (or an error
+            # here); those being finished are waited for, so their outcome is recorded.
+            if stop.requested() or failed:
+                for handoff in pool.revoke():
+                    if handoff.batch_id in handed:
+                        handed.pop(handoff.batch_id).hand_back(worker, stats, log)
+            lap = time.perf_counter()
+            settle(pool.wait_all())
+            stats.lap("wait for finishers", lap)
+        stats.wall_s = time.perf_counter() - began
     return stats
 
 
@@ -165,11 +203,18 @@ def _riding_out_a_restart(write: Callable[[], _T], log: Any) -> _T:
 
 
 def _show_progress(
-    progress: Any, engine: Engine, job_id: uuid.UUID | None, total: int, done: int, log: Any
+    progress: Any,
+    engine: Engine,
+    job_id: uuid.UUID | None,
+    total: int,
+    done: int,
+    stats: DrainStats,
+    log: Any,
 ) -> None:
     """The progress artifact brought up to date, best effort: the database restarting between
     two batches (a failover, a minor upgrade) must not fail the run, and strand the batch just
-    made until its lease runs out, over a progress figure; the next batch updates it."""
+    made until its lease runs out, over a progress figure; the next batch updates it. Its
+    description says how busy the GPU has been."""
     try:
         state = queue.job_state(engine, job_id)
     except DBAPIError as err:
@@ -178,7 +223,13 @@ def _show_progress(
             raise
         log.warning("progress not updated: %s", unavailable)
         return
-    update_progress_artifact(progress, _percent(state, total, job_id, done))
+    busy = stats.gpu_busy
+    update_progress_artifact(
+        progress,
+        _percent(state, total, job_id, done),
+        description=(f"clips settled (job {job_id})" if job_id else "queued clips processed")
+        + (f"; GPU busy {busy:.0%} of the run" if busy is not None else ""),
+    )
 
 
 def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:
@@ -188,65 +239,73 @@ def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done
     return 100.0 * settled / max(1, total)
 
 
-class _Finishing:
-    """One claimed batch: generated in the flow's thread, then stored, validated and published
-    by one Prefect task (finish-batch) in the task runner's threads."""
+class _Batch:
+    """One claimed batch: made in this process, then finished by a finishing process."""
 
-    def __init__(
-        self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID, encoder: str
-    ) -> None:
+    def __init__(self, claimed: list[queue.ClaimedTask], model_version_id: uuid.UUID) -> None:
         self.claimed = claimed
         self.ids = [t.id for t in claimed]
         self.job_id = claimed[0].job_id
         self.model_version_id = model_version_id
-        self.encoder = encoder
         self.batch_id = f"{self.job_id}-{uuid.uuid4().hex[:8]}"
         self.started = time.perf_counter()
-        self.future: Any = None  # storing, validating, publishing: in the task runner's threads
+        self.handoff: finishing.Handoff | None = None
 
     def generate(
         self, worker: str, stats: DrainStats, log: Any
-    ) -> generation.Parcel[generation.Made] | None:
+    ) -> generation.Parcel[finishing.Handoff] | None:
         try:
-            return generation.generate_batch(self.claimed, self.model_version_id)
+            return generation.generate_batch(
+                self.claimed, self.model_version_id, self.batch_id, worker
+            )
         except Interrupted:
             # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
-            stats.handed_back += _riding_out_a_restart(
-                lambda: queue.release(get_engine(), worker, self.ids, "stop requested"), log
-            )
-            log.warning("batch %s handed back: stop requested", self.batch_id)
+            self.hand_back(worker, stats, log)
             return None
         except Exception as err:
-            self.record_failure(err, worker, stats, log)
+            self.record_failure(*classify(err), worker, stats, log)
             return None
 
-    def start(self, made: generation.Parcel[generation.Made], worker: str) -> None:
-        self.future = generation.finish_batch.submit(
-            made, self.batch_id, worker, self.job_id, self.model_version_id, self.encoder
+    def hand_back(self, worker: str, stats: DrainStats, log: Any) -> None:
+        stats.handed_back += _riding_out_a_restart(
+            lambda: queue.release(get_engine(), worker, self.ids, "stop requested"), log
         )
+        log.warning("batch %s handed back: stop requested", self.batch_id)
 
-    def settle(self, worker: str, stats: DrainStats, log: Any) -> None:
-        try:
-            assert self.future is not None
-            outcome: publish.Published = self.future.result()
-        except Exception as err:
-            self.record_failure(err, worker, stats, log)
+    def settle(
+        self, result: finishing.BatchResult, worker: str, stats: DrainStats, log: Any
+    ) -> None:
+        for step, spent in result.cpu.items():
+            stats.finisher_cpu[step] = stats.finisher_cpu.get(step, 0.0) + spent
+        if result.error is not None:
+            statuses = self.record_failure(*result.error, worker, stats, log)
+            if result.died and self.handoff is not None:
+                # The finisher may have put some of the batch's objects: those of clips not
+                # published (its transaction, if cut short, rolled back) are removed.
+                keys = {c.task_id: c.object_key for c in self.handoff.clips}
+                left = storage.remove_objects(
+                    make_object_store(self.handoff.settings),
+                    [keys[task] for task in statuses if task in keys],
+                )
+                if left:
+                    log.warning("%d object(s) left for `stave gc`: %s", len(left), left[0])
             return
-        stats.published += len(outcome.published)
-        stats.quarantined += len(outcome.quarantined)
-        stats.lost_lease += len(outcome.lost_lease)
+        stats.published += len(result.published)
+        stats.quarantined += len(result.quarantined)
+        stats.lost_lease += len(result.lost_lease)
         log.info(
             "batch %s: %d published, %d quarantined in %.2f s",
             self.batch_id,
-            len(outcome.published),
-            len(outcome.quarantined),
+            len(result.published),
+            len(result.quarantined),
             time.perf_counter() - self.started,
         )
-        if outcome.quarantined:
-            log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(outcome.quarantined))
+        if result.quarantined:
+            log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(result.quarantined))
 
-    def record_failure(self, err: Exception, worker: str, stats: DrainStats, log: Any) -> None:
-        error_class, message = classify(err)
+    def record_failure(
+        self, error_class: str, message: str, worker: str, stats: DrainStats, log: Any
+    ) -> dict[uuid.UUID, str]:
         stats.errors[error_class] = stats.errors.get(error_class, 0) + len(self.ids)
         log.warning("batch %s failed (%s): %s", self.batch_id, error_class, message)
         try:
@@ -272,3 +331,4 @@ class _Finishing:
         if ended:
             stats.failed_by_class[error_class] = stats.failed_by_class.get(error_class, 0) + ended
         stats.retried += sum(1 for s in statuses.values() if s == "pending")
+        return statuses

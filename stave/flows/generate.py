@@ -1,14 +1,15 @@
 """Bulk generation: from a prompt file (or rows from the Prefect UI) to published clips.
 
 `generate` checks and submits the rows (or takes a job already submitted), then drains the
-job's queue (flows/drain.py) and puts the job's listening page and the Data Docs in the object
-store, linked from the run's artifacts; `run_pending` drains whatever is queued (by `stave
-submit`, or a job whose worker died). A run whose clips failed ends Failed (tasks/outcome.py).
+job's queue (flows/drain.py). The job's listening page and the Data Docs are then built and put
+in the object store by a finishing process, after the run: the run that holds the GPU ends when
+its last batch is published, its artifacts already linking where the pages go (the process
+waits for them before it exits). `run_pending` drains whatever is queued (by `stave submit`,
+or a job whose worker died). A run whose clips failed ends Failed (tasks/outcome.py).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Literal
 
@@ -25,8 +26,10 @@ from stave.flows.ending import run_state
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
 from stave.infra.db import get_engine
-from stave.infra.errors import InvalidInput, StaveError
+from stave.infra.errors import InvalidInput
+from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
+from stave.tasks import finishing, sites
 from stave.tasks.intake import PromptRow
 from stave.tasks.outcome import RunOutcome, failure_message
 from stave.tasks.records import job_failure, job_summary
@@ -43,6 +46,10 @@ def _summary_artifact(summary: dict[str, Any], stats: DrainStats | None) -> None
         rows += [
             {"measure": f"seconds: {k}", "value": f"{v:.2f}"} for k, v in stats.seconds.items()
         ]
+        if stats.gpu_busy is not None:
+            rows.append(
+                {"measure": "GPU busy (model time / run)", "value": f"{stats.gpu_busy:.2f}"}
+            )
     key = f"generation-summary-{summary['job_id']}" if summary["job_id"] else "generation-summary"
     create_table_artifact(table=rows, key=key, description="bulk generation summary")
 
@@ -118,51 +125,48 @@ def _generate_job(
     summary = job_summary(job_id, rejected=rejected)
     summary.update(created=created, **extra)
     if stats is not None:
-        lap = time.perf_counter()
-        summary["pages"] = _pages(job_id)
-        stats.lap("pages and data docs", lap)
+        summary["pages"] = _pages(job_id, published=summary["published"])
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
+        summary["gpu_busy"] = stats.gpu_busy
     summary["failure"] = job_failure(
         get_engine(), job_id, get_settings().quarantine_fails_run_above
     )
     return _finish(summary, stats)
 
 
-def _pages(job_id: uuid.UUID) -> dict[str, Any] | None:
-    """The job's listening page and the Data Docs in the store, linked from the run's
-    artifacts (off with STAVE_PUBLISH_PAGES=false). Pages are for people: a store that fails
-    them is a warning, not the run's failure (its clips are its outcome). The Data Docs are
-    built either way (locally, under the log folder)."""
-    if not get_settings().publish_pages:
-        generation.build_data_docs()
+def _pages(job_id: uuid.UUID, *, published: int) -> dict[str, Any] | None:
+    """The job's listening page and the Data Docs, handed to a finishing process to build and
+    put in the store (the Data Docs only built, locally, with STAVE_PUBLISH_PAGES=false); the
+    run's artifacts link where they go. Pages are for people: one that fails is a warning in
+    the log, not the run's failure (its clips are its outcome)."""
+    settings = get_settings()
+    pool = finishing.finishers(settings)
+    gallery = published > 0
+    pool.submit(
+        finishing.PagesRequest(job_id if gallery else None, settings, settings.publish_pages)
+    )
+    if not settings.publish_pages:
         return None
-    try:
-        pages = generation.publish_pages(job_id)
-    except StaveError as err:
-        run_logger("stave.flows.generate").warning("pages not published: %s", err)
-        return None
-    if pages.gallery:
+    store = make_object_store(settings)
+    listening = sites.gallery_link(store, settings, job_id) if gallery else None
+    docs = sites.data_docs_link(store, settings)
+    clips = min(published, settings.gallery_max_clips)
+    lines = [f"## Job {job_id}", ""]
+    if listening:
         create_link_artifact(
             key=f"gallery-{job_id}",
-            link=pages.gallery,
-            link_text=f"Listening page: {pages.clips} clip(s) of job {job_id}",
+            link=listening,
+            link_text=f"Listening page: {clips} clip(s) of job {job_id}",
             description="Players, spectrograms and each clip's nearest neighbours.",
         )
-    if pages.data_docs:
-        create_link_artifact(
-            key="data-docs",
-            link=pages.data_docs,
-            link_text="Data Docs: the validation suite's results",
-        )
-    lines = [f"## Job {job_id}", ""]
-    if pages.gallery:
-        lines.append(f"- [Listening page]({pages.gallery}) ({pages.clips} clips)")
-    if pages.data_docs:
-        lines.append(f"- [Data Docs]({pages.data_docs}) (validation results)")
-    lines += [f"- problem: {problem}" for problem in pages.problems[:10]]
+        lines.append(f"- [Listening page]({listening}) ({clips} clips)")
+    create_link_artifact(
+        key="data-docs", link=docs, link_text="Data Docs: the validation suite's results"
+    )
+    lines.append(f"- [Data Docs]({docs}) (validation results)")
     create_markdown_artifact(key=f"job-pages-{job_id}", markdown="\n".join(lines))
-    return pages.to_dict()
+    return {"gallery": listening, "data_docs": docs, "clips": clips, "problems": []}
 
 
 def _finish(summary: dict[str, Any], stats: DrainStats | None) -> Any:
@@ -182,8 +186,9 @@ def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> An
         limit: At most this many clips this run (default: all that are due).
     """
     stats = drain(job_id, wait_for_running=False, limit=limit)
-    if stats.batches:
-        generation.build_data_docs()
+    settings = get_settings()
+    if stats.batches:  # the Data Docs of what was validated, built after the run
+        finishing.finishers(settings).submit(finishing.PagesRequest(None, settings, False))
     summary = job_summary(job_id)
     summary.update(
         batches=stats.batches,
@@ -192,6 +197,7 @@ def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> An
         failed_now=stats.failed,
         retried_now=stats.retried,
         handed_back_now=stats.handed_back,
+        gpu_busy=stats.gpu_busy,
     )
     this_run = RunOutcome(
         processed=stats.published + stats.quarantined + stats.failed,

@@ -85,7 +85,6 @@ class AceStepGenerator:
                     device=self.device,
                     dtype=self.dtype,
                     request=request,
-                    latents=np.zeros((0,), dtype=np.float32),
                 )
             )
         return clips

@@ -134,7 +134,11 @@ def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
     from scipy.signal import sosfilt  # lazy: scipy.signal is a second to import
 
     weighted = sosfilt(k_weighting(sample_rate).astype(np.float32), audio.astype(np.float32))
-    energy = _block_energy(weighted.astype(np.float64), sample_rate)
+    return gated_loudness(_block_energy(weighted.astype(np.float64), sample_rate))
+
+
+def gated_loudness(energy: np.ndarray) -> float:
+    """The integrated loudness of a clip's gating blocks' mean squares (see `loudness_lufs`)."""
     if energy.size == 0:
         return ABSOLUTE_GATE
     with np.errstate(divide="ignore"):
@@ -147,12 +151,23 @@ def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
     return float(-0.691 + 10 * np.log10(final.mean())) if final.size else ABSOLUTE_GATE
 
 
+def block_count(samples: int, sample_rate: int) -> int:
+    """Gating blocks in a clip, as BS.1770 counts them: round((duration - 0.4 s) / 0.1 s) + 1."""
+    return int(np.round((samples / sample_rate - BLOCK_S) / HOP_S)) + 1
+
+
+def blocks_from_hops(per_hop: np.ndarray, count: int, sample_rate: int) -> np.ndarray:
+    """Each block's mean square from the hops' sums of squares (four hops make a block; the
+    hops past the clip's end are zeros)."""
+    blocks = per_hop[:count] + per_hop[1 : count + 1] + per_hop[2 : count + 2]
+    blocks += per_hop[3 : count + 3]
+    return np.asarray(blocks / (BLOCK_S * sample_rate))
+
+
 def _block_energy(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mean square of each gating block (block j spans [j * hop, j * hop + 4 hops)), as
-    BS.1770 counts blocks: round((duration - 0.4 s) / 0.1 s) + 1 of them. Summed a hop at a
-    time (four hops make a block) where a hop is a whole number of samples; else by a running
-    sum."""
-    count = int(np.round((len(x) / sample_rate - BLOCK_S) / HOP_S)) + 1
+    """Mean square of each gating block (block j spans [j * hop, j * hop + 4 hops)). Summed a
+    hop at a time where a hop is a whole number of samples; else by a running sum."""
+    count = block_count(len(x), sample_rate)
     if count <= 0:
         return np.zeros(0)
     hop = HOP_S * sample_rate
@@ -163,14 +178,11 @@ def _block_energy(x: np.ndarray, sample_rate: int) -> np.ndarray:
         padded[:usable] = x[:usable]
         hops = padded.reshape(-1, step)
         # A dot product per hop: ten times faster than squaring, then summing along the rows.
-        per_hop = np.einsum("ij,ij->i", hops, hops)
-        blocks = per_hop[:count] + per_hop[1 : count + 1] + per_hop[2 : count + 2]
-        blocks += per_hop[3 : count + 3]
-    else:
-        starts = (HOP_S * sample_rate * np.arange(count)).astype(int)
-        ends = np.minimum((BLOCK_S * sample_rate * (1 + np.arange(count) / 4)).astype(int), len(x))
-        running = np.concatenate(([0.0], np.cumsum(x * x)))
-        blocks = running[ends] - running[np.minimum(starts, len(x))]
+        return blocks_from_hops(np.einsum("ij,ij->i", hops, hops), count, sample_rate)
+    starts = (HOP_S * sample_rate * np.arange(count)).astype(int)
+    ends = np.minimum((BLOCK_S * sample_rate * (1 + np.arange(count) / 4)).astype(int), len(x))
+    running = np.concatenate(([0.0], np.cumsum(x * x)))
+    blocks = running[ends] - running[np.minimum(starts, len(x))]
     return np.asarray(blocks / (BLOCK_S * sample_rate))
 
 

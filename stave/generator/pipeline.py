@@ -99,7 +99,6 @@ class Clip:
     device: str
     dtype: str
     request: GenerationRequest
-    latents: np.ndarray = field(repr=False)
     # The requests (seeds resolved) this clip was computed together with, and its place among
     # them: a matrix product's rounding depends on the batch, so making the same bytes again
     # means running the same batch again (`run_batch`).
@@ -109,6 +108,62 @@ class Clip:
     @property
     def duration_s(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass
+class MadeBatch:
+    """One batch as the device left it: the clips' audio and embeddings still on the device,
+    for a caller that measures and copies the whole batch at once (the generation drain);
+    `clips()` gives the host copies `generate` returns."""
+
+    requests: list[GenerationRequest]  # as asked (a seed may be None)
+    members: tuple[GenerationRequest, ...]  # the same, seeds resolved: what replay runs
+    positions: list[int]  # each member's index in the `generate_batches` call's requests
+    audio: torch.Tensor  # (rows, samples) float32 in [-1, 1]; row i valid up to lengths[i]
+    lengths: list[int]
+    embeddings: torch.Tensor  # (rows, 512) float32, unit norm
+    sample_rate: int
+    timings: dict[str, float]
+    device: str
+    dtype: str
+
+    @classmethod
+    def of_clip(cls, clip: Clip, position: int) -> MadeBatch:
+        """A clip made elsewhere (ACE-Step's adapter), as a batch of one on the host."""
+        member = clip.batch[clip.batch_position] if clip.batch else clip.request
+        return cls(
+            requests=[clip.request],
+            members=(dataclasses.replace(member, seed=clip.seed),),
+            positions=[position],
+            audio=torch.from_numpy(np.ascontiguousarray(clip.audio, dtype=np.float32))[None],
+            lengths=[len(clip.audio)],
+            embeddings=torch.from_numpy(np.asarray(clip.embedding, dtype=np.float32))[None],
+            sample_rate=clip.sample_rate,
+            timings=dict(clip.timings),
+            device=clip.device,
+            dtype=clip.dtype,
+        )
+
+    def clips(self) -> list[Clip]:
+        audio = self.audio.cpu().numpy()  # one copy of the batch, not one per clip
+        embeddings = self.embeddings.cpu().numpy()
+        return [
+            Clip(
+                audio=audio[row, :length],
+                sample_rate=self.sample_rate,
+                embedding=embeddings[row],
+                seed=int(member.seed),  # type: ignore[arg-type]
+                timings=dict(self.timings),
+                device=self.device,
+                dtype=self.dtype,
+                request=request,
+                batch=self.members,
+                batch_position=row,
+            )
+            for row, (request, member, length) in enumerate(
+                zip(self.requests, self.members, self.lengths, strict=True)
+            )
+        ]
 
 
 # Clips per encoder pass when embedding many.
@@ -171,12 +226,20 @@ class StaveGenerator:
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
+        clips: list[Clip | None] = [None] * len(requests)
+        for batch in self.generate_batches(requests):
+            for position, clip in zip(batch.positions, batch.clips(), strict=True):
+                clips[position] = clip
+        return [c for c in clips if c is not None]
+
+    def generate_batches(self, requests: Sequence[GenerationRequest]) -> list[MadeBatch]:
+        """The requests made in batches that share length, steps and scheduler (guidance is
+        per clip), each as large as the device holds; the batches stay on the device."""
         for request in requests:
             request.validate()
         seeds = [
             r.seed if r.seed is not None else secrets.randbelow(MAX_SEED + 1) for r in requests
         ]
-        # Batches share length, steps and scheduler; guidance is applied per clip.
         by_length: dict[tuple[int, int, str], list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             key = (
@@ -185,17 +248,17 @@ class StaveGenerator:
                 request.scheduler,
             )
             by_length[key].append(i)
-        clips: list[Clip | None] = [None] * len(requests)
+        made: list[MadeBatch] = []
         for (frames, _, _), members in by_length.items():
             size = self.batch_size(frames)
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
-                made = self._with_oom_fallback(
+                for batch, rows in self._with_oom_fallback(
                     [requests[i] for i in chunk], [seeds[i] for i in chunk], frames
-                )
-                for i, clip in zip(chunk, made, strict=True):
-                    clips[i] = clip
-        return [c for c in clips if c is not None]
+                ):
+                    batch.positions = [chunk[row] for row in rows]
+                    made.append(batch)
+        return made
 
     def run_batch(self, requests: Sequence[GenerationRequest]) -> list[Clip]:
         """Run `requests` (seeded, same length, steps and scheduler) as exactly one batch."""
@@ -228,23 +291,28 @@ class StaveGenerator:
 
     def _with_oom_fallback(
         self, requests: list[GenerationRequest], seeds: list[int], frames: int
-    ) -> list[Clip]:
-        """The batch, or its halves (and theirs) when the device runs out of memory; one clip
-        that does not fit is ResourceExhausted. Each part is a batch of its own in the clips'
-        provenance, so replay stays exact."""
+    ) -> list[tuple[MadeBatch, range]]:
+        """The batch, or its halves (and theirs) when the device runs out of memory, each with
+        the rows of `requests` it holds; one clip that does not fit is ResourceExhausted. Each
+        part is a batch of its own in the clips' provenance, so replay stays exact."""
         try:
-            return self._run(requests, seeds, frames)
+            return [(self._make(requests, seeds, frames), range(len(requests)))]
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
         if len(requests) == 1:
             raise ResourceExhausted(f"out of device memory generating one {frames}-frame clip")
         half = len(requests) // 2
-        return self._with_oom_fallback(
-            requests[:half], seeds[:half], frames
-        ) + self._with_oom_fallback(requests[half:], seeds[half:], frames)
+        first = self._with_oom_fallback(requests[:half], seeds[:half], frames)
+        second = self._with_oom_fallback(requests[half:], seeds[half:], frames)
+        return first + [
+            (batch, range(half + rows.start, half + rows.stop)) for batch, rows in second
+        ]
+
+    def _run(self, requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[Clip]:
+        return self._make(requests, seeds, frames).clips()
 
     @torch.no_grad()
-    def _run(self, requests: list[GenerationRequest], seeds: list[int], frames: int) -> list[Clip]:
+    def _make(self, requests: list[GenerationRequest], seeds: list[int], frames: int) -> MadeBatch:
         first = requests[0]
         timings: dict[str, float] = {}
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -284,30 +352,23 @@ class StaveGenerator:
         # sampled latents: a published clip, a backfilled one and a file given to search are
         # then embedded alike, so one encoder version means one space.
         started = time.perf_counter()
-        embeddings = self._embed_rows(audio, [self._samples(r) for r in requests])
+        lengths = [self._samples(r) for r in requests]
+        embeddings = self._embed_rows(audio, lengths)
         timings["embed"] = self._lap(started)
-        clips = []
-        members = tuple(
-            dataclasses.replace(r, seed=seed) for r, seed in zip(requests, seeds, strict=True)
+        return MadeBatch(
+            requests=list(requests),
+            members=tuple(
+                dataclasses.replace(r, seed=seed) for r, seed in zip(requests, seeds, strict=True)
+            ),
+            positions=list(range(len(requests))),
+            audio=audio,
+            lengths=lengths,
+            embeddings=embeddings,
+            sample_rate=SAMPLE_RATE,
+            timings=timings,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
         )
-        for row, (request, seed) in enumerate(zip(requests, seeds, strict=True)):
-            samples = self._samples(request)
-            clips.append(
-                Clip(
-                    audio=audio[row, :samples].cpu().numpy(),
-                    sample_rate=SAMPLE_RATE,
-                    embedding=embeddings[row].cpu().numpy(),
-                    seed=seed,
-                    timings=dict(timings),
-                    device=str(self.device),
-                    dtype=str(self.dtype).removeprefix("torch."),
-                    request=request,
-                    latents=raw[row].float().cpu().numpy(),
-                    batch=members,
-                    batch_position=row,
-                )
-            )
-        return clips
 
     def _embed_rows(self, audio: torch.Tensor, samples: list[int]) -> torch.Tensor:
         """Each row's first `samples[row]` samples embedded: rows of one length together when

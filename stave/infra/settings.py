@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     quarantine_fails_run_above: float = Field(default=0.0, ge=0.0, le=1.0)
     # The Prefect global concurrency limit inference holds one slot of (one slot per GPU).
     gpu_concurrency_limit: str = "gpu"
+    # Finishing (encode, put, validate, publish) runs in processes beside the model's: this
+    # many (0: one per core but the model's, at most 8), at a lower CPU priority (nice).
+    finishers: int = Field(default=0, ge=0, le=64)
+    # Batches handed to finishers and not yet published, at most (0: finishers + 1); each
+    # holds its clips' 16-bit samples in shared memory (2 bytes a sample: 82 MB for 256
+    # ten-second clips) until it is published.
+    finish_in_flight: int = Field(default=0, ge=0, le=64)
+    finisher_nice: int = Field(default=10, ge=0, le=19)
 
     # Pages where people look: at the end of a job its listening page (the first clips, with
     # their neighbours) and the Data Docs go to the object store, linked from the run's
@@ -272,6 +280,12 @@ class Settings(BaseSettings):
     @property
     def data_docs_dir(self) -> Path:
         return self.log_dir / "data_docs"
+
+    @property
+    def validation_results_dir(self) -> Path:
+        # Each batch's suite result, written by whichever process validated it; the Data
+        # Docs are rendered from here after a job, by another.
+        return self.log_dir / "validation_results"
 
     @property
     def prefect_home(self) -> Path:

@@ -224,15 +224,16 @@ def requests_for(tasks: list[ClaimedTask]) -> list[Any]:
 
 
 def provenances(
-    clips: list[Any], model: LoadedModel, model_version_id: uuid.UUID
+    batch: Any, model: LoadedModel, model_version_id: uuid.UUID
 ) -> list[dict[str, Any]]:
-    """Each clip's generation record; the batch each was computed in is named by a key made
-    once per batch (its members' requests hashed), not listed in every member's record."""
-    keys: dict[int, str] = {}
-    for clip in clips:
-        if id(clip.batch) not in keys:
-            keys[id(clip.batch)] = batch_key(clip.batch or (clip.request,))
-    return [_provenance(clip, model, model_version_id, keys[id(clip.batch)]) for clip in clips]
+    """Each clip's generation record, in the batch's order, for one `MadeBatch`; the batch
+    is named by a key made once (its members' requests hashed), not listed in every record."""
+    key = batch_key(batch.members)
+    size = len(batch.members)
+    return [
+        _provenance(request, member.seed, batch, model, model_version_id, (key, row, size))
+        for row, (request, member) in enumerate(zip(batch.requests, batch.members, strict=True))
+    ]
 
 
 def batch_key(members: Any) -> str:
@@ -246,10 +247,15 @@ def batch_key(members: Any) -> str:
 
 
 def _provenance(
-    clip: Any, model: LoadedModel, model_version_id: uuid.UUID, key: str
+    request: Any,
+    seed: int,
+    batch: Any,
+    model: LoadedModel,
+    model_version_id: uuid.UUID,
+    place: tuple[str, int, int],
 ) -> dict[str, Any]:
-    """One clip's record; its batch's key is made once per batch by `provenances`."""
-    request = clip.request
+    """One clip's record; `place` is its batch's key, its position and the batch's size."""
+    key, position, size = place
     return {
         # As ACE-Step's params JSON records a generation.
         "prompt": request.prompt,
@@ -258,8 +264,8 @@ def _provenance(
         "infer_step": request.steps,
         "guidance_scale": request.guidance,
         "scheduler_type": request.scheduler,
-        "actual_seeds": [clip.seed],
-        "timecosts": {k: round(v, 6) for k, v in clip.timings.items()},
+        "actual_seeds": [seed],
+        "timecosts": {k: round(v, 6) for k, v in batch.timings.items()},
         # What it takes to make the same bytes again.
         "model_name": model.name,
         "model_version": model.version,
@@ -267,17 +273,13 @@ def _provenance(
         "checkpoint_uri": model.checkpoint_uri,
         "checkpoint_sha256": model.sha256,
         "code_version": code_version(),
-        "device": clip.device,
-        "dtype": clip.dtype,
-        "sample_rate": clip.sample_rate,
+        "device": batch.device,
+        "dtype": batch.dtype,
+        "sample_rate": batch.sample_rate,
         "libraries": library_versions(),
         # The batch it was computed in (rounding depends on it), replayed by regenerate: its
         # key, this clip's place and the batch's size. The other members' requests are their
         # own tasks' records (listing them in every record grew with the square of the batch:
         # 8 KB a task at 64, 60 KB at 512).
-        "batch": {
-            "key": key,
-            "position": clip.batch_position,
-            "size": len(clip.batch) or 1,
-        },
+        "batch": {"key": key, "position": position, "size": size},
     }

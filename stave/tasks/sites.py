@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import mimetypes
+import os
 import posixpath
 import re
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,18 +62,27 @@ class JobPages:
 
 
 def publish_site(
-    store: ObjectStore, folder: Path, prefix: str, expires: timedelta
+    store: ObjectStore,
+    folder: Path,
+    prefix: str,
+    expires: timedelta,
+    *,
+    changed_since: float | None = None,
 ) -> PublishedSite:
     """Put the site in `folder` under `prefix`: its files first, then its pages, so a page
-    never links to what is not there yet; the index page's link."""
+    never links to what is not there yet; the index page's link. With `changed_since` (a
+    time), only the files written after it and the index are put: the rest is there."""
     files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     keys = {rel: site_key(prefix, rel) for rel in files}
-    pages = [rel for rel in files if rel.endswith(PAGE_TYPES)]
+    wanted = set(files)
+    if changed_since is not None:
+        wanted = {rel for rel in files if rel == "index.html" or _mtime(files[rel]) > changed_since}
+    pages = [rel for rel in files if rel.endswith(PAGE_TYPES) and rel in wanted]
     published = 0
     # Another run on this host may be rebuilding the same site (Data Docs) meanwhile: a file
     # that went between the listing and the read is that run's to publish, not an error.
     for rel, path in files.items():
-        if rel not in pages:
+        if rel in wanted and rel not in pages:
             with contextlib.suppress(FileNotFoundError), open(path, "rb") as stream:
                 store.put_stream(keys[rel], stream, content_type=_content_type(rel))
                 published += 1
@@ -84,6 +95,13 @@ def publish_site(
         store.put_bytes(keys[rel], text.encode(), content_type="text/html; charset=utf-8")
         published += 1
     return PublishedSite(prefix, store.url(keys["index.html"], expires), published)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _rewrite(
@@ -124,11 +142,11 @@ def publish_job_pages(
 ) -> JobPages:
     """The job's listening page (its first clips, with their neighbours) and the Data Docs,
     built here and put in the store; their links. The Data Docs are built on a second thread
-    while the listening page is: a run's last step waits for the longer of the two, not both."""
+    while the listening page is: the pages take the longer of the two, not both."""
     expires = timedelta(hours=settings.link_expiry_h)
     pages = JobPages()
     with ThreadPoolExecutor(1, thread_name_prefix="stave-docs") as side:
-        building = side.submit(validation.build_data_docs, settings)
+        docs = side.submit(publish_data_docs, store, settings)
         clips = gallery.select_job(engine, job_id, settings.gallery_max_clips)
         if clips:
             settings.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +156,43 @@ def publish_job_pages(
                 site = publish_site(store, folder, gallery_prefix(settings.env, job_id), expires)
             pages.gallery, pages.clips = site.index_url, made.clips
             pages.problems = made.problems
-        building.result()
-    if (settings.data_docs_dir / "index.html").is_file():
-        docs = publish_site(store, settings.data_docs_dir, data_docs_prefix(settings.env), expires)
-        pages.data_docs = docs.index_url
+        pages.data_docs = docs.result().data_docs
     return pages
+
+
+def publish_data_docs(store: ObjectStore, settings: Settings) -> JobPages:
+    """The validation results no page shows yet rendered, and what changed of the Data Docs
+    since they were last put in the store, put there; the index's link."""
+    validation.build_data_docs(settings)
+    folder = settings.data_docs_dir
+    if not (folder / "index.html").is_file():
+        return JobPages()
+    marker = folder.parent / "data_docs.published"  # beside the site: not a page of it
+    started = time.time()
+    since = _mtime(marker) or None
+    docs = publish_site(
+        store,
+        folder,
+        data_docs_prefix(settings.env),
+        timedelta(hours=settings.link_expiry_h),
+        changed_since=since,
+    )
+    marker.touch()
+    os.utime(marker, (started, started))  # what changes while putting is put next time
+    return JobPages(data_docs=docs.index_url)
+
+
+def data_docs_link(store: ObjectStore, settings: Settings) -> str:
+    """Where the Data Docs' index is (or will be, once the pages are put)."""
+    return store.url(
+        site_key(data_docs_prefix(settings.env), "index.html"),
+        timedelta(hours=settings.link_expiry_h),
+    )
+
+
+def gallery_link(store: ObjectStore, settings: Settings, job_id: uuid.UUID) -> str:
+    """Where a job's listening page is (or will be, once the pages are put)."""
+    return store.url(
+        site_key(gallery_prefix(settings.env, job_id), "index.html"),
+        timedelta(hours=settings.link_expiry_h),
+    )

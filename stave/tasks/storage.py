@@ -1,21 +1,20 @@
-"""Storage: encode each clip (FLAC), measure the written file, put it under an id-only key.
+"""Storage: each clip's 16-bit samples as FLAC, measured, put under an id-only key.
 
-The measurements (sha256, size, duration, sample rate, loudness, peak) are of the encoded bytes
-that go to the store, not of the float samples they were made from: of the 16-bit samples the
-file holds, once its FLAC header's MD5 of them says so (decoding the file again cost a fifth
-of the store stage), else of the file decoded. If any put fails, the objects already written
-for the batch are removed before the error is raised: a failed batch leaves nothing behind for
-`stave gc` to find.
+The measurements (sha256, size, duration, sample rate, loudness, peak) are of what the stored
+file holds: the 16-bit samples it was encoded from, once its FLAC header (STREAMINFO) says it
+holds exactly those (rate, channels, 16 bits, sample count; FLAC is lossless), else of the
+file decoded. The samples arrive quantized, and usually with their loudness and peak, from the
+device that made them (`generator/levels.py`): a clip is encoded once and never decoded again.
+The finishing processes (`tasks/finishing/`) call `store_pcm` once per clip; a batch whose put
+fails has its other objects removed there, so a failed batch leaves nothing for `stave gc`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
-import os
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,6 @@ import numpy as np
 from stave.generator.analysis import LOUDNESS_METHOD, loudness_lufs, peak_dbfs
 from stave.infra.errors import StaveError, StorageUnavailable
 from stave.infra.objectstore.base import ObjectStore
-from stave.infra.objectstore.keys import audio_key
-from stave.models.base import new_id
 
 AUDIO_FORMAT = "flac"
 CONTENT_TYPE = "audio/flac"
@@ -86,24 +83,37 @@ def measure(data: bytes) -> dict[str, Any]:
     return _facts(data, audio, int(rate))
 
 
-def measure_encoded(data: bytes, pcm: np.ndarray, sample_rate: int) -> dict[str, Any]:
-    """What a FLAC file made from `pcm` is, without decoding it: its STREAMINFO header must say
-    it holds exactly these samples (their MD5, count, rate, channels and 16 bits), and then the
-    samples a decoder returns are `pcm / 32768`, bit for bit. A file whose header disagrees is
-    decoded and measured from its bytes, as `measure` does."""
+def measure_pcm(
+    data: bytes,
+    pcm: np.ndarray,
+    sample_rate: int,
+    *,
+    loudness: float | None = None,
+    peak: float | None = None,
+) -> dict[str, Any]:
+    """What a FLAC file made from the 16-bit `pcm` is, without decoding it: its STREAMINFO
+    header must say it holds this many samples at this rate, one channel, 16 bits; then the
+    samples a decoder returns are `pcm / 32768`, bit for bit. `loudness` and `peak` are those
+    samples' where the device measured them already. A file whose header disagrees is decoded
+    and measured from its bytes, as `measure` does."""
     info = _streaminfo(data)
-    channels = 1 if pcm.ndim == 1 else pcm.shape[1]
-    expected = (
-        sample_rate,
-        channels,
-        16,
-        pcm.shape[0],
-        hashlib.md5(np.ascontiguousarray(pcm, dtype="<i2").data).digest(),
-    )
-    if info != expected:
+    if info is None or info[:4] != (sample_rate, 1, 16, len(pcm)):
         return measure(data)
-    audio = pcm.reshape(pcm.shape[0], channels).astype(np.float32) * np.float32(1 / 32768)
-    return _facts(data, audio, sample_rate)
+    audio: np.ndarray | None = None
+    if loudness is None or peak is None:
+        audio = pcm.astype(np.float32) * np.float32(1 / 32768)
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "sample_rate": sample_rate,
+        "channels": 1,
+        "duration_s": len(pcm) / sample_rate,
+        "loudness_lufs": float(loudness_lufs(audio, sample_rate))
+        if audio is not None
+        else loudness,
+        "loudness_method": LOUDNESS_METHOD,
+        "peak_dbfs": float(peak_dbfs(audio)) if audio is not None else peak,
+    }
 
 
 def _streaminfo(data: bytes) -> tuple[int, int, int, int, bytes] | None:
@@ -131,64 +141,37 @@ def _facts(data: bytes, audio: np.ndarray, rate: int) -> dict[str, Any]:
     }
 
 
-def store_clips(
+def store_pcm(
     store: ObjectStore,
-    made: list[tuple[uuid.UUID, Any, dict[str, Any]]],
+    pcm: np.ndarray,
+    sample_rate: int,
+    key: str,
     *,
-    env_name: str,
-) -> list[StoredClip]:
-    """Encode, measure and put each (task id, clip, provenance); all or nothing.
-
-    Clips are stored side by side on a pool of one thread per core: FLAC encoding and decoding
-    (libsndfile through cffi), the loudness filter, numpy and the put's write and fsync all
-    release the GIL, so the batch takes about 1/cores of the time one clip after another did."""
-    futures = [_pool().submit(_store_one, store, item, env_name) for item in made]
-    stored: list[StoredClip] = []
-    failure: BaseException | None = None
-    for future in futures:  # every clip finished (or failed) before anything is decided
-        try:
-            stored.append(future.result())
-        except BaseException as err:  # re-raised below, once every clip has finished
-            failure = failure or err
-    if failure is not None:
-        remove_objects(store, [clip.object_key for clip in stored])
-        raise failure
-    return stored
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="stave-store")
-
-
-def _store_one(
-    store: ObjectStore, item: tuple[uuid.UUID, Any, dict[str, Any]], env_name: str
-) -> StoredClip:
-    task_id, clip, record = item
-    pcm = quantize(clip.audio)
-    data = _encode_pcm(pcm, clip.sample_rate)
-    facts = measure_encoded(data, pcm, clip.sample_rate)
-    asset_id = new_id()
-    key = audio_key(env_name, asset_id, AUDIO_FORMAT)
+    loudness: float | None = None,
+    peak: float | None = None,
+    cpu: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Encode one clip's 16-bit samples, measure the file and put it under `key`; its facts.
+    `cpu`, when given, gathers this thread's CPU seconds by step (encode, measure, put)."""
+    started = time.thread_time()
+    data = _encode_pcm(pcm, sample_rate)
+    encoded = time.thread_time()
+    facts = measure_pcm(data, pcm, sample_rate, loudness=loudness, peak=peak)
+    measured = time.thread_time()
     try:
-        store.put_bytes(key, data, content_type=CONTENT_TYPE)
+        store.put_bytes(key, data, content_type=CONTENT_TYPE, sha256=facts["sha256"])
     except StaveError:
         raise
     except Exception as err:
         raise StorageUnavailable(f"writing {key} to {store.describe()} failed: {err}") from err
-    return StoredClip(
-        task_id=task_id,
-        asset_id=asset_id,
-        object_key=key,
-        format=AUDIO_FORMAT,
-        requested_duration_s=float(clip.request.duration_s),
-        nonfinite_samples=int(np.count_nonzero(~np.isfinite(clip.audio))),
-        embedding=np.asarray(clip.embedding, dtype=np.float32),
-        provenance=record,
-        timings=dict(clip.timings),
-        device=clip.device,
-        **facts,
-    )
+    if cpu is not None:
+        for step, spent in (
+            ("encode", encoded - started),
+            ("measure", measured - encoded),
+            ("put", time.thread_time() - measured),
+        ):
+            cpu[step] = cpu.get(step, 0.0) + spent
+    return facts
 
 
 def remove_objects(store: ObjectStore, keys: list[str]) -> list[str]:

@@ -3,7 +3,9 @@
 One frame row per clip. A clip that fails any expectation is quarantined, with the failed
 expectations (type, column, observed value) recorded; the others are published. Great
 Expectations is imported lazily (3 s) and its context, suite and checkpoint are built once per
-process. Data Docs are built under `STAVE_HOME/<env>/log/data_docs` when a job ends.
+process. Each batch's result is written to `STAVE_HOME/<env>/log/validation_results` by the
+finishing process that validated it (nothing is kept in memory); after a job, any process
+renders the results no page shows yet as Data Docs under `STAVE_HOME/<env>/log/data_docs`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import math
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stave.generator.synth import SAMPLE_RATE
 from stave.infra.settings import Settings
 from stave.tasks.storage import StoredClip
 
@@ -78,12 +82,27 @@ class _Validator:
 
         # The expectation classes are re-exported lazily, which mypy cannot see.
         gxe: Any = importlib.import_module("great_expectations.expectations")
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
-        self.context = gx.get_context(mode="ephemeral")
+        # In memory but for the results: those go to files that every process of this home
+        # shares (batches are validated in several finishing processes, rendered in one).
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+        )
+        config.stores[config.validation_results_store_name] = {
+            "class_name": "ValidationResultsStore",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(settings.validation_results_dir),
+            },
+        }
+        self.context = gx.get_context(project_config=config, mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.docs_dir = settings.data_docs_dir
-        self.unbuilt: list[Any] = []  # validation results whose pages are not written yet
         self.context.add_data_docs_site(
             "local",
             {
@@ -144,25 +163,31 @@ class _Validator:
         result = self.checkpoint.run(
             batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=batch_id)
         )
-        identifier, outcome = next(iter(result.run_results.items()))
-        with _lock:
-            self.unbuilt.append(identifier)
-        return outcome
+        return next(iter(result.run_results.values()))
 
-    def build_docs(self) -> None:
-        """Render the results not rendered yet, then the index: a long-lived worker's build
-        costs what is new, not everything it ever validated."""
-        with _lock:
-            fresh, self.unbuilt = self.unbuilt, []
-        if not fresh and (self.docs_dir / "index.html").is_file():
-            return
-        self.docs_dir.mkdir(parents=True, exist_ok=True)
+    def build_docs(self) -> int:
+        """Render the stored results that have no page yet, then the index: a build costs
+        what is new, not everything ever validated. How many results were rendered."""
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
         )
 
+        fresh: list[Any] = [
+            key
+            for key in self.context.validation_results_store.list_keys()
+            if not self._page(key).is_file()
+        ]
+        if not fresh and (self.docs_dir / "index.html").is_file():
+            return 0
+        self.docs_dir.mkdir(parents=True, exist_ok=True)
         suite = ExpectationSuiteIdentifier(name=SUITE)
         self.context.build_data_docs(resource_identifiers=[suite, *fresh])
+        return len(fresh)
+
+    def _page(self, key: Any) -> Path:
+        """Where the site builder writes a result's page (its store key, as a path)."""
+        *folders, name = key.to_tuple()
+        return self.docs_dir.joinpath("validations", *folders, f"{name}.html")
 
 
 def _validator(settings: Settings, sample_rate: int) -> _Validator:
@@ -212,12 +237,15 @@ def validate(
     return Verdict(batch_id, bool(result.success), failures, statistics, failed)
 
 
-def build_data_docs(settings: Settings) -> None:
-    """Write this process's validation results as static Data Docs (no-op before any run)."""
-    with _lock:
-        validators = [v for v in _contexts.values() if v.docs_dir == settings.data_docs_dir]
-    for validator in validators:
-        validator.build_docs()
+def build_data_docs(settings: Settings, sample_rate: int = SAMPLE_RATE) -> int:
+    """Render the validation results stored under this home that have no page yet, and the
+    site's index; how many were rendered. Any process can: the results are files."""
+    if (
+        not settings.validation_results_dir.is_dir()
+        and (settings.data_docs_dir / "index.html").is_file()
+    ):
+        return 0
+    return _validator(settings, sample_rate).build_docs()
 
 
 def _jsonable(value: Any) -> Any:

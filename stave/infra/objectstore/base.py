@@ -85,8 +85,15 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_bytes(
-        self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE
-    ) -> ObjectInfo: ...
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        sha256: str | None = None,
+    ) -> ObjectInfo:
+        """Write `data` under `key`. `sha256` is the bytes' digest where the caller has
+        already computed it (it is recorded as given, not computed again)."""
 
     @abstractmethod
     def put_stream(

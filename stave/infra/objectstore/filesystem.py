@@ -7,7 +7,6 @@ with '.', so these folders cannot collide with objects.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import uuid
@@ -23,6 +22,7 @@ from stave.infra.objectstore.base import (
     HashingReader,
     ObjectInfo,
     ObjectStore,
+    sha256_hex,
 )
 from stave.infra.objectstore.keys import validate_key, validate_prefix
 
@@ -54,9 +54,38 @@ class FilesystemStore(ObjectStore):
 
     # -- writes -----------------------------------------------------------------------------
     def put_bytes(
-        self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        sha256: str | None = None,
     ) -> ObjectInfo:
-        return self.put_stream(key, io.BytesIO(data), content_type=content_type)
+        # Bytes in hand: one write, no hashing reader, and no reading the record back (a
+        # clip's put was a fifth of its storing CPU with both).
+        validate_key(key)
+        digest = sha256 or sha256_hex(data)
+        tmp = self._tmp_path()
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            self._publish(tmp, self._path(key))
+            self._write_meta(
+                key, {"sha256": digest, "size": len(data), "content_type": content_type}
+            )
+        except OSError as err:
+            raise StorageUnavailable(f"cannot write {key} to {self.describe()}: {err}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ObjectInfo(
+            key=key,
+            size=len(data),
+            sha256=digest,
+            content_type=content_type,
+            last_modified=datetime.now(UTC),
+        )
 
     def put_stream(
         self, key: str, stream: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE

@@ -101,11 +101,16 @@ class MinioStore(ObjectStore):
 
     # -- writes -----------------------------------------------------------------------------
     def put_bytes(
-        self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        sha256: str | None = None,
     ) -> ObjectInfo:
         validate_key(key)
         self._ensure_bucket()
-        digest = sha256_hex(data)
+        digest = sha256 or sha256_hex(data)
         self._call(
             f"put {key}",
             lambda: self.client.put_object(
