@@ -97,12 +97,15 @@ def drain(
     model_version_id = uuid.UUID(int=0)
     processed = 0
     handed: dict[str, _Batch] = {}  # with the finishers, by batch id
+    # Keys of clips a dead finisher may have been putting: removed when it died, and again
+    # at the end (a put still in flight when it died can land after the first removal).
+    stale: list[str] = []
 
     def settle(finished: list[finishing.Finished]) -> None:
         for done in finished:
             request = done.request
             if isinstance(request, finishing.Handoff) and request.batch_id in handed:
-                handed.pop(request.batch_id).settle(done.answer, worker, stats, log)
+                stale.extend(handed.pop(request.batch_id).settle(done.answer, worker, stats, log))
         if finished:
             stats.wall_s = time.perf_counter() - began
             _show_progress(progress, engine, job_id, total, processed, stats, log)
@@ -110,14 +113,14 @@ def drain(
     failed = True
     try:
         while limit is None or processed < limit:
+            if pool is not None:
+                lap = time.perf_counter()
+                settle(pool.wait_for_room(stop.requested))
+                stats.lap("wait for finishers", lap)
             if stop.requested():
                 # Ctrl-C or SIGTERM: no new batch; those handed over are settled below.
                 log.warning("stop requested: no new batch is claimed")
                 break
-            if pool is not None:
-                lap = time.perf_counter()
-                settle(pool.wait_for_room())
-                stats.lap("wait for finishers", lap)
             if model is None:
                 size = settings.batch_size or 8
             else:
@@ -175,6 +178,10 @@ def drain(
             lap = time.perf_counter()
             settle(pool.wait_all())
             stats.lap("wait for finishers", lap)
+            if stale:
+                left = storage.remove_objects(make_object_store(settings), stale)
+                if left:
+                    log.warning("%d object(s) left for `stave gc`: %s", len(left), left[0])
         stats.wall_s = time.perf_counter() - began
     return stats
 
@@ -274,7 +281,8 @@ class _Batch:
 
     def settle(
         self, result: finishing.BatchResult, worker: str, stats: DrainStats, log: Any
-    ) -> None:
+    ) -> list[str]:
+        """The outcome recorded; the keys of any objects a dead finisher may have left."""
         for step, spent in result.cpu.items():
             stats.finisher_cpu[step] = stats.finisher_cpu.get(step, 0.0) + spent
         if result.error is not None:
@@ -283,13 +291,10 @@ class _Batch:
                 # The finisher may have put some of the batch's objects: those of clips not
                 # published (its transaction, if cut short, rolled back) are removed.
                 keys = {c.task_id: c.object_key for c in self.handoff.clips}
-                left = storage.remove_objects(
-                    make_object_store(self.handoff.settings),
-                    [keys[task] for task in statuses if task in keys],
-                )
-                if left:
-                    log.warning("%d object(s) left for `stave gc`: %s", len(left), left[0])
-            return
+                stale = [keys[task] for task in statuses if task in keys]
+                storage.remove_objects(make_object_store(self.handoff.settings), stale)
+                return stale
+            return []
         stats.published += len(result.published)
         stats.quarantined += len(result.quarantined)
         stats.lost_lease += len(result.lost_lease)
@@ -302,6 +307,7 @@ class _Batch:
         )
         if result.quarantined:
             log.warning("batch %s: %d clip(s) quarantined", self.batch_id, len(result.quarantined))
+        return []
 
     def record_failure(
         self, error_class: str, message: str, worker: str, stats: DrainStats, log: Any

@@ -1,5 +1,6 @@
 """An HTTP proxy on loopback that answers 503 to the first N requests (and to every request
-for a path containing one of `failing_paths`), and forwards the rest.
+for a path containing one of `failing_paths`), and forwards the rest; each PUT after waiting
+`put_delay_s` (a slow store), counted in `puts` once forwarded.
 
 Used to prove that the MinIO store retries server errors with backoff against a real server,
 and to make a store that answers its health probe but fails to store clips.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -17,6 +19,8 @@ class FlakyProxy:
         self.upstream = upstream
         self.failures_left = failures
         self.requests = 0
+        self.put_delay_s = 0.0
+        self.puts = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -35,10 +39,15 @@ class FlakyProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if self.command == "PUT" and proxy.put_delay_s:
+                    time.sleep(proxy.put_delay_s)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=dict(self.headers))
                 response = conn.getresponse()
                 data = response.read()
+                if self.command == "PUT":
+                    with proxy._lock:
+                        proxy.puts += 1
                 self.send_response(response.status)
                 head = self.command == "HEAD"  # no body, but the real Content-Length
                 for key, value in response.getheaders():

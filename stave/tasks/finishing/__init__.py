@@ -14,6 +14,7 @@ from stave.tasks.finishing.pool import (
     Finished,
     FinisherPool,
     FinishersUnavailable,
+    close_finishers,
     finishers,
     wait_for_pages,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "FinishersUnavailable",
     "Handoff",
     "PagesRequest",
+    "close_finishers",
     "finishers",
     "made_batches",
     "pack",

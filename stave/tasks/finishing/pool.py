@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
@@ -106,6 +107,11 @@ class FinisherPool:
         """Requests of any kind (batches, pages) not yet answered."""
         return len(self._backlog) + sum(f.holding is not None for f in self._finishers)
 
+    def holders(self) -> list[int]:
+        """The process ids of the finishers holding a request now (lock-free: for a watcher
+        on another thread while the drain waits in `poll`)."""
+        return [f.process.pid for f in list(self._finishers) if f.holding is not None]
+
     def segment(self, size: int) -> SharedMemory:
         """Shared memory of at least `size` bytes for the next batch: a free one that fits is
         reused (its pages are already mapped); at most `in_flight` exist at once."""
@@ -164,11 +170,13 @@ class FinisherPool:
                 if not self.pending:
                     return done
 
-    def wait_for_room(self) -> list[Finished]:
-        """Answers, waiting for them while `in_flight` batches are handed over already."""
+    def wait_for_room(self, give_up: Callable[[], bool]) -> list[Finished]:
+        """Answers, waiting for them while `in_flight` batches are handed over already, unless
+        `give_up()` says to stop waiting (asked every 0.2 s: a stop must not wait for a
+        finisher)."""
         done = self.poll(0.0)
-        while self.in_flight >= self.limit:
-            done += self.poll(None)
+        while self.in_flight >= self.limit and not give_up():
+            done += self.poll(0.2)
         return done
 
     def wait_all(
@@ -288,6 +296,13 @@ def finishers(settings: Settings) -> FinisherPool:
         _pool.start()
         atexit.register(_pool.close)
     return _pool
+
+
+def close_finishers() -> None:
+    """Stop this process's finishers (after what they owe); the next use starts new ones with
+    the settings of then."""
+    if _pool is not None:
+        _pool.close()
 
 
 def wait_for_pages(timeout: float | None = None) -> list[dict[str, Any]]:
