@@ -44,21 +44,41 @@ TARGETS = {4: 0.9, 8: 0.8}
 
 
 def child(args: argparse.Namespace) -> None:
-    """One worker: load the stand-in, say ready, wait for the start, drain the job."""
+    """One worker: load the stand-in, start its finishers, say ready, wait for the start,
+    drain the job; then print what its CPU went to (JSON, one line)."""
     sys.path.insert(0, str(HERE))
+    import resource
+
     import standin
 
     from stave.flows.generate import run_pending
     from stave.infra.settings import get_settings
-    from stave.tasks import validation
+    from stave.tasks import finishing
 
-    standin.install(get_settings(), args.batch_seconds, args.duration)
-    validation.preload()  # a long-running worker has it loaded: not timed
+    settings = get_settings()
+    standin.install(settings, args.batch_seconds, args.duration)
+    finishing.finishers(settings).wait_ready()  # a long-running worker has them: not timed
     print("ready", flush=True)
     go = Path(args.go)
     while not go.exists():
         time.sleep(0.01)
-    run_pending(job_id=uuid.UUID(args.job))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    summary = run_pending(job_id=uuid.UUID(args.job))
+    pages = finishing.wait_for_pages()  # the Data Docs, built after the run: counted too
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "process_cpu_s": (after.ru_utime + after.ru_stime)
+                - (before.ru_utime + before.ru_stime),
+                "cpu_s": summary["cpu_s"],
+                "pages_cpu_s": sum(p.get("cpu_s", 0.0) for p in pages),
+                "published": summary["published_now"],
+            }
+        ),
+        flush=True,
+    )
+    finishing.close_finishers()
 
 
 def pending_job(engine: Any, settings: Any, n: int, duration: float) -> uuid.UUID:
@@ -95,6 +115,8 @@ def cpu_by_role() -> dict[str, float]:
             continue
         if cmdline.startswith("postgres") or "/bin/postgres" in cmdline:
             role = "postgres"
+        elif "stave.tasks.finishing.worker" in cmdline:
+            role = "finishers"
         elif "stave server" in cmdline or "prefect" in cmdline or "uvicorn" in cmdline:
             role = "prefect server"
         elif "--child" in cmdline:
@@ -147,10 +169,16 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
         roles = {k: round(v - roles_start.get(k, 0.0), 1) for k, v in cpu_by_role().items()}
         cores_busy = (os.cpu_count() or 1) * busy / max(1, total)
         peak_rss_mb = 0.0
-        for proc in procs:  # wait4: each worker's peak RSS comes with its exit
+        reports = []
+        for proc in procs:  # each worker's report, then its peak RSS with its exit (wait4)
+            assert proc.stdout is not None
+            lines = [line for line in proc.stdout.read().splitlines() if line.startswith("{")]
+            reports.append(json.loads(lines[-1]) if lines else {})
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             peak_rss_mb = max(peak_rss_mb, usage.ru_maxrss / 1024)
+        # The servers' CPU until every worker is done (the Data Docs after the job included).
+        served = {k: round(v - roles_start.get(k, 0.0), 1) for k, v in cpu_by_role().items()}
     finally:  # interrupted: no worker left behind
         for proc in procs:
             if proc.poll() is None:
@@ -168,6 +196,8 @@ def drain_with(workers: int, args: argparse.Namespace, env: dict[str, str]) -> d
         "peak_rss_mb": round(peak_rss_mb),
         # CPU seconds while draining, by process kind (exited processes are not counted).
         "cpu_s": {k: v for k, v in sorted(roles.items()) if v > 0},
+        "servers_cpu_s": {k: served.get(k, 0.0) for k in ("postgres", "prefect server")},
+        "reports": reports,
     }
 
 

@@ -55,6 +55,7 @@ class DrainStats:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     model_s: float = 0.0  # the model's own time (the GPU's busy time)
+    model_cpu_s: float = 0.0  # this process's CPU in the model's own code
     wall_s: float = 0.0
     finisher_cpu: dict[str, float] = field(default_factory=dict)  # CPU s by step, summed
 
@@ -62,6 +63,13 @@ class DrainStats:
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
         return now
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds by where they went: the model's own code in this process, and each
+        finishing step (the finishers' figures, summed over the batches they answered)."""
+        spent = {"model (in its process)": round(self.model_cpu_s, 3)}
+        spent.update({f"finishers: {k}": round(v, 3) for k, v in self.finisher_cpu.items()})
+        return spent
 
     @property
     def gpu_busy(self) -> float | None:
@@ -162,6 +170,7 @@ def drain(
             stats.lap("generate", lap)
             if made is not None:
                 stats.model_s += made.model_s
+                stats.model_cpu_s += made.model_cpu_s
                 batch.handoff = made.value
                 handed[batch.batch_id] = batch
                 pool.submit(made.value)

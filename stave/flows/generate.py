@@ -129,6 +129,7 @@ def _generate_job(
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
         summary["gpu_busy"] = stats.gpu_busy
+        summary["cpu_s"] = stats.cpu_s()
     summary["failure"] = job_failure(
         get_engine(), job_id, get_settings().quarantine_fails_run_above
     )
@@ -198,6 +199,7 @@ def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> An
         retried_now=stats.retried,
         handed_back_now=stats.handed_back,
         gpu_busy=stats.gpu_busy,
+        cpu_s=stats.cpu_s(),
     )
     this_run = RunOutcome(
         processed=stats.published + stats.quarantined + stats.failed,

@@ -15,6 +15,7 @@ rule): the 16-bit samples bit for bit, the peak exactly, the loudness to float r
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +35,29 @@ _IMPULSE = 16_384
 # Rows filtered at once: float64 spectra of 64 ten-second rows are about 270 MB of device
 # memory; more rows at once gain nothing a GPU would notice.
 _ROWS_PER_PASS = 64
+
+
+@dataclass
+class BatchLevels:
+    """A batch's 16-bit samples (rows, samples) and each row's counts and levels, as the
+    device that made the batch computed them."""
+
+    pcm: torch.Tensor
+    nonfinite: list[int]
+    peaks_dbfs: list[float]
+    loudness_lufs: list[float | None]  # None where the host must measure (odd gating hops)
+
+
+def measure_batch(audio: torch.Tensor, lengths: list[int], sample_rate: int) -> BatchLevels:
+    """Everything the platform records of a batch's samples, computed where they are."""
+    pcm = pcm16(audio)
+    loudness = loudness_lufs(pcm, lengths, sample_rate)
+    return BatchLevels(
+        pcm=pcm,
+        nonfinite=nonfinite_counts(audio, lengths),
+        peaks_dbfs=peaks_dbfs(pcm, lengths),
+        loudness_lufs=list(loudness) if loudness is not None else [None] * len(lengths),
+    )
 
 
 def pcm16(audio: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from stave.generator.autoencoder import EMBEDDING_DIM, Autoencoder, AutoencoderC
 from stave.generator.checkpoint import PACKAGED, load_checkpoint
 from stave.generator.denoiser import Denoiser, DenoiserConfig
 from stave.generator.errors import Interrupted, InvalidRequest, ResourceExhausted
+from stave.generator.levels import BatchLevels, measure_batch
 from stave.generator.sampler import SCHEDULERS, guided, initial_noise, sample
 from stave.generator.synth import SAMPLE_RATE
 from stave.generator.text import EncodedPrompt, parallel_key, tokenize
@@ -126,6 +127,9 @@ class MadeBatch:
     timings: dict[str, float]
     device: str
     dtype: str
+    # The 16-bit samples and levels, where the device computed them (a GPU does, as part of
+    # the batch's work); None: the host quantizes and measures.
+    levels: BatchLevels | None = None
 
     @classmethod
     def of_clip(cls, clip: Clip, position: int) -> MadeBatch:
@@ -355,6 +359,11 @@ class StaveGenerator:
         lengths = [self._samples(r) for r in requests]
         embeddings = self._embed_rows(audio, lengths)
         timings["embed"] = self._lap(started)
+        levels = None
+        if self.device.type == "cuda":  # free on a GPU; the CPU's own numpy is cheaper there
+            started = time.perf_counter()
+            levels = measure_batch(audio, lengths, SAMPLE_RATE)
+            timings["levels"] = self._lap(started)
         return MadeBatch(
             requests=list(requests),
             members=tuple(
@@ -368,6 +377,7 @@ class StaveGenerator:
             timings=timings,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
+            levels=levels,
         )
 
     def _embed_rows(self, audio: torch.Tensor, samples: list[int]) -> torch.Tensor:

@@ -73,11 +73,12 @@ class Parcel(Generic[T]):
     each clip carries its provenance, so for 64 clips that walk was about a third of the flow's
     CPU with a free model (profiled). A plain class is not walked."""
 
-    __slots__ = ("model_s", "value")
+    __slots__ = ("model_cpu_s", "model_s", "value")
 
-    def __init__(self, value: T, model_s: float = 0.0) -> None:
+    def __init__(self, value: T, model_s: float = 0.0, model_cpu_s: float = 0.0) -> None:
         self.value = value
         self.model_s = model_s  # seconds the model worked on it (for the GPU's busy ratio)
+        self.model_cpu_s = model_cpu_s  # this process's CPU seconds in the model's own code
 
 
 # Claims are cheap and idempotent to retry: a database restart costs a few seconds, not the job.
@@ -104,9 +105,9 @@ def generate_batch(
         # published event, so a fleet's concurrency can be checked after the fact.
         slot = {"host": socket.gethostname(), "pid": os.getpid()}
         slot["from"] = datetime.now(UTC).isoformat()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         batches = finishing.made_batches(model.generator, requests)
-        model_s = time.perf_counter() - started
+        model_s, model_cpu_s = time.perf_counter() - started, time.thread_time() - cpu
         handoff = finishing.pack(
             batches,
             claimed,
@@ -119,4 +120,4 @@ def generate_batch(
             slot=slot,
         )
         slot["to"] = datetime.now(UTC).isoformat()
-    return Parcel(handoff, model_s)
+    return Parcel(handoff, model_s, model_cpu_s)

@@ -96,6 +96,19 @@ class FinisherPool:
             while len(self._finishers) < self.processes:
                 self._finishers.append(_Finisher(self.nice))
 
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every finisher has started (imports done), or `timeout`: a warm
+        drain or a benchmark starts its clock with finishers that are ready."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self.start()
+            while not all(f.ready for f in self._finishers) and time.monotonic() < deadline:
+                waiting = [f.conn for f in self._finishers if not f.ready]
+                for conn in wait(waiting, max(0.0, deadline - time.monotonic())):
+                    finisher = next(f for f in self._finishers if f.conn is conn)
+                    self._read(finisher)
+                self._dispatch()
+
     @property
     def in_flight(self) -> int:
         """Batches handed over and not yet answered (waiting here or with a finisher)."""

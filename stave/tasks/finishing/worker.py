@@ -42,6 +42,7 @@ def serve(conn: Connection) -> None:
             answer.cpu["process"] = time.process_time() - started
         elif isinstance(request, PagesRequest):
             answer = build_pages(request)
+            answer["cpu_s"] = time.process_time() - started
         else:
             answer = ValueError(f"unknown request {type(request).__name__}")
         try:
