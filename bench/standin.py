@@ -13,10 +13,10 @@ device time in one of two ways:
   way: `StandInGenerator.driving_s` sums its time, so a benchmark can set it beside the
   calibrated time (bench/starvation.py).
 
-Each returned clip carries its own request and seed, and its audio is scaled by a factor
-unique to the request, so every clip has its own bytes (and checksum) as real ones would.
-Batches come back as `MadeBatch`es on the CPU, the way the real generator leaves them on its
-device; `generate` gives the host clips of the same.
+Each returned clip carries its own request and seed, and a few low bits of its samples set
+from the request, so every clip has its own bytes (and checksum) as real ones would. Batches
+come back as `MadeBatch`es with their 16-bit samples and levels, the way the real generator
+leaves them on a GPU (the host's work for them a copy); `generate` gives the host clips.
 """
 
 from __future__ import annotations
@@ -64,12 +64,16 @@ class StandInGenerator:
         self.interrupt: Callable[[], bool] | None = None
         self.frame_rate = real.frame_rate
         self.driving_s: list[float] = []  # each batch's device time as spent in the flow
-        from stave.generator.analysis import loudness_lufs
+        from stave.generator.analysis import loudness_lufs, peak_dbfs
         from stave.tasks.storage import quantize
 
+        self.pcm = {id(t): quantize(t.audio) for t in self.templates}
         self.loudness = {
-            id(t): loudness_lufs(quantize(t.audio).astype(np.float32) / 32768, t.sample_rate)
+            id(t): loudness_lufs(self.pcm[id(t)].astype(np.float32) / 32768, t.sample_rate)
             for t in self.templates
+        }
+        self.peaks = {
+            id(t): peak_dbfs(self.pcm[id(t)].astype(np.float32) / 32768) for t in self.templates
         }
 
     def batch_size(self, frames: int) -> int:
@@ -88,61 +92,56 @@ class StandInGenerator:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def generate_batches(self, requests: Sequence[Any]) -> list[Any]:
-        """The batch, with the 16-bit samples and levels a GPU computes as part of it (here
-        the samples quantized on the CPU, the levels the template's moved by the gain: the
-        model's work, as on a GPU it is the device's)."""
-        from stave.generator.analysis import peak_dbfs
+        """The batch as a GPU leaves it: its 16-bit samples and levels computed with it. Each
+        clip is a template's, with the lowest bit of its first 32 samples set from its request
+        (its own bytes and checksum, the template's levels to within a millionth of a dB):
+        what the model makes costs the host a copy, as a GPU's batch would."""
         from stave.generator.levels import BatchLevels
         from stave.generator.pipeline import MadeBatch
-        from stave.tasks.storage import quantize
 
         self._device_time()
         members = []
-        gains = []
+        chosen = []
         for position, request in enumerate(requests):
             seed = request.seed if request.seed is not None else position
             members.append(dataclasses.replace(request, seed=seed))
-            # A per-request gain in [0.90, 0.99]: distinct bytes, the same loudness class.
-            gains.append(0.90 + (zlib.crc32(f"{request.prompt}|{seed}".encode()) % 1000) / 11_100)
-        chosen = [self.templates[p % len(self.templates)] for p in range(len(requests))]
+            chosen.append(self.templates[position % len(self.templates)])
         width = max(len(t.audio) for t in chosen)
-        audio = torch.zeros(len(requests), width)
-        for row, template in enumerate(chosen):
-            audio[row, : len(template.audio)] = torch.from_numpy(template.audio)
-        audio *= torch.tensor(gains)[:, None]
         pcm = np.zeros((len(requests), width), dtype=np.int16)
-        for row, template in enumerate(chosen):
-            pcm[row, : len(template.audio)] = quantize(audio[row, : len(template.audio)].numpy())
-        top = np.abs(pcm.astype(np.int32)).max(axis=1)
-        levels = BatchLevels(
-            pcm=torch.from_numpy(pcm),
-            nonfinite=[0] * len(requests),
-            peaks_dbfs=[peak_dbfs(np.array([m / 32768], dtype=np.float32)) for m in top],
-            loudness_lufs=[
-                self.loudness[id(t)] + 20 * float(np.log10(g))
-                for t, g in zip(chosen, gains, strict=True)
-            ],
-        )
+        bits = np.arange(32)
+        for row, (template, member) in enumerate(zip(chosen, members, strict=True)):
+            pcm[row, : len(template.audio)] = self.pcm[id(template)]
+            mark = zlib.crc32(f"{member.prompt}|{member.seed}".encode())
+            pcm[row, :32] ^= ((mark >> bits) & 1).astype(np.int16)
         first = chosen[0]
         return [
             MadeBatch(
                 requests=list(requests),
                 members=tuple(members),
                 positions=list(range(len(requests))),
-                audio=audio,
+                # Where the model's float samples would be: the flow reads the levels' samples.
+                audio=torch.empty(len(requests), width),
                 lengths=[len(t.audio) for t in chosen],
                 embeddings=torch.from_numpy(np.stack([t.embedding for t in chosen])),
                 sample_rate=first.sample_rate,
                 timings=dict(first.timings),
                 device=first.device,
                 dtype=first.dtype,
-                levels=levels,
+                levels=BatchLevels(
+                    pcm=torch.from_numpy(pcm),
+                    nonfinite=[0] * len(requests),
+                    peaks_dbfs=[self.peaks[id(t)] for t in chosen],
+                    loudness_lufs=[self.loudness[id(t)] for t in chosen],
+                ),
             )
         ]
 
     def generate(self, requests: Sequence[Any]) -> list[Any]:
+        """Host clips of the same (their audio the samples the flow would store)."""
         clips: list[Any] = [None] * len(requests)
         for batch in self.generate_batches(requests):
+            assert batch.levels is not None
+            batch.audio = batch.levels.pcm.float() / 32768
             for position, clip in zip(batch.positions, batch.clips(), strict=True):
                 clips[position] = clip
         return clips

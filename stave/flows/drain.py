@@ -139,7 +139,9 @@ def drain(
             stats.lap("claim", lap)
             if not claimed:
                 if pool is not None and pool.in_flight:
+                    lap = time.perf_counter()
                     settle(pool.poll(None))  # its outcome (a retry) may give the queue work
+                    stats.lap("wait for finishers", lap)
                     continue
                 state = queue.job_state(engine, job_id)
                 waiting = state.counts.get("pending", 0) + (
