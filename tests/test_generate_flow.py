@@ -28,6 +28,7 @@ from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
 from stave.tasks import finishing
 from stave.tasks.intake import upload_prompts
+from stave.tasks.records import job_detail
 from tests.test_gallery import CHROMIUM, open_in_chromium
 from tests.utils.flaky_proxy import FlakyProxy
 
@@ -107,6 +108,12 @@ def test_generate_publishes_validated_clips_once_and_they_regenerate_bit_for_bit
     assert sum(r.statistics["clips"] for r in runs) == 5
     finishing.wait_for_pages()  # built after the run, by a finishing process
     assert (settings.data_docs_dir / "index.html").is_file()
+    # How busy the model was: in the summary, and on the job's drain record (`stave job`).
+    assert 0 < summary["gpu_busy"] < 1
+    assert {"finishers: encode", "finishers: put", "finishers: publish"} <= set(summary["cpu_s"])
+    gpu = job_detail(engine, summary["job_id"])["gpu"]
+    assert gpu["runs"] == 1 and 0 < gpu["model_s"] < gpu["wall_s"]
+    assert gpu["gpu_busy"] == pytest.approx(summary["gpu_busy"], abs=0.01)
 
     # The same file again: nothing new, the same job.
     again = generate(file_key=uploaded)

@@ -111,3 +111,11 @@ def test_metrics_after_a_real_job_match_the_database(
     assert found["stave_wal_archive_failing"][0][1] == 0.0
     assert found["stave_wal_last_archived_age_seconds"][0][1] == float("inf")
     assert found["stave_oldest_pending_task_age_seconds"][0][1] >= 0
+    # How busy the model was, per drain that ran lately: this job's drain among them.
+    with engine.connect() as conn:
+        worker, model_s, wall_s = conn.execute(
+            text("SELECT worker, model_s, wall_s FROM drain_run WHERE job_id = :j"),
+            {"j": summary["job_id"]},
+        ).one()
+    busy = {lb["worker"]: v for lb, v in found["stave_gpu_busy_ratio"]}
+    assert 0 < model_s < wall_s and busy[worker] == round(model_s / wall_s, 4)

@@ -138,6 +138,7 @@ def generate(
         with job_bar(queued.job_id, queued.accepted + queued.already_submitted):
             state = generate_flow(job_id=queued.job_id, return_state=True)
             summary = flow_summary(state)
+        _wait_for_pages(summary, as_json)
     summary["created"] = queued.created
     summary["rejected"] = queued.rejected_count
     summary["rejections"] = [r.to_dict() for r in queued.rejected]
@@ -146,6 +147,24 @@ def generate(
         typer.echo(f"stave run-pending --job {queued.job_id} finishes the job", err=True)
     stop.check()  # a signal cut the run short: exit 130 / 143 after the summary
     raise_if_clips_failed(summary, f"stave job {queued.job_id} --status failed")
+
+
+def _wait_for_pages(summary: dict[str, Any], as_json: bool) -> None:
+    """The job's pages are built after its run, by a finishing process: wait for them before
+    saying where they are (a problem with them is a warning; the clips are the outcome)."""
+    from stave.tasks.finishing import wait_for_pages
+
+    if summary.get("pages") and not as_json:
+        typer.echo("building the job's listening page and Data Docs …", err=True)
+    for built in wait_for_pages(timeout=PAGES_TIMEOUT_S):
+        for problem in built.get("problems", [])[:5]:
+            typer.echo(f"warning: pages: {problem}", err=True)
+
+
+# The pages of the largest job (STAVE_GALLERY_MAX_CLIPS clips and their neighbours) take
+# seconds; past this the command says where they will be and exits (the process's exit still
+# waits for them).
+PAGES_TIMEOUT_S = 300.0
 
 
 def submit(
@@ -219,6 +238,13 @@ def job(
     typer.echo(
         "  tasks       " + ", ".join(f"{k} {v}" for k, v in sorted(detail["counts"].items()))
     )
+    gpu = detail.get("gpu")
+    if gpu and gpu["gpu_busy"] is not None:
+        typer.echo(
+            f"  GPU busy    {gpu['gpu_busy']:.2f} (the model {gpu['model_s']:g} s of "
+            f"{gpu['wall_s']:g} s over {gpu['runs']} run(s); near 0.2 the platform, not the "
+            "GPU, is the limit)"
+        )
     for r in detail["rejections"][:20]:
         typer.echo(f"  rejected    row {r['row']}, {r['field']}: {r['reason']}")
     for t in detail["tasks"]:

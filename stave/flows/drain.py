@@ -36,7 +36,7 @@ from stave.infra import stop
 from stave.infra.db import get_engine, translate_db_error
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
-from stave.tasks import finishing, inference, queue, storage, vector_index
+from stave.tasks import drain_runs, finishing, inference, queue, storage, vector_index
 from stave.tasks.classify import classify
 
 TERMINAL = ("published", "quarantined", "failed", "cancelled")
@@ -105,6 +105,7 @@ def drain(
     model_version_id = uuid.UUID(int=0)
     processed = 0
     handed: dict[str, _Batch] = {}  # with the finishers, by batch id
+    recorded: list[uuid.UUID] = []  # this drain's drain_run row, once it makes a batch
     # Keys of clips a dead finisher may have been putting: removed when it died, and again
     # at the end (a put still in flight when it died can land after the first removal).
     stale: list[str] = []
@@ -117,6 +118,7 @@ def drain(
         if finished:
             stats.wall_s = time.perf_counter() - began
             _show_progress(progress, engine, job_id, total, processed, stats, log)
+            _record(engine, recorded, stats, processed, log)
 
     failed = True
     try:
@@ -163,6 +165,7 @@ def drain(
                 warning = vector_index.ensure_index_once(engine, model.encoder_version, settings)
                 if warning:
                     log.warning(warning)
+                recorded.extend(_started(engine, worker, job_id, log))
             assert pool is not None
             stats.batches += 1
             processed += len(claimed)
@@ -194,7 +197,48 @@ def drain(
                 if left:
                     log.warning("%d object(s) left for `stave gc`: %s", len(left), left[0])
         stats.wall_s = time.perf_counter() - began
+        _record(engine, recorded, stats, processed, log, ended=True)
     return stats
+
+
+def _started(engine: Engine, worker: str, job_id: uuid.UUID | None, log: Any) -> list[uuid.UUID]:
+    """This drain's drain_run row (best effort: a figure for operators must not fail a run)."""
+    try:
+        return [drain_runs.start(engine, worker, job_id, _flow_run_id())]
+    except DBAPIError as err:
+        log.warning("drain not recorded: %s", translate_db_error(err) or classify(err)[1])
+        return []
+
+
+def _record(
+    engine: Engine,
+    recorded: list[uuid.UUID],
+    stats: DrainStats,
+    clips: int,
+    log: Any,
+    *,
+    ended: bool = False,
+) -> None:
+    for run_id in recorded:
+        try:
+            drain_runs.update(
+                engine,
+                run_id,
+                batches=stats.batches,
+                clips=clips,
+                model_s=stats.model_s,
+                wall_s=stats.wall_s,
+                ended=ended,
+            )
+        except DBAPIError as err:
+            log.warning("drain figures not updated: %s", translate_db_error(err) or err)
+
+
+def _flow_run_id() -> uuid.UUID | None:
+    from prefect.runtime import flow_run
+
+    found = flow_run.get_id()
+    return uuid.UUID(str(found)) if found else None
 
 
 # Seconds between tries of a write that gives a batch back, while the database is unavailable:

@@ -125,7 +125,9 @@ def _generate_job(
     summary = job_summary(job_id, rejected=rejected)
     summary.update(created=created, **extra)
     if stats is not None:
-        summary["pages"] = _pages(job_id, published=summary["published"])
+        summary["pages"] = _pages(
+            job_id, published=summary["published"], quarantined=summary["quarantined"]
+        )
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
         summary["gpu_busy"] = stats.gpu_busy
@@ -136,11 +138,14 @@ def _generate_job(
     return _finish(summary, stats)
 
 
-def _pages(job_id: uuid.UUID, *, published: int) -> dict[str, Any] | None:
+def _pages(job_id: uuid.UUID, *, published: int, quarantined: int) -> dict[str, Any] | None:
     """The job's listening page and the Data Docs, handed to a finishing process to build and
     put in the store (the Data Docs only built, locally, with STAVE_PUBLISH_PAGES=false); the
     run's artifacts link where they go. Pages are for people: one that fails is a warning in
-    the log, not the run's failure (its clips are its outcome)."""
+    the log, not the run's failure (its clips are its outcome). A job none of whose clips was
+    validated has no pages."""
+    if published + quarantined == 0:
+        return None
     settings = get_settings()
     pool = finishing.finishers(settings)
     gallery = published > 0

@@ -10,7 +10,13 @@ from stave.models.generation import (
     TaskStatus,
 )
 from stave.models.lifecycle import LifecyclePolicy, declared_policies
-from stave.models.operations import ArchiveBatch, BackfillRun, BackupRecord, ValidationRun
+from stave.models.operations import (
+    ArchiveBatch,
+    BackfillRun,
+    BackupRecord,
+    DrainRun,
+    ValidationRun,
+)
 
 __all__ = [
     "EMBEDDING_DIM",
@@ -18,6 +24,7 @@ __all__ = [
     "AudioAsset",
     "BackfillRun",
     "BackupRecord",
+    "DrainRun",
     "GenerationJob",
     "GenerationTask",
     "LatentEmbedding",

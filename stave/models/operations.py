@@ -1,4 +1,4 @@
-"""Operational records: validation runs, backups and archive batches."""
+"""Operational records: validation runs, drain runs, backups and archive batches."""
 
 from __future__ import annotations
 
@@ -34,6 +34,28 @@ class ValidationRun(SQLModel, table=True):
     statistics: dict[str, Any] = jsonb_field()
     failed_expectations: list[dict[str, Any]] = jsonb_field(array=True)
     created_at: datetime = timestamp_field()
+
+
+# One drain of the generation queue in one process (a `generate` or `run-pending` flow run):
+# how much of its wall the model worked, for operators (`stave job`, the metrics). Updated
+# after each batch, so a run in progress, or one whose host died, shows its figures so far.
+@lifecycle(LifecyclePolicy(action="archive", hot_days=GENERATION_HOT_DAYS, archive_order=1))
+class DrainRun(SQLModel, table=True):
+    __tablename__ = "drain_run"
+    __table_args__ = (Index(None, "job_id", "created_at"), Index(None, "updated_at"))
+
+    id: uuid.UUID = id_field()
+    worker: str = Field(max_length=128)  # the lease owner: host:pid:token
+    host: str = Field(max_length=64)
+    job_id: uuid.UUID | None = None  # the job it drained, or None for every job's tasks
+    flow_run_id: uuid.UUID | None = None
+    batches: int = Field(default=0)
+    clips: int = Field(default=0)
+    model_s: float = 0.0  # the model's own time (a GPU's busy time)
+    wall_s: float = 0.0  # from the drain's start to its last update
+    ended: bool = False
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
 
 
 # A backup in the object store; only a row with status 'succeeded' claims a usable backup.

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from stave.models import archive_policies
+from stave.tasks import drain_runs
 from stave.tasks.archive import count_eligible, cutoff_for
 from stave.tasks.archiver import archiver_status
 
@@ -49,6 +50,7 @@ class StaveCollector(Collector):
 
 def measure(conn: Connection) -> Iterator[Metric]:
     yield from _queue(conn)
+    yield from _gpu_busy(conn)
     yield from _clips(conn)
     yield from _coverage(conn)
     yield from _backups(conn)
@@ -83,6 +85,26 @@ def _queue(conn: Connection) -> Iterator[Metric]:
         "Age of the oldest pending generation task (0 when none is pending).",
         value=float(oldest or 0.0),
     )
+
+
+# A drain updates its row after every batch: one not updated for this long has ended or died.
+GPU_BUSY_WINDOW_S = 600.0
+
+
+def _gpu_busy(conn: Connection) -> Iterator[Metric]:
+    busy = GaugeMetricFamily(
+        "stave_gpu_busy_ratio",
+        "Each drain's model time over its wall so far (drains updated in the last 10 minutes, "
+        "by worker): near 1 the GPU is the limit, near 0.2 the platform around it is.",
+        labels=["worker", "host"],
+    )
+    seen: set[str] = set()
+    for run in drain_runs.recent(conn, GPU_BUSY_WINDOW_S):
+        if run.worker in seen or run.wall_s <= 0:
+            continue
+        seen.add(run.worker)
+        busy.add_metric([run.worker, run.host], round(run.model_s / run.wall_s, 4))
+    yield busy
 
 
 def _clips(conn: Connection) -> Iterator[Metric]:

@@ -12,6 +12,7 @@ from stave.infra.db import get_engine
 from stave.infra.errors import NotFound
 from stave.infra.settings import get_settings
 from stave.models.base import parse_id
+from stave.tasks import drain_runs
 from stave.tasks.outcome import RunOutcome, failure_message
 from stave.tasks.queue import job_state
 
@@ -83,6 +84,7 @@ def job_detail(
         ).mappings()
         detail = dict(job)
         detail["tasks"] = [dict(t) for t in tasks]
+        detail["gpu"] = drain_runs.for_job(conn, ident)
     detail["counts"] = counts
     shown_of = counts.get(status, 0) if status else sum(counts.values())
     detail["tasks_shown"] = {"shown": len(detail["tasks"]), "of": shown_of, "status": status}

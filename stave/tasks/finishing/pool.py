@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from stave.infra.settings import Settings
 from stave.tasks.finishing.handoff import BatchResult, Handoff, PagesRequest
 
 Request = Handoff | PagesRequest
+_log = logging.getLogger("stave.finishing")
 # Finishers that die before they are ready, in a row, before the pool gives up (a broken
 # installation would otherwise be restarted for ever).
 START_FAILURES = 3
@@ -89,6 +91,7 @@ class FinisherPool:
         self._start_failures = 0
         self._lock = threading.RLock()
         self.closed = False
+        self._exiting = False  # closing at the interpreter's exit: logging may be gone
 
     # -- the model's process hands batches over ------------------------------------------------
     def start(self) -> None:
@@ -218,6 +221,9 @@ class FinisherPool:
             return []
         if isinstance(request, Handoff):
             self.release(request.segment)
+        elif isinstance(message, dict) and not self._exiting:
+            for problem in message.get("problems", [])[:10]:
+                _log.warning("pages of job %s: %s", request.job_id, problem)
         return [Finished(request, message)]
 
     def _died(self, finisher: _Finisher) -> list[Finished]:
@@ -264,10 +270,11 @@ class FinisherPool:
                     finisher.conn.send(request)
 
     # -- the end --------------------------------------------------------------------------------
-    def close(self, timeout: float = 120.0) -> list[Finished]:
+    def close(self, timeout: float = 120.0, *, exiting: bool = False) -> list[Finished]:
         """Wait for every answer owed (up to `timeout`), then stop the finishers and remove
         the shared memory; the answers that came in meanwhile."""
         with self._lock:
+            self._exiting = exiting
             done = self.wait_all(timeout, batches_only=False) if not self.closed else []
             self.closed = True
             for finisher in self._finishers:
@@ -307,7 +314,7 @@ def finishers(settings: Settings) -> FinisherPool:
             processes, settings.finish_in_flight or processes + 1, settings.finisher_nice
         )
         _pool.start()
-        atexit.register(_pool.close)
+        atexit.register(_pool.close, exiting=True)
     return _pool
 
 
