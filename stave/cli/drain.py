@@ -79,6 +79,9 @@ def _follow(job_id: Any, limit: int | None, as_json: bool) -> None:
     db = engine(current)
     in_process_prefect(current)
     from stave.flows.generate import run_pending as run_pending_flow  # prefect
+    from stave.tasks.finishing import finishers
+
+    finishers(current).start()  # importing while the drain waits: warm for the first batch
 
     typer.echo(
         f"following the queue{f' of job {job_id}' if job_id else ''}: "
