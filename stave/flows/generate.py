@@ -25,6 +25,7 @@ from stave.flows.drain import DrainStats, drain
 from stave.flows.ending import run_state
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
+from stave.infra import stop
 from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
@@ -125,8 +126,11 @@ def _generate_job(
     summary = job_summary(job_id, rejected=rejected)
     summary.update(created=created, **extra)
     if stats is not None:
-        summary["pages"] = _pages(
-            job_id, published=summary["published"], quarantined=summary["quarantined"]
+        # A stopped run builds no pages: the run that finishes the job does.
+        summary["pages"] = (
+            None
+            if stop.requested()
+            else _pages(job_id, published=summary["published"], quarantined=summary["quarantined"])
         )
         summary["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
         summary["handed_back"] = stats.handed_back
@@ -193,7 +197,7 @@ def run_pending(job_id: uuid.UUID | None = None, limit: int | None = None) -> An
     """
     stats = drain(job_id, wait_for_running=False, limit=limit)
     settings = get_settings()
-    if stats.batches:  # the Data Docs of what was validated, built after the run
+    if stats.batches and not stop.requested():  # the Data Docs of what was validated
         finishing.finishers(settings).submit(finishing.PagesRequest(None, settings, False))
     summary = job_summary(job_id)
     summary.update(

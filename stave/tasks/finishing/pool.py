@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
+from stave.infra import stop
 from stave.infra.errors import StaveError
 from stave.infra.settings import Settings
 from stave.tasks.finishing.handoff import BatchResult, Handoff, PagesRequest
@@ -271,22 +272,28 @@ class FinisherPool:
 
     # -- the end --------------------------------------------------------------------------------
     def close(self, timeout: float = 120.0, *, exiting: bool = False) -> list[Finished]:
-        """Wait for every answer owed (up to `timeout`), then stop the finishers and remove
-        the shared memory; the answers that came in meanwhile."""
+        """Wait for every answer owed (up to `timeout`: none after a stop was asked), then
+        stop the finishers and remove the shared memory; the answers that came in meanwhile.
+        An idle finisher is killed (it holds nothing: still importing, say); one holding a
+        request is left to finish it and exit when it finds its pipe closed (publication is
+        fenced on the lease), unless `timeout` allows waiting for it."""
         with self._lock:
             self._exiting = exiting
+            if stop.requested():
+                timeout = 0.0  # a stop: nothing more is waited for (pages are for later runs)
             done = self.wait_all(timeout, batches_only=False) if not self.closed else []
             self.closed = True
+            self._backlog.clear()
             for finisher in self._finishers:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    finisher.conn.send(None)
-            for finisher in self._finishers:
-                try:
-                    finisher.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
+                if finisher.holding is None:
                     finisher.process.kill()
-                    finisher.process.wait()
+                else:
+                    with contextlib.suppress(BrokenPipeError, OSError):
+                        finisher.conn.send(None)
                 finisher.conn.close()
+            for finisher in self._finishers:
+                if finisher.holding is None:
+                    finisher.process.wait()
             self._finishers.clear()
             for segment in [*self._segments.values(), *self._free]:
                 _unlink(segment)
