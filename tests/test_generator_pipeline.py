@@ -203,3 +203,42 @@ def test_batches_follow_max_batch_and_out_of_memory_halves_them(
     )
     with pytest.raises(ResourceExhausted, match=r"one \d+-frame clip"):
         small.generate([request(60), request(61)])
+
+
+@pytest.mark.parametrize("structure", [True, False])
+def test_the_denoiser_s_per_batch_constants_change_no_bit(structure: bool) -> None:
+    """The sampler prepares each branch's text constants once per batch and the time's
+    conditioning once per step (`Denoiser.prepare`, `embed_time`): the velocity is the one the
+    plain call makes, bit for bit, with and without the structure inputs (tempo, key)."""
+    import torch
+
+    from stave.generator.denoiser import Denoiser, DenoiserConfig
+    from stave.generator.text import tokenize
+
+    torch.manual_seed(7)
+    model = Denoiser(DenoiserConfig(structure=structure)).eval()
+    for p in model.parameters():  # no zero-initialised layer hides a difference
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        text = model.encode_text(tokenize(["warm organ chords in A minor, 90 bpm", "drone"]))
+        x = torch.randn(2, model.cfg.latent_channels, 40)
+        t = torch.tensor([0.25, 0.25])
+        plain = model(x, t, text)
+        prepared = model(x, t, text, prepared=model.prepare(text, 40), time=model.embed_time(t))
+    assert torch.equal(plain, prepared)
+
+
+def test_a_batch_left_on_the_device_gives_the_clips_generate_gives(
+    generator: StaveGenerator,
+) -> None:
+    """`generate_batches` (the drain's) and `generate` make the same clips; each batch says
+    which request each row is, and on the CPU leaves the samples to the host to measure."""
+    requests = [request(40), request(41, duration_s=1.5), request(42)]
+    clips = generator.generate(requests)
+    batches = generator.generate_batches(requests)
+    assert sorted(p for b in batches for p in b.positions) == [0, 1, 2]
+    for batch in batches:
+        assert batch.levels is None and batch.audio.shape[0] == len(batch.positions)
+        for row, position in enumerate(batch.positions):
+            length = batch.lengths[row]
+            assert batch.audio[row, :length].numpy().tobytes() == clips[position].audio.tobytes()

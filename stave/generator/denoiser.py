@@ -126,11 +126,19 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(text_dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        kv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`kv`: `self.kv(text)` made already (the same text at every step of a batch)."""
         b, n, d = x.shape
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.kv(text).view(b, text.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        kv = self.kv(text) if kv is None else kv
+        k, v = kv.view(b, text.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
         return self.out(out.transpose(1, 2).reshape(b, n, d))
 
@@ -171,11 +179,22 @@ class Block(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         mask: torch.Tensor | None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         s1, c1, g1, s2, c2, g2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
         x = x + (1 + g1) * self.attn(self.norm1(x) * (1 + c1) + s1, mask)
-        x = x + self.cross(self.norm2(x), text, text_mask)
+        x = x + self.cross(self.norm2(x), text, text_mask, kv)
         return x + (1 + g2) * self.ff(self.norm3(x) * (1 + c2) + s2)
+
+
+@dataclass
+class PreparedText:
+    """A prompt's per-batch constants for the denoiser (see `Denoiser.prepare`)."""
+
+    pooled: torch.Tensor
+    key: torch.Tensor | None
+    clock: torch.Tensor | None  # beat_clock features, float32
+    kv: list[torch.Tensor]  # each block's cross-attention keys and values
 
 
 class Denoiser(nn.Module):
@@ -205,6 +224,27 @@ class Denoiser(nn.Module):
     def encode_text(self, tokens: Tokens) -> EncodedPrompt:
         return self.text(tokens)
 
+    def prepare(
+        self, text: EncodedPrompt, frames: int, offset: torch.Tensor | None = None
+    ) -> PreparedText:
+        """What `forward` makes of `text` for `frames` frames that no step changes: computed
+        once per batch and branch instead of at every step (the same operations on the same
+        inputs, so the velocity is the same, bit for bit)."""
+        structure = self.cfg.structure
+        return PreparedText(
+            pooled=self.pooled(text.pooled),
+            key=self.key(text.key) if structure else None,
+            clock=beat_clock(text.bpm, frames, self.cfg.frame_rate, offset) if structure else None,
+            kv=[block.cross.kv(text.tokens) for block in self._blocks()],
+        )
+
+    def _blocks(self) -> list[Block]:
+        return [block for block in self.blocks if isinstance(block, Block)]
+
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time conditioning of `t` (B,): the same for every branch of a step."""
+        return self.time(timestep_embedding(t, self.cfg.dim))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -212,19 +252,23 @@ class Denoiser(nn.Module):
         text: EncodedPrompt,
         mask: torch.Tensor | None = None,
         offset: torch.Tensor | None = None,
+        *,
+        prepared: PreparedText | None = None,
+        time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, T), t (B,), encoded text -> velocity (B, C, T).
 
         `offset` (B,): the frame in its clip where each crop starts (training); 0 by default.
+        `prepared` (`prepare(text, T)`) and `time` (`embed_time(t)`): made already.
         """
         h = self.inp(x.transpose(1, 2))
-        cond = self.time(timestep_embedding(t, self.cfg.dim)) + self.pooled(text.pooled)
-        if self.cfg.structure:
-            clock = beat_clock(text.bpm, x.shape[-1], self.cfg.frame_rate, offset)
-            h = h + self.clock(clock.to(h.dtype))
-            cond = cond + self.key(text.key)
+        prepared = prepared or self.prepare(text, x.shape[-1], offset)
+        cond = (self.embed_time(t) if time is None else time) + prepared.pooled
+        if prepared.clock is not None and prepared.key is not None:  # cfg.structure
+            h = h + self.clock(prepared.clock.to(h.dtype))
+            cond = cond + prepared.key
         cond = F.silu(cond)
-        for block in self.blocks:
-            h = block(h, cond, text.tokens, text.mask, mask)
+        for block, kv in zip(self.blocks, prepared.kv, strict=True):
+            h = block(h, cond, text.tokens, text.mask, mask, kv)
         shift, scale = self.final_mod(cond)[:, None].chunk(2, dim=-1)
         return self.out(self.final_norm(h) * (1 + scale) + shift).transpose(1, 2)

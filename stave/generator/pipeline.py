@@ -218,10 +218,21 @@ class StaveGenerator:
             branches = {"cond": cond, "uncond": null, "contrast": parallel_key(cond)}
             timings["conditioning"] = self._lap(started)
 
+            # Per batch, not per step: each branch's text constants; per step, not per
+            # branch: the time's conditioning (the branches of a step share `t`).
+            prepared = {
+                name: self.denoiser.prepare(text, frames) for name, text in branches.items()
+            }
+            step: dict[str, Any] = {"t": None, "time": None}
+
             def model(x: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
                 if self.interrupt is not None and self.interrupt():
                     raise Interrupted("generation interrupted between denoiser steps")
-                return self.denoiser(x, t, branches[branch]).float()
+                if step["t"] is not t:
+                    step["t"], step["time"] = t, self.denoiser.embed_time(t)
+                return self.denoiser(
+                    x, t, branches[branch], prepared=prepared[branch], time=step["time"]
+                ).float()
 
             started = time.perf_counter()
             noise = initial_noise(seeds, self.ae.cfg.latent_channels, frames).to(self.device)

@@ -39,15 +39,21 @@ def guided(
     "contrast".
     """
 
+    # Asked once per batch, not at every step: each is a wait for the device (a GPU's queue
+    # drains while the host waits, then idles while the host catches up).
+    cond_only = bool((guidance == 1).all())
+    contrasted = contrast is not None and bool((contrast != 0).any())
+
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_cond = model(x, t, "cond")
-        if bool((guidance == 1).all()):
+        if cond_only:
             v = v_cond
         else:
             v_uncond = model(x, t, "uncond")
             g = guidance.to(x.dtype)[:, None, None]
             v = v_uncond + g * (v_cond - v_uncond)
-        if contrast is not None and bool((contrast != 0).any()):
+        if contrasted:
+            assert contrast is not None
             c = contrast.to(x.dtype)[:, None, None]
             v = v + c * (v_cond - model(x, t, "contrast"))
         return v
