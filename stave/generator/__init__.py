@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 # The checkpoint shipped inside the package (torch-free to name: the CLI reads its model card).
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "stave-small.pt"
+# The built-in model's sample rate (torch-free to name: a finishing process has no torch).
+SAMPLE_RATE = 16_000
 
 if TYPE_CHECKING:
     from stave.generator.errors import (
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PACKAGED_CHECKPOINT",
+    "SAMPLE_RATE",
     "CheckpointError",
     "Clip",
     "GenerationRequest",

@@ -16,7 +16,8 @@ from functools import lru_cache
 
 import torch
 
-SAMPLE_RATE = 16_000
+from stave.generator import SAMPLE_RATE as SAMPLE_RATE  # re-exported: its home was here
+
 HOP = 64  # control frames every 4 ms
 LOWEST_MIDI = 28
 N_OSC = 80  # MIDI 28..107

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stave.generator.synth import SAMPLE_RATE
+from stave.generator import SAMPLE_RATE
 from stave.infra.settings import Settings
 from stave.tasks.storage import StoredClip
 
