@@ -95,6 +95,7 @@ class Samples:
             "user": "matrix-user",
             "target_file": str(self.root / "wal-target.json"),
             "deployment": "backup/nightly-backup",
+            "weight": "2",
         }
         if name not in fixed:
             pytest.fail(f"stave {' '.join(path)}: no sample value for {name!r}; add one")

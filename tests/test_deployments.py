@@ -366,8 +366,14 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         ).json()
         assert any(a["flow_run_id"] in runs and a["data"] == 100.0 for a in artifacts)
 
+        with engine.connect() as conn:
+            e2e_job = conn.execute(
+                text("SELECT job_id FROM generation_task WHERE prompt LIKE :tag LIMIT 1"),
+                {"tag": f"%{tag}%"},
+            ).scalar_one()
         # Every other deployment's smallest case, through the same workers.
         smallest = {
+            "job-control/job-control": {"job_id": str(e2e_job), "action": "resume"},
             "run-pending/generation-drain": {"limit": 1},
             "backfill-embeddings/latent-backfill": {"dry_run": True},
             "backup/nightly-backup": {

@@ -100,7 +100,9 @@ def test_metrics_after_a_real_job_match_the_database(
     clips = {(lb["outcome"], lb["error_class"]): v for lb, v in found["stave_clips_total"]}
     assert clips == {key: float(n) for key, n in by_status.items()}
     assert clips[("published", "none")] >= 2
-    tasks = {lb["status"]: v for lb, v in found["stave_tasks"]}
+    tasks: dict[str, float] = {}
+    for labels, value in found["stave_tasks"]:  # by status and class
+        tasks[labels["status"]] = tasks.get(labels["status"], 0.0) + value
     assert tasks["pending"] == pending
     coverage = {lb["encoder_version"]: v for lb, v in found["stave_embedding_coverage_ratio"]}
     assert 0 < coverage[version] <= 1.0 and coverage[version] >= covered

@@ -28,6 +28,7 @@ from stave.cli import (
     jobs,
     metrics,
     orchestration,
+    queue,
     report,
     store,
 )
@@ -79,8 +80,9 @@ app.command("eval")(generator.evaluate)
 app.command("generate")(jobs.generate)
 app.command("submit")(jobs.submit)
 app.command("run-pending")(drain.run_pending)
-app.command("jobs")(jobs.jobs)
-app.command("job")(jobs.job)
+app.command("jobs")(queue.jobs)
+app.command("job")(queue.job)
+app.add_typer(queue.share_app, name="share")
 app.command("task")(jobs.task)
 app.command("retry")(jobs.retry)
 app.command("regenerate")(jobs.regenerate)

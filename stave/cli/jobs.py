@@ -29,14 +29,14 @@ from stave.infra import stop
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import Settings
-from stave.models import TaskStatus
+from stave.models import Priority
 from stave.models.base import parse_id
 from stave.tasks import submission
 from stave.tasks.gc import sweep
 from stave.tasks.inference import check_generator
 from stave.tasks.intake import SourceRows, read_file
 from stave.tasks.queue import job_state, requeue_failed
-from stave.tasks.records import job_detail, job_failure, job_summary, list_jobs, task_detail
+from stave.tasks.records import job_detail, job_failure, job_summary, task_detail
 from stave.tasks.regenerate import regenerate as remake
 
 FILE_HELP = "Prompt file: .csv, .jsonl or .parquet (columns: prompt, and optional others)."
@@ -57,8 +57,11 @@ def _checked_source(
     return source
 
 
+PRIORITY_HELP = "The job's class in the queue: interactive, standard or bulk."
+
+
 def _submit(
-    db: Engine, source: SourceRows, current: Settings, user: str | None
+    db: Engine, source: SourceRows, current: Settings, user: str | None, priority: Priority
 ) -> submission.Submission:
     """The file submitted, with a bar over its rows when it is more than one chunk."""
     with tqdm(
@@ -68,7 +71,9 @@ def _submit(
         leave=False,
         disable=source.count <= submission.CHUNK_ROWS,
     ) as bar:
-        return submission.submit(db, source, current, user_id=user, progress=bar.update)
+        return submission.submit(
+            db, source, current, user_id=user, progress=bar.update, priority=priority.value
+        )
 
 
 def job_bar(job_id: uuid.UUID | None, total: int) -> PollingBar:
@@ -115,6 +120,7 @@ def generate(
     file: Path = typer.Argument(..., help=FILE_HELP),
     fmt: FileFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
     user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    priority: Priority = typer.Option(Priority.standard, "--priority", help=PRIORITY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Check, submit and generate a prompt file in this process; print a summary."""
@@ -124,7 +130,7 @@ def generate(
     db = engine(current)
     # Submission happens outside the flow first so the progress bar knows the job; the flow's
     # own submission then finds every row already there and reuses the job.
-    queued = _submit(db, source, current, user)
+    queued = _submit(db, source, current, user, priority)
     if queued.job_id is None:
         _no_row_accepted(file, queued, as_json)
     print_rejections([r.to_dict() for r in queued.rejected], as_json, queued.rejected_count)
@@ -171,12 +177,13 @@ def submit(
     file: Path = typer.Argument(..., help=FILE_HELP),
     fmt: FileFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
     user: str | None = typer.Option(None, "--user", help="User for rows without user_id."),
+    priority: Priority = typer.Option(Priority.standard, "--priority", help=PRIORITY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Check and queue a prompt file without generating; print the job id."""
     current = settings()
     source = _checked_source(current, file, fmt, generating=False)
-    queued = _submit(engine(current), source, current, user)
+    queued = _submit(engine(current), source, current, user, priority)
     if queued.job_id is None:
         _no_row_accepted(file, queued, as_json)
     if as_json:
@@ -188,76 +195,6 @@ def submit(
         f"job {queued.job_id} {state}: {queued.accepted} task(s) queued, "
         f"{queued.rejected_count} row(s) rejected"
     )
-
-
-def jobs(
-    limit: int = typer.Option(20, "--limit", min=1, max=1000),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """The latest jobs with their task counts."""
-    rows = list_jobs(engine(settings()), limit)
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        typer.echo("no jobs yet: stave generate FILE")
-        return
-    typer.echo(
-        f"{'job':<36}  {'created':<19}  {'rows':>5} {'rej':>4} {'pend':>5} {'pub':>5} "
-        f"{'quar':>5} {'fail':>5}  source"
-    )
-    for r in rows:
-        typer.echo(
-            f"{r['id']!s:<36}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['total_rows']:>5} "
-            f"{r['rejected_rows']:>4} {r['pending'] + r['running']:>5} {r['published']:>5} "
-            f"{r['quarantined']:>5} {r['failed']:>5}  {r['source_uri'] or '(rows)'}"
-        )
-
-
-def job(
-    job_id: str = typer.Argument(..., help="Job id."),
-    limit: int = typer.Option(20, "--limit", min=0, help="Tasks to list (0: none)."),
-    status: TaskStatus | None = typer.Option(None, "--status", help="Only tasks in this status."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """One job: counts per status, rejected rows, and its first tasks with their clips."""
-    detail = job_detail(
-        engine(settings()), job_id, limit=limit, status=status.value if status else None
-    )
-    if as_json:
-        print_json(detail)
-        return
-    typer.echo(f"job {detail['id']}  created {detail['created_at']:%Y-%m-%d %H:%M:%S}")
-    typer.echo(
-        f"  source      {detail['source_uri'] or '(rows)'}  sha256 {detail['source_sha256']}"
-    )
-    typer.echo(
-        f"  rows        {detail['total_rows']} ({detail['accepted_rows']} accepted, "
-        f"{detail['rejected_rows']} rejected)"
-    )
-    typer.echo(
-        "  tasks       " + ", ".join(f"{k} {v}" for k, v in sorted(detail["counts"].items()))
-    )
-    gpu = detail.get("gpu")
-    if gpu and gpu["gpu_busy"] is not None:
-        typer.echo(
-            f"  GPU busy    {gpu['gpu_busy']:.2f} (the model {gpu['model_s']:g} s of "
-            f"{gpu['wall_s']:g} s over {gpu['runs']} run(s); near 0.2 the platform, not the "
-            "GPU, is the limit)"
-        )
-    for r in detail["rejections"][:20]:
-        typer.echo(f"  rejected    row {r['row']}, {r['field']}: {r['reason']}")
-    for t in detail["tasks"]:
-        where = t["object_key"] or (
-            f"{t['error_class']}: {t['error_message']}" if t["error_class"] else ""
-        )
-        typer.echo(f"  {t['id']}  {t['status']:<11}  {where}")
-    shown = detail["tasks_shown"]
-    if shown["shown"] < shown["of"]:
-        typer.echo(
-            f"  … {shown['shown']} of {shown['of']} task(s) shown "
-            "(--limit N, --status S, or --json)"
-        )
 
 
 def task(

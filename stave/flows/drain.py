@@ -289,9 +289,24 @@ def _show_progress(
     update_progress_artifact(
         progress,
         _percent(state, total, job_id, done),
-        description=(f"clips settled (job {job_id})" if job_id else "queued clips processed")
+        description=(
+            f"clips settled (job {job_id}{_place(engine, job_id)})"
+            if job_id
+            else "queued clips processed"
+        )
         + (f"; GPU busy {busy:.0%} of the run" if busy is not None else ""),
     )
+
+
+def _place(engine: Engine, job_id: uuid.UUID) -> str:
+    """The job's class, tasks ahead and estimated time, as the progress says them."""
+    place = queue.places(engine, queue.QueuePolicy.of(get_settings())).get(job_id)
+    if place is None:
+        return ""
+    if place.ahead is None:
+        return f"; {place.priority}, paused"
+    eta = f", done in about {place.eta_s / 60:.0f} min" if place.eta_s is not None else ""
+    return f"; {place.priority}, {place.ahead} task(s) ahead{eta}"
 
 
 def _percent(state: queue.QueueState, total: int, job_id: uuid.UUID | None, done: int) -> float:

@@ -19,6 +19,7 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
+from prefect.context import FlowRunContext
 
 from stave.flows import names
 from stave.flows.drain import DrainStats, drain
@@ -30,7 +31,7 @@ from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
 from stave.infra.settings import get_settings
-from stave.tasks import finishing, sites
+from stave.tasks import finishing, queue, sites
 from stave.tasks.intake import PromptRow
 from stave.tasks.outcome import RunOutcome, failure_message
 from stave.tasks.records import job_failure, job_summary
@@ -64,6 +65,7 @@ def generate(
     submitted_by: str | None = None,
     run: bool = True,
     job_id: uuid.UUID | None = None,
+    priority: Literal["interactive", "standard", "bulk"] | None = None,
 ) -> Any:  # the summary, or a Failed state carrying it
     """Check and submit a prompt file (CSV, JSONL, Parquet) or rows, then generate the clips.
 
@@ -81,13 +83,19 @@ def generate(
         submitted_by: Who asked, for the job record.
         run: False only queues the tasks (the generation drain deployment makes them).
         job_id: Or a job already submitted (`stave submit`): generate its clips now.
+        priority: The job's class in the queue: interactive, standard or bulk (default: bulk
+            for a scheduled run, standard for one started by hand); with job_id, its new class.
     """
     log = run_logger("stave.flows.generate")
     if job_id is not None:
         if file_key is not None or rows is not None:
             raise InvalidInput("give exactly one of file_key, rows or job_id")
+        if priority is not None:
+            queue.set_priority(get_engine(), job_id, priority)
         return _generate_job(job_id, run)
-    submission = generation.submit_rows(file_key, rows, format, user_id, submitted_by)
+    submission = generation.submit_rows(
+        file_key, rows, format, user_id, submitted_by, priority or _default_priority()
+    )
     if submission.rejected:
         create_table_artifact(
             table=[r.to_dict() for r in submission.rejected],
@@ -116,6 +124,13 @@ def generate(
         rejected=submission.rejected_count,
         total_rows=submission.total,
     )
+
+
+def _default_priority() -> str:
+    """A scheduled run's jobs are bulk; a run someone started (the UI, the API) standard."""
+    context = FlowRunContext.get()
+    scheduled = bool(context and context.flow_run and context.flow_run.auto_scheduled)
+    return "bulk" if scheduled else "standard"
 
 
 def _generate_job(

@@ -30,6 +30,11 @@ def generate() -> str:
     return f"generate-{len(p.get('rows') or [])}-rows-{_day()}"
 
 
+def job_control() -> str:
+    p = _parameters()
+    return f"job-{str(p.get('job_id'))[:13]}-{p.get('action', 'control')}"
+
+
 def drain() -> str:
     job = _parameters().get("job_id")
     return f"drain-{str(job)[:13] if job else 'all'}-{_day()}"

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     # A run (generate, drain) ends Failed, and the CLI exits 3, when any of its clips failed, or
     # when more than this share of them was quarantined (0: any quarantined clip).
     quarantine_fails_run_above: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Sharing the queue (ARCHITECTURE.md, "The queue"): a stream of work not claimed from for
+    # this long is claimed as the next class up; users' recent service halves every
+    # half-life; the most tasks one user, or one job, may have running (0: no quota).
+    queue_aging_s: float = Field(default=3600.0, ge=0)
+    fair_share_half_life_s: float = Field(default=3600.0, gt=0)
+    user_max_running: int = Field(default=0, ge=0)
+    job_max_running: int = Field(default=0, ge=0)
     # The Prefect global concurrency limit inference holds one slot of (one slot per GPU).
     gpu_concurrency_limit: str = "gpu"
     # Finishing (encode, put, validate, publish) runs in processes beside the model's: this

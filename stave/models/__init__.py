@@ -3,8 +3,10 @@
 from stave.models.assets import EMBEDDING_DIM, AudioAsset, LatentEmbedding
 from stave.models.catalog import ModelVersion, StyleTemplate, UserPreference
 from stave.models.generation import (
+    PRIORITIES,
     GenerationJob,
     GenerationTask,
+    Priority,
     PromptRevision,
     TaskEvent,
     TaskStatus,
@@ -17,9 +19,11 @@ from stave.models.operations import (
     DrainRun,
     ValidationRun,
 )
+from stave.models.queue import QueueStream, UserShare
 
 __all__ = [
     "EMBEDDING_DIM",
+    "PRIORITIES",
     "ArchiveBatch",
     "AudioAsset",
     "BackfillRun",
@@ -30,11 +34,14 @@ __all__ = [
     "LatentEmbedding",
     "LifecyclePolicy",
     "ModelVersion",
+    "Priority",
     "PromptRevision",
+    "QueueStream",
     "StyleTemplate",
     "TaskEvent",
     "TaskStatus",
     "UserPreference",
+    "UserShare",
     "ValidationRun",
     "archive_policies",
     "lifecycle_policies",

@@ -27,6 +27,17 @@ class TaskStatus(StrEnum):
 STATUSES = tuple(s.value for s in TaskStatus)
 
 
+# A job's class in the queue: a higher class is always claimed first (ARCHITECTURE.md, "The
+# queue"). Listed highest first.
+class Priority(StrEnum):
+    interactive = "interactive"
+    standard = "standard"
+    bulk = "bulk"
+
+
+PRIORITIES = tuple(p.value for p in Priority)
+
+
 # One revision of a user's prompt; `parent_id` chains edits so a prompt's history can be traced.
 @lifecycle(
     LifecyclePolicy(
@@ -78,6 +89,7 @@ class PromptRevision(SQLModel, table=True):
 class GenerationJob(SQLModel, table=True):
     __tablename__ = "generation_job"
     __table_args__ = (
+        CheckConstraint(check_in("priority", PRIORITIES), name="priority"),
         Index(None, "submitted_by", "created_at"),
         Index(None, "source_sha256"),
         Index(None, "created_at", "id"),
@@ -92,6 +104,14 @@ class GenerationJob(SQLModel, table=True):
     accepted_rows: int = 0
     rejected_rows: int = 0
     rejections: list[dict[str, Any]] = jsonb_field(array=True)
+    # Its class in the queue, and whether its pending tasks are held back (`stave job ID
+    # --pause`); both changeable while it runs.
+    priority: str = Field(
+        default=Priority.standard.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": Priority.standard.value},
+    )
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     created_at: datetime = timestamp_field()
     finished_at: datetime | None = timestamp_field(nullable=True)
 
@@ -124,9 +144,12 @@ class GenerationTask(SQLModel, table=True):
             postgresql_where=text("model_version_id IS NOT NULL"),
         ),
         Index(None, "job_id"),
-        # Claims scan only pending work, oldest first; the index stays as small as the queue.
+        # A claim takes a stream's (a job's tasks of one user) oldest pending tasks; the index
+        # stays as small as the queue.
         Index(
-            "ix_generation_task_pending",
+            "ix_generation_task_pending_stream",
+            "job_id",
+            "user_id",
             "created_at",
             postgresql_where=text("status = 'pending'"),
         ),

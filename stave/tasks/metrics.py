@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from stave.models import archive_policies
+from stave.models import PRIORITIES, archive_policies
 from stave.tasks import drain_runs
 from stave.tasks.archive import count_eligible, cutoff_for
 from stave.tasks.archiver import archiver_status
@@ -60,31 +60,54 @@ def measure(conn: Connection) -> Iterator[Metric]:
 
 def _queue(conn: Connection) -> Iterator[Metric]:
     tasks = GaugeMetricFamily(
-        "stave_tasks", "Generation tasks waiting or being made, by status.", labels=["status"]
+        "stave_tasks",
+        "Generation tasks waiting or being made, by status and the job's class.",
+        labels=["status", "priority"],
     )
-    counts: dict[str, int] = {
-        status: int(n)
-        for status, n in conn.execute(
-            text(
-                "SELECT status, count(*) FROM generation_task "
-                "WHERE status IN ('pending', 'running') GROUP BY status"
-            )
-        ).all()
-    }
-    for status in ("pending", "running"):
-        tasks.add_metric([status], int(counts.get(status, 0)))
-    yield tasks
-    oldest = conn.execute(
+    counts: dict[tuple[str, str], int] = {}
+    # Pending from the queue's streams (kept with every change to or from pending); running
+    # from the tasks themselves (a small set: the fleet's batches in flight).
+    for priority, n in conn.execute(
+        text("SELECT priority, coalesce(sum(pending), 0) FROM queue_stream GROUP BY 1")
+    ).all():
+        counts[("pending", priority)] = int(n)
+    for priority, n in conn.execute(
         text(
-            "SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM generation_task "
-            "WHERE status = 'pending'"
+            "SELECT j.priority, count(*) FROM generation_task t "
+            "JOIN generation_job j ON j.id = t.job_id WHERE t.status = 'running' GROUP BY 1"
         )
-    ).scalar()
-    yield GaugeMetricFamily(
+    ).all():
+        counts[("running", priority)] = int(n)
+    for status in ("pending", "running"):
+        for priority in PRIORITIES:
+            tasks.add_metric([status, priority], counts.get((status, priority), 0))
+    yield tasks
+    oldest = GaugeMetricFamily(
         "stave_oldest_pending_task_age_seconds",
-        "Age of the oldest pending generation task (0 when none is pending).",
-        value=float(oldest or 0.0),
+        "Age of the oldest pending generation task of each class (0 when none is pending).",
+        labels=["priority"],
     )
+    ages = dict(
+        conn.execute(
+            text(
+                """
+                SELECT q.priority, EXTRACT(EPOCH FROM now() - min(first.created_at))
+                FROM queue_stream q CROSS JOIN LATERAL (
+                    SELECT created_at FROM generation_task
+                    WHERE job_id = q.job_id AND user_id = q.user_id AND status = 'pending'
+                    ORDER BY created_at LIMIT 1
+                ) first
+                WHERE q.pending > 0
+                GROUP BY 1
+                """
+            )
+        )
+        .tuples()
+        .all()
+    )
+    for priority in PRIORITIES:
+        oldest.add_metric([priority], float(ages.get(priority) or 0.0))
+    yield oldest
 
 
 # A drain updates its row after every batch: one not updated for this long has ended or died.

@@ -23,7 +23,7 @@ def list_jobs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
             text(
                 """
                 SELECT j.id, j.created_at, j.submitted_by, j.source_uri, j.total_rows,
-                       j.accepted_rows, j.rejected_rows,
+                       j.accepted_rows, j.rejected_rows, j.priority, j.paused,
                        count(t.id) FILTER (WHERE t.status = 'pending') AS pending,
                        count(t.id) FILTER (WHERE t.status = 'running') AS running,
                        count(t.id) FILTER (WHERE t.status = 'published') AS published,
@@ -32,7 +32,7 @@ def list_jobs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
                 FROM (SELECT * FROM generation_job ORDER BY created_at DESC LIMIT :limit) j
                 LEFT JOIN generation_task t ON t.job_id = j.id
                 GROUP BY j.id, j.created_at, j.submitted_by, j.source_uri, j.total_rows,
-                         j.accepted_rows, j.rejected_rows
+                         j.accepted_rows, j.rejected_rows, j.priority, j.paused
                 ORDER BY j.created_at DESC
                 """
             ),

@@ -44,21 +44,27 @@ def submit_rows(
     fmt: str | None,
     user_id: str | None,
     submitted_by: str | None,
+    priority: str = "standard",
 ) -> submission.Submission:
     if (file_key is None) == (rows is None):
         raise InvalidInput("give exactly one of file_key, rows or job_id")
     if file_key is not None:
         with intake.read_object(make_object_store(get_settings()), file_key, fmt) as source:
-            return _submit(source, user_id, submitted_by)
+            return _submit(source, user_id, submitted_by, priority)
     source = intake.rows_from_parameter([row.model_dump(exclude_none=True) for row in rows or []])
-    return _submit(source, user_id, submitted_by)
+    return _submit(source, user_id, submitted_by, priority)
 
 
 def _submit(
-    source: intake.SourceRows, user_id: str | None, submitted_by: str | None
+    source: intake.SourceRows, user_id: str | None, submitted_by: str | None, priority: str
 ) -> submission.Submission:
     return submission.submit(
-        get_engine(), source, get_settings(), submitted_by=submitted_by, user_id=user_id
+        get_engine(),
+        source,
+        get_settings(),
+        submitted_by=submitted_by,
+        user_id=user_id,
+        priority=priority,
     )
 
 
@@ -84,7 +90,10 @@ class Parcel(Generic[T]):
 # Claims are cheap and idempotent to retry: a database restart costs a few seconds, not the job.
 @task(name="claim-batch", cache_policy=NO_CACHE, retries=4, retry_delay_seconds=[1, 2, 4, 8])
 def claim_batch(worker: str, limit: int, job_id: uuid.UUID | None) -> list[queue.ClaimedTask]:
-    return queue.claim(get_engine(), worker, limit, get_settings().lease_s, job_id)
+    settings = get_settings()
+    return queue.claim(
+        get_engine(), worker, limit, settings.lease_s, job_id, queue.QueuePolicy.of(settings)
+    )
 
 
 # No task tags: in Prefect 3.8 a tag makes every run look up a tag concurrency limit (about

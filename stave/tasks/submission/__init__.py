@@ -38,7 +38,7 @@ from stave.infra.cache import get_cache
 from stave.infra.settings import Settings
 from stave.models.base import new_id, utcnow
 from stave.models.generation import GenerationJob, PromptRevision
-from stave.tasks import catalog
+from stave.tasks import catalog, queue
 from stave.tasks.intake import (
     KEPT_REJECTIONS,
     CheckedRow,
@@ -86,12 +86,14 @@ def submit(
     submitted_by: str | None = None,
     user_id: str | None = None,
     progress: Callable[[int], None] | None = None,
+    priority: str = "standard",
 ) -> Submission:
-    """Check, resolve defaults and write the job; a concurrent duplicate is retried once.
-    `progress(n)` is told of every n rows passed."""
+    """Check, resolve defaults and write the job (its tasks queued in class `priority`); a
+    concurrent duplicate is retried once. `progress(n)` is told of every n rows passed."""
+    queue.check_priority(priority)
     for attempt in (1, 2):
         try:
-            return _submit_once(engine, source, settings, submitted_by, user_id, progress)
+            return _submit_once(engine, source, settings, submitted_by, user_id, progress, priority)
         except (IntegrityError, psycopg.errors.UniqueViolation):
             # Another submission of the same rows committed between our lookup and COPY: the
             # second pass finds its tasks and reports them.
@@ -114,6 +116,7 @@ def _submit_once(
     submitted_by: str | None,
     user_id: str | None,
     progress: Callable[[int], None] | None,
+    priority: str,
 ) -> Submission:
     default_user = user_id or settings.default_user
     rejected, sent = Rejections(), Sent()
@@ -139,6 +142,7 @@ def _submit_once(
                         "submitted_by": submitted_by or default_user,
                         "source_uri": source.uri,
                         "source_sha256": source.sha256,
+                        "priority": priority,
                         "created_at": now,
                     }
                 ],
@@ -188,6 +192,7 @@ def _submit_once(
                     rejections=[r.to_dict() for r in kept],
                 )
             )
+            queue.enqueue_job(session.connection(), job_id, priority)
     except _NothingNew as nothing:
         return nothing.submission
     return Submission(job_id, True, source.count, sent.accepted, kept, sent.already.total(), count)

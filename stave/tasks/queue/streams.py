@@ -1,0 +1,197 @@
+"""The queue's streams kept in step with the tasks: every change of a task to or from
+`pending` adjusts its stream's count in the same transaction.
+
+A stream row exists while its job has pending or running tasks for its user: submission
+creates it, a task coming back to `pending` (a retry, a hand-back, an expired lease, a
+re-queue) recreates it if a claim removed it meanwhile, and a claim removes one it finds
+with neither. Its `due_at` says when it next has claimable work (NULL: now).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+# Tasks that became pending (by id), counted into their streams; a stream's `due_at` moves to
+# the earliest of its own and theirs (NULL, now, wins).
+_ADD_PENDING = text(
+    """
+    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, due_at, served,
+                              served_at, waiting_since, created_at)
+    SELECT t.job_id, t.user_id, j.priority, j.paused, count(*),
+           CASE WHEN bool_or(t.available_at IS NULL) THEN NULL ELSE min(t.available_at) END,
+           0, now(), now(), now()
+    FROM generation_task t JOIN generation_job j ON j.id = t.job_id
+    WHERE t.id = ANY(:ids) AND t.status = 'pending'
+    GROUP BY t.job_id, t.user_id, j.priority, j.paused
+    ORDER BY t.job_id, t.user_id
+    ON CONFLICT (job_id, user_id) DO UPDATE SET
+        pending = queue_stream.pending + EXCLUDED.pending,
+        due_at = CASE WHEN queue_stream.due_at IS NULL OR EXCLUDED.due_at IS NULL THEN NULL
+                      ELSE least(queue_stream.due_at, EXCLUDED.due_at) END
+    """
+)
+
+_ENQUEUE_JOB = text(
+    """
+    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, served, served_at,
+                              waiting_since, created_at)
+    SELECT job_id, user_id, :priority, false, count(*), 0, now(), now(), now()
+    FROM generation_task WHERE job_id = :job AND status = 'pending'
+    GROUP BY job_id, user_id
+    ON CONFLICT (job_id, user_id) DO UPDATE SET pending = EXCLUDED.pending
+    """
+)
+
+# After a claim: each stream's pending count less what was taken (`counted`: 0 for a stream
+# whose count was made exact after the take), its service (decayed to now plus the clips taken)
+# and the time it was last served; then each user's service. Rows in key order, so concurrent
+# claims lock them in one order.
+_SERVED = text(
+    """
+    WITH taken AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:taken AS jsonb))
+            AS x(job_id uuid, user_id text, n int, counted int)
+        ORDER BY job_id, user_id
+    )
+    UPDATE queue_stream q
+    SET pending = greatest(q.pending - taken.counted, 0),
+        served = q.served * power(0.5, extract(epoch FROM now() - q.served_at) / :half_life)
+                 + taken.n,
+        served_at = now(), waiting_since = now()
+    FROM taken WHERE q.job_id = taken.job_id AND q.user_id = taken.user_id
+    """
+)
+
+_USERS_SERVED = text(
+    """
+    INSERT INTO user_share (user_id, weight, served, served_at, created_at)
+    SELECT user_id, 1, n, now(), now()
+    FROM jsonb_to_recordset(CAST(:taken AS jsonb)) AS x(user_id text, n int)
+    ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET
+        served = user_share.served
+                 * power(0.5, extract(epoch FROM now() - user_share.served_at) / :half_life)
+                 + EXCLUDED.served,
+        served_at = now()
+    """
+)
+
+# A stream a claim found without claimable work: its count made exact, and either removed
+# (nothing pending or running) or given the time its next task is due (a backoff's end, a
+# lease's expiry). A stream whose pending tasks are only locked by another claim stays due.
+_SETTLE_EMPTY = text(
+    """
+    WITH facts AS (
+        SELECT
+            (SELECT count(*) FROM generation_task
+             WHERE job_id = :job AND user_id = :user AND status = 'pending') AS pending,
+            (SELECT bool_or(available_at IS NULL OR available_at <= now())
+             FROM generation_task
+             WHERE job_id = :job AND user_id = :user AND status = 'pending') AS due_now,
+            (SELECT min(available_at) FROM generation_task
+             WHERE job_id = :job AND user_id = :user AND status = 'pending') AS next_retry,
+            (SELECT min(lease_expires_at) FROM generation_task
+             WHERE job_id = :job AND user_id = :user AND status = 'running') AS next_lease
+    ), gone AS (
+        DELETE FROM queue_stream q USING facts
+        WHERE q.job_id = :job AND q.user_id = :user AND facts.pending = 0
+          AND facts.next_lease IS NULL
+        RETURNING q.job_id
+    )
+    , kept AS (
+        UPDATE queue_stream q SET
+            pending = facts.pending,
+            due_at = CASE WHEN facts.due_now THEN NULL
+                          ELSE least(facts.next_retry, facts.next_lease) END
+        FROM facts
+        WHERE q.job_id = :job AND q.user_id = :user AND NOT EXISTS (SELECT 1 FROM gone)
+    )
+    SELECT pending, coalesce(due_now, false) AS due_now FROM facts
+    """
+)
+
+
+# A stream's claimable-now count, read without locking it (a claim decides with it whether to
+# take from the stream; the stream's row is written at the claim's end).
+_CLAIMABLE = text(
+    """
+    SELECT count(*) FROM generation_task
+    WHERE job_id = :job AND user_id = :user AND status = 'pending'
+      AND (available_at IS NULL OR available_at <= now())
+    """
+)
+
+# The rows a claim writes, locked first and in key order: two claims never wait on each
+# other's rows in opposite orders (a deadlock).
+_LOCK = text(
+    """
+    SELECT 1 FROM queue_stream
+    WHERE (job_id, user_id) IN (
+        SELECT x.job_id, x.user_id FROM jsonb_to_recordset(CAST(:keys AS jsonb))
+            AS x(job_id uuid, user_id text))
+    ORDER BY job_id, user_id
+    FOR UPDATE
+    """
+)
+
+
+def add_pending(conn: Connection, task_ids: list[uuid.UUID]) -> None:
+    """Count tasks that just became pending into their streams (creating any missing)."""
+    if task_ids:
+        conn.execute(_ADD_PENDING, {"ids": task_ids})
+
+
+def enqueue_job(conn: Connection, job_id: uuid.UUID, priority: str) -> None:
+    """A submitted job's pending tasks as its streams, one per user, in `priority`."""
+    conn.execute(_ENQUEUE_JOB, {"job": job_id, "priority": priority})
+
+
+def claimable(conn: Connection, job_id: uuid.UUID, user_id: str) -> int:
+    """How many of a stream's tasks are pending and due now (locked ones included)."""
+    return int(conn.execute(_CLAIMABLE, {"job": job_id, "user": user_id}).scalar_one())
+
+
+def finish_claim(
+    conn: Connection,
+    taken: dict[tuple[uuid.UUID, str], int],
+    settle: set[tuple[uuid.UUID, str]],
+    half_life_s: float,
+) -> None:
+    """A claim's writes to the streams, at its end, their rows locked in key order: the
+    streams in `settle` (found short of claimable work) recounted, removed or given the time
+    they are next due; every stream taken from and its user charged with what was taken."""
+    keys = sorted(set(taken) | settle, key=lambda k: (str(k[0]), k[1]))
+    if not keys:
+        return
+    conn.execute(_LOCK, {"keys": json.dumps([{"job_id": str(j), "user_id": u} for j, u in keys])})
+    for job_id, user_id in keys:
+        if (job_id, user_id) in settle:
+            conn.execute(_SETTLE_EMPTY, {"job": job_id, "user": user_id})
+    record_served(conn, {k: n for k, n in taken.items() if n}, half_life_s, settle)
+
+
+def record_served(
+    conn: Connection,
+    taken: dict[tuple[uuid.UUID, str], int],
+    half_life_s: float,
+    exact: set[tuple[uuid.UUID, str]],
+) -> None:
+    """What a claim took, by stream: counts (but those in `exact`, recounted already),
+    service and users' service brought up to date."""
+    if not taken:
+        return
+    rows = [
+        {"job_id": str(job), "user_id": user, "n": n, "counted": 0 if (job, user) in exact else n}
+        for (job, user), n in sorted(taken.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
+    ]
+    by_user: dict[str, int] = {}
+    for (_, user), n in taken.items():
+        by_user[user] = by_user.get(user, 0) + n
+    users = [{"user_id": u, "n": n} for u, n in sorted(by_user.items())]
+    half = max(half_life_s, 1e-9)
+    conn.execute(_SERVED, {"taken": json.dumps(rows), "half_life": half})
+    conn.execute(_USERS_SERVED, {"taken": json.dumps(users), "half_life": half})
