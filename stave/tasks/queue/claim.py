@@ -2,11 +2,11 @@
 
 One transaction: leases that expired on a task's last attempt fail it as `timeout`; a dead
 worker's other tasks are claimed again first (those of a paused job go back to `pending`);
-then the candidate streams are
-read (the small table of work that waits, not the tasks), a plan is made, and each planned
-stream's oldest pending tasks are taken with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
-never take a task twice. A stream that gave less than planned is settled (removed, or told when
-it is next due) and the shortfall planned again among the rest. Each claim counts an attempt
+then the best candidate streams no other claim holds are locked (the small table of work that
+waits, not the tasks), a plan is made, and each planned stream's oldest pending tasks are
+taken with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never take a task twice. A stream
+that gave less than planned is settled (removed, or told when it is next due) and the
+shortfall planned again among the rest. Each claim counts an attempt
 and records the worker and lease expiry; every later write is fenced on
 `lease_owner = worker AND status = 'running'`.
 """
@@ -26,8 +26,10 @@ from stave.tasks.queue import streams
 from stave.tasks.queue.events import log_events
 from stave.tasks.queue.fair import Candidate, QueuePolicy, allocate, decayed
 
-# Streams read per claim: a claim of N is a few parts, and quotas or locks may pass some over.
-CANDIDATES = 64
+# Streams read (and locked) per claim: a claim of N is a few parts, and quotas may pass some
+# over. Concurrent claims lock different streams (SKIP LOCKED): they never queue behind each
+# other for the same stream's row, and between them take the best streams in turn.
+CANDIDATES = 32
 ROUNDS = 3
 
 
@@ -121,8 +123,11 @@ _CANDIDATES = text(
                                          / :half_life), 0) / coalesce(u.weight, 1),
              q.created_at
     LIMIT :candidates
+    FOR UPDATE OF q SKIP LOCKED
     """
 )
+
+_CANDIDATE_WAITED = text(_CANDIDATES.text.replace("FOR UPDATE OF q SKIP LOCKED", "FOR UPDATE OF q"))
 
 _RUNNING = text(
     """
@@ -223,12 +228,12 @@ def _take_planned(
     if limit <= 0:
         return []
     half = max(policy.half_life_s, 1e-9)
-    found = list(
-        conn.execute(
-            _CANDIDATES,
-            {**params, "aging_s": policy.aging_s, "half_life": half, "candidates": CANDIDATES},
-        )
-    )
+    ask = {**params, "aging_s": policy.aging_s, "half_life": half, "candidates": CANDIDATES}
+    found = list(conn.execute(_CANDIDATES, ask))
+    if not found:
+        # Every stream with work is another claim's for the moment (one big job, many
+        # workers): wait for the best one rather than come back empty-handed.
+        found = list(conn.execute(_CANDIDATE_WAITED, {**ask, "candidates": 1}))
     candidates = [_candidate(row, order, policy) for order, row in enumerate(found)]
     settle: set[tuple[uuid.UUID, str]] = set()
     for empty in [c for c in candidates if c.pending <= 0]:

@@ -125,19 +125,6 @@ _CLAIMABLE = text(
     """
 )
 
-# The rows a claim writes, locked first and in key order: two claims never wait on each
-# other's rows in opposite orders (a deadlock).
-_LOCK = text(
-    """
-    SELECT 1 FROM queue_stream
-    WHERE (job_id, user_id) IN (
-        SELECT x.job_id, x.user_id FROM jsonb_to_recordset(CAST(:keys AS jsonb))
-            AS x(job_id uuid, user_id text))
-    ORDER BY job_id, user_id
-    FOR UPDATE
-    """
-)
-
 
 def add_pending(conn: Connection, task_ids: list[uuid.UUID]) -> None:
     """Count tasks that just became pending into their streams (creating any missing)."""
@@ -161,13 +148,10 @@ def finish_claim(
     settle: set[tuple[uuid.UUID, str]],
     half_life_s: float,
 ) -> None:
-    """A claim's writes to the streams, at its end, their rows locked in key order: the
-    streams in `settle` (found short of claimable work) recounted, removed or given the time
-    they are next due; every stream taken from and its user charged with what was taken."""
+    """A claim's writes to its streams (locked since it chose them), at its end: the streams
+    in `settle` (found short of claimable work) recounted, removed or given the time they are
+    next due; every stream taken from and its user charged with what was taken."""
     keys = sorted(set(taken) | settle, key=lambda k: (str(k[0]), k[1]))
-    if not keys:
-        return
-    conn.execute(_LOCK, {"keys": json.dumps([{"job_id": str(j), "user_id": u} for j, u in keys])})
     for job_id, user_id in keys:
         if (job_id, user_id) in settle:
             conn.execute(_SETTLE_EMPTY, {"job": job_id, "user": user_id})
