@@ -196,3 +196,52 @@ def test_migrations_keep_frozen_copies_that_match_the_live_names() -> None:
     assert m0001.APP_TABLE_PRIVILEGES == roles.APP_TABLE_PRIVILEGES
     assert (m0005.APP, m0005.REPORTING) == (roles.APP, roles.REPORTING)
     assert load("0007").ARCHIVER == roles.ARCHIVER
+
+
+def test_the_fair_queue_migration_queues_existing_work_without_rewriting_tasks(
+    pg_server: RunningServer,
+) -> None:
+    """Migration 0013 makes every existing job `standard` and puts its pending and running
+    work in streams, and leaves the tasks' rows where they were (no table rewrite)."""
+    from sqlalchemy import text
+
+    name = f"fairq_mig_{uuid.uuid4().hex[:8]}"
+    ensure_database(pg_server.url("postgres"), name)
+    url = pg_server.url(name)
+    migrate.upgrade(url, "0012")
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        job = uuid.uuid4()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO generation_job (id, submitted_by, parameters, rejections, "
+                    "total_rows, accepted_rows, rejected_rows) "
+                    "VALUES (:j, 'u', '{}', '[]', 3, 3, 0)"
+                ),
+                {"j": job},
+            )
+            for i, status in enumerate(("pending", "pending", "published")):
+                conn.execute(
+                    text(
+                        "INSERT INTO generation_task (id, job_id, user_id, prompt, parameters, "
+                        "idempotency_key, status, attempts, max_attempts, timings, provenance) "
+                        "VALUES (:id, :j, 'u', 'p', '{}', :k, :s, 0, 3, '{}', '{}')"
+                    ),
+                    {"id": uuid.uuid4(), "j": job, "k": f"{job}-{i}", "s": status},
+                )
+            before = conn.execute(text("SELECT id, ctid::text FROM generation_task")).all()
+        engine.dispose()
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            after = conn.execute(text("SELECT id, ctid::text FROM generation_task")).all()
+            priority = conn.execute(
+                text("SELECT priority FROM generation_job WHERE id = :j"), {"j": job}
+            ).scalar_one()
+            stream = conn.execute(
+                text("SELECT priority, pending FROM queue_stream WHERE job_id = :j"), {"j": job}
+            ).one()
+        assert sorted(after) == sorted(before)  # every task row where it was: not rewritten
+        assert priority == "standard" and tuple(stream) == ("standard", 2)
+    finally:
+        engine.dispose()

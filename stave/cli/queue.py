@@ -35,7 +35,7 @@ def jobs(
     current = settings()
     db = engine(current)
     rows = list_jobs(db, limit)
-    places = queue.places(db, queue.QueuePolicy.of(current))
+    places = queue.places(db, queue.QueuePolicy.of(current), [r["id"] for r in rows])
     for row in rows:
         place = places.get(row["id"])
         row["ahead"] = place.ahead if place else None
@@ -87,7 +87,7 @@ def job(
     ident = parse_id(job_id, "job")
     said = control(db, ident, set_priority, pause, resume, cancel)
     detail = job_detail(db, ident, limit=limit, status=status.value if status else None)
-    place = queue.places(db, queue.QueuePolicy.of(current)).get(ident)
+    place = queue.places(db, queue.QueuePolicy.of(current), [ident]).get(ident)
     detail["place"] = place.to_dict() if place else None
     if as_json:
         print_json(detail)

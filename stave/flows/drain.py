@@ -300,7 +300,7 @@ def _show_progress(
 
 def _place(engine: Engine, job_id: uuid.UUID) -> str:
     """The job's class, tasks ahead and estimated time, as the progress says them."""
-    place = queue.places(engine, queue.QueuePolicy.of(get_settings())).get(job_id)
+    place = queue.places(engine, queue.QueuePolicy.of(get_settings()), [job_id]).get(job_id)
     if place is None:
         return ""
     if place.ahead is None:

@@ -47,7 +47,7 @@ def job_control(
         queue.resume(engine, job_id)
     else:
         done["cancelled"] = queue.cancel(engine, job_id, by="prefect-ui")
-    place = queue.places(engine, queue.QueuePolicy.of(get_settings())).get(job_id)
+    place = queue.places(engine, queue.QueuePolicy.of(get_settings()), [job_id]).get(job_id)
     done["place"] = place.to_dict() if place else None
     run_logger("stave.flows.queue").info("job %s: %s", job_id, done)
     create_table_artifact(

@@ -24,7 +24,9 @@ class QueueStream(SQLModel, table=True):
     __tablename__ = "queue_stream"
     __table_args__ = (
         CheckConstraint(check_in("priority", PRIORITIES), name="priority"),
-        Index(None, "priority", "created_at"),
+        # A claim reads each class's best streams by these, a few rows, however many wait.
+        Index(None, "priority", "user_key", "created_at"),
+        Index(None, "waiting_since"),
     )
 
     # No foreign key: a stream is removed by the claim that finds it empty, and archival
@@ -37,6 +39,11 @@ class QueueStream(SQLModel, table=True):
     # Nothing of it can be claimed before this (every pending task in backoff, or only
     # running ones whose leases end then); NULL: now.
     due_at: datetime | None = timestamp_field(nullable=True)
+    # Its user's share as the claims that last held it saw it (`user_share.log_served` less
+    # log2 of the weight): the order within a class. -Infinity: the user was never served.
+    user_key: float = Field(
+        default=float("-inf"), sa_column_kwargs={"server_default": text("'-Infinity'")}
+    )
     # Clips claimed, decaying with STAVE_FAIR_SHARE_HALF_LIFE_S, as of `served_at`.
     served: float = 0.0
     served_at: datetime = timestamp_field()
@@ -54,6 +61,8 @@ class UserShare(SQLModel, table=True):
 
     user_id: str = Field(primary_key=True, max_length=128)
     weight: float = Field(default=1.0, sa_column_kwargs={"server_default": text("1")})
-    served: float = 0.0
-    served_at: datetime = timestamp_field()
+    # log2 of the clips claimed for them, each counted at 2^(its time / half-life): the served
+    # figure decayed to any time T is 2^(log_served - T / half-life), so shares compare
+    # without being brought up to date. NULL: never served.
+    log_served: float | None = None
     created_at: datetime = timestamp_field()

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("paused", sa.Boolean(), nullable=False),
         sa.Column("pending", sa.Integer(), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("user_key", sa.Float(), server_default=sa.text("'-Infinity'"), nullable=False),
         sa.Column("served", sa.Float(), nullable=False),
         sa.Column(
             "served_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
@@ -70,16 +71,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "user_id", name=op.f("pk_queue_stream")),
     )
     op.create_index(
-        op.f("ix_queue_stream_priority_created_at"), "queue_stream", ["priority", "created_at"]
+        op.f("ix_queue_stream_priority_user_key_created_at"),
+        "queue_stream",
+        ["priority", "user_key", "created_at"],
     )
+    op.create_index(op.f("ix_queue_stream_waiting_since"), "queue_stream", ["waiting_since"])
     op.create_table(
         "user_share",
         sa.Column("user_id", sa.String(length=128), nullable=False),
         sa.Column("weight", sa.Float(), server_default=sa.text("1"), nullable=False),
-        sa.Column("served", sa.Float(), nullable=False),
-        sa.Column(
-            "served_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("log_served", sa.Float(), nullable=True),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -104,7 +105,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("user_share")
-    op.drop_index(op.f("ix_queue_stream_priority_created_at"), table_name="queue_stream")
+    op.drop_index(op.f("ix_queue_stream_waiting_since"), table_name="queue_stream")
+    op.drop_index(op.f("ix_queue_stream_priority_user_key_created_at"), table_name="queue_stream")
     op.drop_table("queue_stream")
     op.create_index(
         "ix_generation_task_pending",

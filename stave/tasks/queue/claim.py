@@ -22,9 +22,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from stave.tasks.queue import candidates as candidates_
 from stave.tasks.queue import streams
 from stave.tasks.queue.events import log_events
-from stave.tasks.queue.fair import Candidate, QueuePolicy, allocate, decayed
+from stave.tasks.queue.fair import Candidate, QueuePolicy, allocate
 
 # Streams read (and locked) per claim: a claim of N is a few parts, and quotas may pass some
 # over. Concurrent claims lock different streams (SKIP LOCKED): they never queue behind each
@@ -104,30 +105,6 @@ _PAUSED_BACK = text(
     RETURNING t.id
     """
 )
-
-_CANDIDATES = text(
-    """
-    SELECT q.job_id, q.user_id, q.priority, q.pending,
-           extract(epoch FROM now() - q.waiting_since) AS waited_s,
-           q.served AS job_served, extract(epoch FROM now() - q.served_at) AS job_age_s,
-           coalesce(u.weight, 1) AS weight, coalesce(u.served, 0) AS user_served,
-           coalesce(extract(epoch FROM now() - u.served_at), 0) AS user_age_s
-    FROM queue_stream q LEFT JOIN user_share u ON u.user_id = q.user_id
-    WHERE NOT q.paused AND (q.due_at IS NULL OR q.due_at <= now())
-      AND (CAST(:job_id AS uuid) IS NULL OR q.job_id = CAST(:job_id AS uuid))
-    ORDER BY greatest(
-                 CASE q.priority WHEN 'interactive' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END
-                 - CASE WHEN :aging_s > 0 AND q.waiting_since
-                             < now() - make_interval(secs => :aging_s) THEN 1 ELSE 0 END, 0),
-             coalesce(u.served * power(0.5, extract(epoch FROM now() - u.served_at)
-                                         / :half_life), 0) / coalesce(u.weight, 1),
-             q.created_at
-    LIMIT :candidates
-    FOR UPDATE OF q SKIP LOCKED
-    """
-)
-
-_CANDIDATE_WAITED = text(_CANDIDATES.text.replace("FOR UPDATE OF q SKIP LOCKED", "FOR UPDATE OF q"))
 
 _RUNNING = text(
     """
@@ -227,14 +204,8 @@ def _take_planned(
 ) -> list[Any]:
     if limit <= 0:
         return []
-    half = max(policy.half_life_s, 1e-9)
-    ask = {**params, "aging_s": policy.aging_s, "half_life": half, "candidates": CANDIDATES}
-    found = list(conn.execute(_CANDIDATES, ask))
-    if not found:
-        # Every stream with work is another claim's for the moment (one big job, many
-        # workers): wait for the best one rather than come back empty-handed.
-        found = list(conn.execute(_CANDIDATE_WAITED, {**ask, "candidates": 1}))
-    candidates = [_candidate(row, order, policy) for order, row in enumerate(found)]
+    candidates = candidates_.read(conn, params["job_id"], policy, CANDIDATES)
+    held = {(c.job_id, c.user_id) for c in candidates}
     settle: set[tuple[uuid.UUID, str]] = set()
     for empty in [c for c in candidates if c.pending <= 0]:
         # Only leases left, or none, or a count behind: recounted at the end; due now, it is
@@ -276,22 +247,8 @@ def _take_planned(
             if have < n:  # drained now, in backoff, or its next tasks locked by another claim
                 settle.add((c.job_id, c.user_id))
                 c.pending = 0
-    streams.finish_claim(conn, taken, settle, policy.half_life_s)
+    streams.finish_claim(conn, taken, settle, held, policy.half_life_s)
     return taken_rows
-
-
-def _candidate(row: Any, order: int, policy: QueuePolicy) -> Candidate:
-    return Candidate(
-        job_id=row.job_id,
-        user_id=row.user_id,
-        priority=row.priority,
-        pending=int(row.pending),
-        waited_s=float(row.waited_s),
-        job_served=decayed(float(row.job_served), float(row.job_age_s), policy.half_life_s),
-        user_served=decayed(float(row.user_served), float(row.user_age_s), policy.half_life_s),
-        weight=float(row.weight),
-        created_order=order,
-    )
 
 
 def _count_running(conn: Connection, candidates: list[Candidate]) -> None:

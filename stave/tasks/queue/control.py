@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from stave.infra.errors import InvalidInput, NotFound
 from stave.models.generation import PRIORITIES
+from stave.tasks.queue.candidates import served_now
 from stave.tasks.queue.events import log_events
 
 
@@ -80,10 +81,17 @@ def set_weight(engine: Engine, user_id: str, weight: float) -> None:
     if not weight > 0:
         raise InvalidInput(f"weight {weight}: must be a number above 0")
     with engine.begin() as conn:
+        # The streams first, the user's row after, as claims lock them (no deadlock).
         conn.execute(
             text(
-                "INSERT INTO user_share (user_id, weight, served, served_at, created_at) "
-                "VALUES (:u, :w, 0, now(), now()) "
+                "UPDATE queue_stream SET user_key = coalesce((SELECT log_served FROM user_share "
+                "WHERE user_id = :u) - ln(:w) / ln(2), '-Infinity') WHERE user_id = :u"
+            ),
+            {"u": user_id, "w": weight},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO user_share (user_id, weight, created_at) VALUES (:u, :w, now()) "
                 "ON CONFLICT (user_id) DO UPDATE SET weight = EXCLUDED.weight"
             ),
             {"u": user_id, "w": weight},
@@ -98,20 +106,17 @@ def shares(engine: Engine, half_life_s: float) -> list[dict[str, Any]]:
             text(
                 """
                 SELECT coalesce(u.user_id, q.user_id) AS user_id, coalesce(u.weight, 1) AS weight,
-                       coalesce(u.served * power(0.5, extract(epoch FROM now() - u.served_at)
-                                                   / :half), 0) AS served,
-                       coalesce(sum(q.pending), 0) AS pending
+                       u.log_served, coalesce(sum(q.pending), 0) AS pending
                 FROM user_share u FULL JOIN queue_stream q ON q.user_id = u.user_id
                 GROUP BY 1, 2, 3 ORDER BY 1
                 """
             ),
-            {"half": max(half_life_s, 1e-9)},
         )
         return [
             {
                 "user_id": r.user_id,
                 "weight": float(r.weight),
-                "served": round(float(r.served), 1),
+                "served": round(served_now(r.log_served, half_life_s), 1),
                 "pending": int(r.pending),
             }
             for r in rows

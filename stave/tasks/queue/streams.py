@@ -19,12 +19,14 @@ from sqlalchemy.engine import Connection
 # the earliest of its own and theirs (NULL, now, wins).
 _ADD_PENDING = text(
     """
-    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, due_at, served,
-                              served_at, waiting_since, created_at)
+    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, due_at, user_key,
+                              served, served_at, waiting_since, created_at)
     SELECT t.job_id, t.user_id, j.priority, j.paused, count(*),
            CASE WHEN bool_or(t.available_at IS NULL) THEN NULL ELSE min(t.available_at) END,
+           coalesce(min(u.log_served - ln(u.weight) / ln(2)), '-Infinity'),
            0, now(), now(), now()
     FROM generation_task t JOIN generation_job j ON j.id = t.job_id
+    LEFT JOIN user_share u ON u.user_id = t.user_id
     WHERE t.id = ANY(:ids) AND t.status = 'pending'
     GROUP BY t.job_id, t.user_id, j.priority, j.paused
     ORDER BY t.job_id, t.user_id
@@ -37,11 +39,14 @@ _ADD_PENDING = text(
 
 _ENQUEUE_JOB = text(
     """
-    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, served, served_at,
-                              waiting_since, created_at)
-    SELECT job_id, user_id, :priority, false, count(*), 0, now(), now(), now()
-    FROM generation_task WHERE job_id = :job AND status = 'pending'
-    GROUP BY job_id, user_id
+    INSERT INTO queue_stream (job_id, user_id, priority, paused, pending, user_key, served,
+                              served_at, waiting_since, created_at)
+    SELECT t.job_id, t.user_id, :priority, false, count(*),
+           coalesce(min(u.log_served - ln(u.weight) / ln(2)), '-Infinity'), 0, now(), now(),
+           now()
+    FROM generation_task t LEFT JOIN user_share u ON u.user_id = t.user_id
+    WHERE t.job_id = :job AND t.status = 'pending'
+    GROUP BY t.job_id, t.user_id
     ON CONFLICT (job_id, user_id) DO UPDATE SET pending = EXCLUDED.pending
     """
 )
@@ -66,17 +71,35 @@ _SERVED = text(
     """
 )
 
+# Each user's service, in log2 at the epoch's scale (`user_share.log_served`): n clips at
+# time T add 2^(T / half-life) n, so no row is ever brought up to date to compare. In key
+# order, so concurrent claims lock them in one order.
 _USERS_SERVED = text(
     """
-    INSERT INTO user_share (user_id, weight, served, served_at, created_at)
-    SELECT user_id, 1, n, now(), now()
-    FROM jsonb_to_recordset(CAST(:taken AS jsonb)) AS x(user_id text, n int)
-    ORDER BY user_id
-    ON CONFLICT (user_id) DO UPDATE SET
-        served = user_share.served
-                 * power(0.5, extract(epoch FROM now() - user_share.served_at) / :half_life)
-                 + EXCLUDED.served,
-        served_at = now()
+    WITH now_h AS (SELECT extract(epoch FROM now()) / :half_life AS t)
+    INSERT INTO user_share (user_id, weight, log_served, created_at)
+    SELECT x.user_id, 1, ln(x.n::float8) / ln(2) + now_h.t, now()
+    FROM jsonb_to_recordset(CAST(:taken AS jsonb)) AS x(user_id text, n int), now_h
+    ORDER BY x.user_id
+    ON CONFLICT (user_id) DO UPDATE SET log_served = CASE
+        WHEN user_share.log_served IS NULL
+          OR user_share.log_served - (SELECT t FROM now_h) < -1000 THEN EXCLUDED.log_served
+        ELSE ln(power(2::float8, user_share.log_served - (SELECT t FROM now_h))
+                + power(2::float8, EXCLUDED.log_served - (SELECT t FROM now_h))) / ln(2)
+             + (SELECT t FROM now_h)
+        END
+    """
+)
+
+# The streams a claim held, given their users' shares as they are now (the order within a
+# class: a copy, refreshed by whichever claim holds the stream).
+_USER_KEYS = text(
+    """
+    UPDATE queue_stream q
+    SET user_key = coalesce(u.log_served - ln(u.weight) / ln(2), '-Infinity')
+    FROM jsonb_to_recordset(CAST(:held AS jsonb)) AS h(job_id uuid, user_id text)
+    LEFT JOIN user_share u ON u.user_id = h.user_id
+    WHERE q.job_id = h.job_id AND q.user_id = h.user_id
     """
 )
 
@@ -146,16 +169,21 @@ def finish_claim(
     conn: Connection,
     taken: dict[tuple[uuid.UUID, str], int],
     settle: set[tuple[uuid.UUID, str]],
+    held: set[tuple[uuid.UUID, str]],
     half_life_s: float,
 ) -> None:
-    """A claim's writes to its streams (locked since it chose them), at its end: the streams
-    in `settle` (found short of claimable work) recounted, removed or given the time they are
-    next due; every stream taken from and its user charged with what was taken."""
+    """A claim's writes to the streams it `held` (locked since it chose them), at its end:
+    those in `settle` (found short of claimable work) recounted, removed or given the time
+    they are next due; every stream taken from and its user charged with what was taken;
+    every held stream's copy of its user's share brought up to date."""
     keys = sorted(set(taken) | settle, key=lambda k: (str(k[0]), k[1]))
     for job_id, user_id in keys:
         if (job_id, user_id) in settle:
             conn.execute(_SETTLE_EMPTY, {"job": job_id, "user": user_id})
     record_served(conn, {k: n for k, n in taken.items() if n}, half_life_s, settle)
+    if held:
+        rows = [{"job_id": str(job), "user_id": user} for job, user in held]
+        conn.execute(_USER_KEYS, {"held": json.dumps(rows)})
 
 
 def record_served(

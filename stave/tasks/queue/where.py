@@ -11,12 +11,14 @@ a new interactive job, or a change of weights, moves it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from stave.tasks.queue.candidates import served_now
 from stave.tasks.queue.fair import RANKS, QueuePolicy, decayed
 
 PACE_WINDOW_S = 600.0
@@ -55,8 +57,11 @@ def fleet_pace(engine: Engine) -> float:
     return float(pace)
 
 
-def places(engine: Engine, policy: QueuePolicy) -> dict[uuid.UUID, Place]:
-    """Every queued job's place (jobs with pending tasks)."""
+def places(
+    engine: Engine, policy: QueuePolicy, jobs: Iterable[uuid.UUID] | None = None
+) -> dict[uuid.UUID, Place]:
+    """The places of `jobs` (default: every job with pending tasks) that have pending tasks:
+    one pass over the queue's streams per job asked."""
     with engine.connect() as conn:
         rows = list(
             conn.execute(
@@ -65,9 +70,7 @@ def places(engine: Engine, policy: QueuePolicy) -> dict[uuid.UUID, Place]:
                     SELECT q.job_id, q.user_id, q.priority, q.paused, q.pending,
                            extract(epoch FROM now() - q.waiting_since) AS waited_s,
                            q.served, extract(epoch FROM now() - q.served_at) AS served_age_s,
-                           coalesce(u.weight, 1) AS weight, coalesce(u.served, 0) AS u_served,
-                           coalesce(extract(epoch FROM now() - u.served_at), 0) AS u_age_s,
-                           q.created_at
+                           coalesce(u.weight, 1) AS weight, u.log_served, q.created_at
                     FROM queue_stream q LEFT JOIN user_share u ON u.user_id = q.user_id
                     WHERE q.pending > 0
                     """
@@ -82,13 +85,13 @@ def places(engine: Engine, policy: QueuePolicy) -> dict[uuid.UUID, Place]:
             {
                 "row": r,
                 "rank": max(0, RANKS[r.priority] - (1 if aged else 0)),
-                "share": decayed(float(r.u_served), float(r.u_age_s), policy.half_life_s)
-                / float(r.weight),
+                "share": served_now(r.log_served, policy.half_life_s) / float(r.weight),
                 "served": decayed(float(r.served), float(r.served_age_s), policy.half_life_s),
             }
         )
     found: dict[uuid.UUID, Place] = {}
-    for job_id in {s["row"].job_id for s in streams}:
+    queued = {s["row"].job_id for s in streams}
+    for job_id in queued if jobs is None else queued & set(jobs):
         own = [s for s in streams if s["row"].job_id == job_id]
         first = own[0]["row"]
         pending = sum(int(s["row"].pending) for s in own)

@@ -1,0 +1,132 @@
+"""The streams a claim considers: a few rows read by index, however many streams wait.
+
+Per class, best first: `(priority, user_key, created_at)` gives each class's streams in the
+order of their user's share (as last seen), and the claim reads until it has enough; the
+streams waiting past the aging time are read by `waiting_since`. Every row read is locked with
+`FOR UPDATE SKIP LOCKED`: concurrent claims read different streams. The users' shares are then
+read exactly (their rows, not the streams' copies) and the plan is made from those
+(`fair.py`); the claim writes the streams' copies back when it ends, so a stale one costs at
+most a look.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from stave.models.generation import PRIORITIES
+from stave.tasks.queue.fair import Candidate, QueuePolicy, decayed
+
+_COLUMNS = """
+    q.job_id, q.user_id, q.priority, q.pending, q.created_at,
+    extract(epoch FROM now() - q.waiting_since) AS waited_s,
+    q.served AS job_served, extract(epoch FROM now() - q.served_at) AS job_age_s
+"""
+_DUE = "NOT q.paused AND (q.due_at IS NULL OR q.due_at <= now())"
+
+_OF_CLASS = text(
+    f"""
+    SELECT {_COLUMNS} FROM queue_stream q
+    WHERE q.priority = :priority AND {_DUE}
+    ORDER BY q.user_key, q.created_at
+    LIMIT :n
+    FOR UPDATE OF q SKIP LOCKED
+    """
+)
+
+_AGED = text(
+    f"""
+    SELECT {_COLUMNS} FROM queue_stream q
+    WHERE q.waiting_since < now() - make_interval(secs => :aging_s) AND {_DUE}
+      AND q.priority <> :top
+    ORDER BY q.waiting_since
+    LIMIT :n
+    FOR UPDATE OF q SKIP LOCKED
+    """
+)
+
+_OF_JOB = text(
+    f"""
+    SELECT {_COLUMNS} FROM queue_stream q
+    WHERE q.job_id = :job AND {_DUE}
+    ORDER BY q.user_key, q.created_at
+    LIMIT :n
+    FOR UPDATE OF q SKIP LOCKED
+    """
+)
+
+# Every stream with work is another claim's for the moment (one big job, many workers): wait
+# for the best one rather than come back empty-handed.
+_BEST_WAITED = text(
+    f"""
+    SELECT {_COLUMNS} FROM queue_stream q
+    WHERE {_DUE} AND (CAST(:job AS uuid) IS NULL OR q.job_id = CAST(:job AS uuid))
+    ORDER BY CASE q.priority WHEN 'interactive' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END,
+             q.user_key, q.created_at
+    LIMIT 1
+    FOR UPDATE OF q
+    """
+)
+
+_USERS = text("SELECT user_id, weight, log_served FROM user_share WHERE user_id = ANY(:users)")
+
+
+def read(
+    conn: Connection, job_id: uuid.UUID | None, policy: QueuePolicy, wanted: int
+) -> list[Candidate]:
+    """Up to `wanted` streams, best first by class (aging counted) and share, locked."""
+    rows: list[Any] = []
+    if job_id is not None:
+        rows = list(conn.execute(_OF_JOB, {"job": job_id, "n": wanted}))
+    else:
+        if policy.aging_s > 0:
+            rows += conn.execute(
+                _AGED, {"aging_s": policy.aging_s, "top": PRIORITIES[0], "n": wanted}
+            ).all()
+        for priority in PRIORITIES:
+            if len(rows) >= wanted:
+                break
+            rows += conn.execute(_OF_CLASS, {"priority": priority, "n": wanted}).all()
+    if not rows:
+        rows = list(conn.execute(_BEST_WAITED, {"job": job_id}))
+    unique = {(r.job_id, r.user_id): r for r in rows}
+    shares = _shares(conn, sorted({user for _, user in unique}), policy)
+    ordered = sorted(unique.values(), key=lambda r: r.created_at)
+    return [
+        Candidate(
+            job_id=r.job_id,
+            user_id=r.user_id,
+            priority=r.priority,
+            pending=int(r.pending),
+            waited_s=float(r.waited_s),
+            job_served=decayed(float(r.job_served), float(r.job_age_s), policy.half_life_s),
+            user_served=shares.get(r.user_id, (1.0, 0.0))[1],
+            weight=shares.get(r.user_id, (1.0, 0.0))[0],
+            created_order=order,
+        )
+        for order, r in enumerate(ordered)
+    ]
+
+
+def served_now(log_served: float | None, half_life_s: float, now: float | None = None) -> float:
+    """A user's clips served, decayed to `now` (epoch seconds), from their `log_served`."""
+    if log_served is None or half_life_s <= 0:
+        return 0.0
+    exponent = log_served - (time.time() if now is None else now) / half_life_s
+    return 0.0 if exponent < -1000 else math.pow(2.0, exponent)
+
+
+def _shares(
+    conn: Connection, users: list[str], policy: QueuePolicy
+) -> dict[str, tuple[float, float]]:
+    """(weight, served now) of each user that has a row."""
+    now = time.time()
+    return {
+        r.user_id: (float(r.weight), served_now(r.log_served, policy.half_life_s, now))
+        for r in conn.execute(_USERS, {"users": users})
+    }
