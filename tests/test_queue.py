@@ -277,7 +277,7 @@ def test_a_database_restarting_between_batches_does_not_fail_the_run_over_its_pr
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from stave.flows import drain
+    from stave.flows.steps import progress
 
     gone = create_engine(
         f"postgresql+psycopg://stave@127.0.0.1:{free_port()}/stave",
@@ -290,7 +290,7 @@ def test_a_database_restarting_between_batches_does_not_fail_the_run_over_its_pr
         def warning(self, message: str, *args: Any) -> None:
             said.append(message % args)
 
-    drain._show_progress(None, gone, None, 10, 5, drain.DrainStats(), RunLog())
+    progress.show(None, gone, None, 10, 5, progress.DrainStats(), RunLog())
     assert len(said) == 1 and said[0].startswith("progress not updated: "), said
 
 

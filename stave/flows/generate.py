@@ -22,10 +22,11 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 
 from stave.flows import names
-from stave.flows.drain import DrainStats, drain
+from stave.flows.drain import drain
 from stave.flows.ending import run_state
 from stave.flows.logs import run_logger
 from stave.flows.steps import generation
+from stave.flows.steps.progress import DrainStats
 from stave.infra import stop
 from stave.infra.db import get_engine
 from stave.infra.errors import InvalidInput
