@@ -3,10 +3,10 @@
 Per class, best first: `(priority, user_key, created_at)` gives each class's streams in the
 order of their user's share (as last seen), and the claim reads until it has enough; the
 streams waiting past the aging time are read by `waiting_since`. Every row read is locked with
-`FOR UPDATE SKIP LOCKED`: concurrent claims read different streams. The users' shares are then
-read exactly (their rows, not the streams' copies) and the plan is made from those
-(`fair.py`); the claim writes the streams' copies back when it ends, so a stale one costs at
-most a look.
+`FOR UPDATE SKIP LOCKED`: concurrent claims read different streams, and none waits on
+another's. The users' shares are then read exactly (their rows, not the streams' copies) and
+the plan is made from those (`fair.py`); the claim writes the streams' copies back when it
+ends, so a stale one costs at most a look.
 """
 
 from __future__ import annotations
@@ -60,18 +60,17 @@ _OF_JOB = text(
     """
 )
 
-# Every stream with work is another claim's for the moment (one big job, many workers): wait
-# for the best one rather than come back empty-handed.
-_BEST_WAITED = text(
+_ANY_DUE = text(
     f"""
-    SELECT {_COLUMNS} FROM queue_stream q
-    WHERE {_DUE} AND (CAST(:job AS uuid) IS NULL OR q.job_id = CAST(:job AS uuid))
-    ORDER BY CASE q.priority WHEN 'interactive' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END,
-             q.user_key, q.created_at
-    LIMIT 1
-    FOR UPDATE OF q
+    SELECT EXISTS (SELECT 1 FROM queue_stream q WHERE {_DUE}
+                   AND (CAST(:job AS uuid) IS NULL OR q.job_id = CAST(:job AS uuid)))
     """
 )
+# When every stream with work is another claim's for the moment (one big job, many
+# workers), a claim looks again a few times, a little later each, before it comes back
+# empty-handed: claims take milliseconds. It never waits on a stream's row (two claims
+# waiting on each other's rows would deadlock).
+RETRY_S = (0.01, 0.02, 0.04, 0.08)
 
 _USERS = text("SELECT user_id, weight, log_served FROM user_share WHERE user_id = ANY(:users)")
 
@@ -80,20 +79,12 @@ def read(
     conn: Connection, job_id: uuid.UUID | None, policy: QueuePolicy, wanted: int
 ) -> list[Candidate]:
     """Up to `wanted` streams, best first by class (aging counted) and share, locked."""
-    rows: list[Any] = []
-    if job_id is not None:
-        rows = list(conn.execute(_OF_JOB, {"job": job_id, "n": wanted}))
-    else:
-        if policy.aging_s > 0:
-            rows += conn.execute(
-                _AGED, {"aging_s": policy.aging_s, "top": PRIORITIES[0], "n": wanted}
-            ).all()
-        for priority in PRIORITIES:
-            if len(rows) >= wanted:
-                break
-            rows += conn.execute(_OF_CLASS, {"priority": priority, "n": wanted}).all()
-    if not rows:
-        rows = list(conn.execute(_BEST_WAITED, {"job": job_id}))
+    rows = _locked(conn, job_id, policy, wanted)
+    for pause in RETRY_S:
+        if rows or not conn.execute(_ANY_DUE, {"job": job_id}).scalar_one():
+            break
+        time.sleep(pause)
+        rows = _locked(conn, job_id, policy, wanted)
     unique = {(r.job_id, r.user_id): r for r in rows}
     shares = _shares(conn, sorted({user for _, user in unique}), policy)
     ordered = sorted(unique.values(), key=lambda r: r.created_at)
@@ -111,6 +102,25 @@ def read(
         )
         for order, r in enumerate(ordered)
     ]
+
+
+def _locked(
+    conn: Connection, job_id: uuid.UUID | None, policy: QueuePolicy, wanted: int
+) -> list[Any]:
+    """The best streams no other claim holds, locked: the job's, or by class (the aged
+    first, read as the next class up)."""
+    if job_id is not None:
+        return list(conn.execute(_OF_JOB, {"job": job_id, "n": wanted}))
+    rows: list[Any] = []
+    if policy.aging_s > 0:
+        rows += conn.execute(
+            _AGED, {"aging_s": policy.aging_s, "top": PRIORITIES[0], "n": wanted}
+        ).all()
+    for priority in PRIORITIES:
+        if len(rows) >= wanted:
+            break
+        rows += conn.execute(_OF_CLASS, {"priority": priority, "n": wanted}).all()
+    return rows
 
 
 def served_now(log_served: float | None, half_life_s: float, now: float | None = None) -> float:

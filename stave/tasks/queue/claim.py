@@ -47,6 +47,11 @@ class ClaimedTask:
     reclaimed: bool = False  # its previous worker's lease expired
 
 
+_ANY_EXPIRED = text(
+    "SELECT EXISTS (SELECT 1 FROM generation_task "
+    "WHERE status = 'running' AND lease_expires_at < now())"
+)
+
 _EXPIRE = text(
     """
     WITH expired AS (
@@ -154,10 +159,11 @@ def claim(
     params = {"job_id": str(job_id) if job_id else None}
     lease = {"worker": worker, "lease_s": lease_s}
     with engine.begin() as conn:
-        conn.execute(_EXPIRE, params)
-        paused = [r.id for r in conn.execute(_PAUSED_BACK)]
-        streams.add_pending(conn, paused)
-        retaken = list(conn.execute(_RETAKE, {**params, **lease, "limit": limit}))
+        retaken: list[Any] = []
+        if conn.execute(_ANY_EXPIRED).scalar_one():  # a dead worker's leases (seldom)
+            conn.execute(_EXPIRE, params)
+            streams.add_pending(conn, [r.id for r in conn.execute(_PAUSED_BACK)])
+            retaken = list(conn.execute(_RETAKE, {**params, **lease, "limit": limit}))
         rows = retaken + _take_planned(conn, worker, limit - len(retaken), lease_s, params, policy)
         rows.sort(key=lambda r: (r.created_at, r.id))
         again = {r.id for r in retaken}

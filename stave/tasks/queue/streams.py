@@ -51,23 +51,26 @@ _ENQUEUE_JOB = text(
     """
 )
 
-# After a claim: each stream's pending count less what was taken (`counted`: 0 for a stream
-# whose count was made exact after the take), its service (decayed to now plus the clips taken)
-# and the time it was last served; then each user's service. Rows in key order, so concurrent
-# claims lock them in one order.
-_SERVED = text(
+# After a claim, for every stream it held of a user it charged: the pending count less what
+# was taken from it (`counted`: 0 for a stream recounted after the take), its service
+# (decayed to now, plus the clips taken) and the time it was last served, and its copy of the
+# user's share (just charged). The rows are the claim's already (locked when chosen).
+_STREAMS_SERVED = text(
     """
-    WITH taken AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:taken AS jsonb))
+    WITH x AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
             AS x(job_id uuid, user_id text, n int, counted int)
-        ORDER BY job_id, user_id
     )
     UPDATE queue_stream q
-    SET pending = greatest(q.pending - taken.counted, 0),
-        served = q.served * power(0.5, extract(epoch FROM now() - q.served_at) / :half_life)
-                 + taken.n,
-        served_at = now(), waiting_since = now()
-    FROM taken WHERE q.job_id = taken.job_id AND q.user_id = taken.user_id
+    SET pending = greatest(q.pending - x.counted, 0),
+        served = CASE WHEN x.n > 0 THEN q.served * power(2::float8, greatest(-1000,
+                     -extract(epoch FROM now() - q.served_at) / :half_life)) + x.n
+                 ELSE q.served END,
+        served_at = CASE WHEN x.n > 0 THEN now() ELSE q.served_at END,
+        waiting_since = CASE WHEN x.n > 0 THEN now() ELSE q.waiting_since END,
+        user_key = coalesce(u.log_served - ln(u.weight) / ln(2), '-Infinity')
+    FROM x LEFT JOIN user_share u ON u.user_id = x.user_id
+    WHERE q.job_id = x.job_id AND q.user_id = x.user_id
     """
 )
 
@@ -88,18 +91,6 @@ _USERS_SERVED = text(
                 + power(2::float8, EXCLUDED.log_served - (SELECT t FROM now_h))) / ln(2)
              + (SELECT t FROM now_h)
         END
-    """
-)
-
-# The streams a claim held, given their users' shares as they are now (the order within a
-# class: a copy, refreshed by whichever claim holds the stream).
-_USER_KEYS = text(
-    """
-    UPDATE queue_stream q
-    SET user_key = coalesce(u.log_served - ln(u.weight) / ln(2), '-Infinity')
-    FROM jsonb_to_recordset(CAST(:held AS jsonb)) AS h(job_id uuid, user_id text)
-    LEFT JOIN user_share u ON u.user_id = h.user_id
-    WHERE q.job_id = h.job_id AND q.user_id = h.user_id
     """
 )
 
@@ -174,36 +165,27 @@ def finish_claim(
 ) -> None:
     """A claim's writes to the streams it `held` (locked since it chose them), at its end:
     those in `settle` (found short of claimable work) recounted, removed or given the time
-    they are next due; every stream taken from and its user charged with what was taken;
-    every held stream's copy of its user's share brought up to date."""
-    keys = sorted(set(taken) | settle, key=lambda k: (str(k[0]), k[1]))
-    for job_id, user_id in keys:
-        if (job_id, user_id) in settle:
-            conn.execute(_SETTLE_EMPTY, {"job": job_id, "user": user_id})
-    record_served(conn, {k: n for k, n in taken.items() if n}, half_life_s, settle)
-    if held:
-        rows = [{"job_id": str(job), "user_id": user} for job, user in held]
-        conn.execute(_USER_KEYS, {"held": json.dumps(rows)})
-
-
-def record_served(
-    conn: Connection,
-    taken: dict[tuple[uuid.UUID, str], int],
-    half_life_s: float,
-    exact: set[tuple[uuid.UUID, str]],
-) -> None:
-    """What a claim took, by stream: counts (but those in `exact`, recounted already),
-    service and users' service brought up to date."""
-    if not taken:
-        return
-    rows = [
-        {"job_id": str(job), "user_id": user, "n": n, "counted": 0 if (job, user) in exact else n}
-        for (job, user), n in sorted(taken.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
-    ]
-    by_user: dict[str, int] = {}
+    they are next due; each user charged with what was taken for them; then every held stream
+    of a charged user: its count, service and copy of the user's share."""
+    for job_id, user_id in sorted(settle, key=lambda k: (str(k[0]), k[1])):
+        conn.execute(_SETTLE_EMPTY, {"job": job_id, "user": user_id})
+    charged: dict[str, int] = {}
     for (_, user), n in taken.items():
-        by_user[user] = by_user.get(user, 0) + n
-    users = [{"user_id": u, "n": n} for u, n in sorted(by_user.items())]
+        if n:
+            charged[user] = charged.get(user, 0) + n
+    if not charged:
+        return
     half = max(half_life_s, 1e-9)
-    conn.execute(_SERVED, {"taken": json.dumps(rows), "half_life": half})
+    users = [{"user_id": u, "n": n} for u, n in sorted(charged.items())]
     conn.execute(_USERS_SERVED, {"taken": json.dumps(users), "half_life": half})
+    rows = [
+        {
+            "job_id": str(job),
+            "user_id": user,
+            "n": taken.get((job, user), 0),
+            "counted": 0 if (job, user) in settle else taken.get((job, user), 0),
+        }
+        for job, user in sorted(held | set(taken), key=lambda k: (str(k[0]), k[1]))
+        if user in charged
+    ]
+    conn.execute(_STREAMS_SERVED, {"rows": json.dumps(rows), "half_life": half})
