@@ -43,7 +43,7 @@ from stave.infra import embedded_pg, migrate
 from stave.infra.db import ensure_database
 from stave.infra.embedded_pg import EmbeddedPostgres
 from tests.test_cli import STAVE
-from tests.test_deployments import run_deployment, start, stop, wait_healthy
+from tests.test_deployments import DEPLOYMENTS, run_deployment, start, stop, wait_healthy
 from tests.utils.net import free_port
 
 # Its own waits (a lease, restarts, 90 s before a dead host's run is Crashed) pass the suite's
@@ -265,7 +265,7 @@ def test_the_fleet_drill(
     try:
         wait_healthy(http, 120, "the Prefect server on PostgreSQL did not answer", server_log)
         assert fleet.operator("pools", "setup", "--gpus", "2")["concurrency_limit"]["limit"] == 2
-        assert len(fleet.operator("deploy")["deployments"]) == 6
+        assert len(fleet.operator("deploy")["deployments"]) == len(DEPLOYMENTS)
         fleet.start_worker("gpu-a", "gpu")
         fleet.start_worker("gpu-b", "gpu")
         fleet.start_worker("cpu-c", "cpu")
