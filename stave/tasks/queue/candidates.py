@@ -25,13 +25,16 @@ from stave.tasks.queue.fair import Candidate, QueuePolicy, decayed
 _COLUMNS = """
     q.job_id, q.user_id, q.priority, q.pending, q.created_at,
     extract(epoch FROM now() - q.waiting_since) AS waited_s,
-    q.served AS job_served, extract(epoch FROM now() - q.served_at) AS job_age_s
+    q.served AS job_served, extract(epoch FROM now() - q.served_at) AS job_age_s,
+    coalesce(u.weight, 1) AS weight, u.log_served
 """
+# Each stream's user's share as it is (their row, not the stream's copy), read with it.
+_FROM = "queue_stream q LEFT JOIN user_share u ON u.user_id = q.user_id"
 _DUE = "NOT q.paused AND (q.due_at IS NULL OR q.due_at <= now())"
 
 _OF_CLASS = text(
     f"""
-    SELECT {_COLUMNS} FROM queue_stream q
+    SELECT {_COLUMNS} FROM {_FROM}
     WHERE q.priority = :priority AND {_DUE}
     ORDER BY q.user_key, q.created_at
     LIMIT :n
@@ -41,7 +44,7 @@ _OF_CLASS = text(
 
 _AGED = text(
     f"""
-    SELECT {_COLUMNS} FROM queue_stream q
+    SELECT {_COLUMNS} FROM {_FROM}
     WHERE q.waiting_since < now() - make_interval(secs => :aging_s) AND {_DUE}
       AND q.priority <> :top
     ORDER BY q.waiting_since
@@ -52,7 +55,7 @@ _AGED = text(
 
 _OF_JOB = text(
     f"""
-    SELECT {_COLUMNS} FROM queue_stream q
+    SELECT {_COLUMNS} FROM {_FROM}
     WHERE q.job_id = :job AND {_DUE}
     ORDER BY q.user_key, q.created_at
     LIMIT :n
@@ -72,8 +75,6 @@ _ANY_DUE = text(
 # waiting on each other's rows would deadlock).
 RETRY_S = (0.01, 0.02, 0.04, 0.08)
 
-_USERS = text("SELECT user_id, weight, log_served FROM user_share WHERE user_id = ANY(:users)")
-
 
 def read(
     conn: Connection, job_id: uuid.UUID | None, policy: QueuePolicy, wanted: int
@@ -86,8 +87,8 @@ def read(
         time.sleep(pause)
         rows = _locked(conn, job_id, policy, wanted)
     unique = {(r.job_id, r.user_id): r for r in rows}
-    shares = _shares(conn, sorted({user for _, user in unique}), policy)
     ordered = sorted(unique.values(), key=lambda r: r.created_at)
+    now = time.time()
     return [
         Candidate(
             job_id=r.job_id,
@@ -96,8 +97,8 @@ def read(
             pending=int(r.pending),
             waited_s=float(r.waited_s),
             job_served=decayed(float(r.job_served), float(r.job_age_s), policy.half_life_s),
-            user_served=shares.get(r.user_id, (1.0, 0.0))[1],
-            weight=shares.get(r.user_id, (1.0, 0.0))[0],
+            user_served=served_now(r.log_served, policy.half_life_s, now),
+            weight=float(r.weight),
             created_order=order,
         )
         for order, r in enumerate(ordered)
@@ -129,14 +130,3 @@ def served_now(log_served: float | None, half_life_s: float, now: float | None =
         return 0.0
     exponent = log_served - (time.time() if now is None else now) / half_life_s
     return 0.0 if exponent < -1000 else math.pow(2.0, exponent)
-
-
-def _shares(
-    conn: Connection, users: list[str], policy: QueuePolicy
-) -> dict[str, tuple[float, float]]:
-    """(weight, served now) of each user that has a row."""
-    now = time.time()
-    return {
-        r.user_id: (float(r.weight), served_now(r.log_served, policy.half_life_s, now))
-        for r in conn.execute(_USERS, {"users": users})
-    }

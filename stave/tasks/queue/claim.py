@@ -133,14 +133,22 @@ _TAKE = text(
             LIMIT plan.n
             FOR UPDATE SKIP LOCKED
         ) t
+    ), taken AS (
+        UPDATE generation_task t
+        SET status = 'running', attempts = t.attempts + 1, lease_owner = :worker,
+            lease_expires_at = now() + make_interval(secs => :lease_s), available_at = NULL,
+            started_at = now(), error_class = NULL, error_message = NULL
+        FROM picked WHERE t.id = picked.id
+        RETURNING t.id, t.job_id, t.user_id, t.prompt, t.lyrics, t.parameters, t.attempts,
+                  t.max_attempts, t.lease_expires_at, t.created_at
+    ), logged AS (
+        INSERT INTO task_event (task_id, from_status, to_status, detail, created_at)
+        SELECT id, 'pending', 'running',
+               jsonb_build_object('worker', CAST(:worker AS text), 'attempt', attempts,
+                                  'lease_expires_at', lease_expires_at), now()
+        FROM taken
     )
-    UPDATE generation_task t
-    SET status = 'running', attempts = t.attempts + 1, lease_owner = :worker,
-        lease_expires_at = now() + make_interval(secs => :lease_s), available_at = NULL,
-        started_at = now(), error_class = NULL, error_message = NULL
-    FROM picked WHERE t.id = picked.id
-    RETURNING t.id, t.job_id, t.user_id, t.prompt, t.lyrics, t.parameters, t.attempts,
-              t.max_attempts, t.lease_expires_at, t.created_at
+    SELECT * FROM taken
     """
 )
 
@@ -164,26 +172,26 @@ def claim(
             conn.execute(_EXPIRE, params)
             streams.add_pending(conn, [r.id for r in conn.execute(_PAUSED_BACK)])
             retaken = list(conn.execute(_RETAKE, {**params, **lease, "limit": limit}))
-        rows = retaken + _take_planned(conn, worker, limit - len(retaken), lease_s, params, policy)
-        rows.sort(key=lambda r: (r.created_at, r.id))
-        again = {r.id for r in retaken}
-        log_events(
+        log_events(  # the claim's own are written with it (`_TAKE`)
             conn,
             [
                 {
                     "task_id": r.id,
-                    "from": "running" if r.id in again else "pending",
+                    "from": "running",
                     "to": "running",
                     "detail": {
                         "worker": worker,
                         "attempt": r.attempts,
                         "lease_expires_at": r.lease_expires_at.isoformat(),
-                        **({"reclaimed": True} if r.id in again else {}),
+                        "reclaimed": True,
                     },
                 }
-                for r in rows
+                for r in retaken
             ],
         )
+        rows = retaken + _take_planned(conn, worker, limit - len(retaken), lease_s, params, policy)
+        rows.sort(key=lambda r: (r.created_at, r.id))
+        again = {r.id for r in retaken}
     return [
         ClaimedTask(
             id=r.id,

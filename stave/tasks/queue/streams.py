@@ -51,14 +51,30 @@ _ENQUEUE_JOB = text(
     """
 )
 
-# After a claim, for every stream it held of a user it charged: the pending count less what
-# was taken from it (`counted`: 0 for a stream recounted after the take), its service
-# (decayed to now, plus the clips taken) and the time it was last served, and its copy of the
-# user's share (just charged). The rows are the claim's already (locked when chosen).
-_STREAMS_SERVED = text(
+# After a claim: each user charged with the clips taken for them, in log2 at the epoch's
+# scale (`user_share.log_served`: n clips at time T add 2^(T / half-life) n, so no row is ever
+# brought up to date to compare; users in key order, so concurrent claims lock them in one
+# order); then, for every stream the claim held of a charged user, its pending count less what
+# was taken from it (`counted`: 0 for a stream recounted after the take), its service (decayed
+# to now, plus the clips taken), when it was last served, and its copy of the user's share.
+_SERVED = text(
     """
-    WITH x AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+    WITH now_h AS (SELECT extract(epoch FROM now()) / :half_life AS t),
+    charged AS (
+        INSERT INTO user_share (user_id, weight, log_served, created_at)
+        SELECT c.user_id, 1, ln(c.n::float8) / ln(2) + now_h.t, now()
+        FROM jsonb_to_recordset(CAST(:users AS jsonb)) AS c(user_id text, n int), now_h
+        ORDER BY c.user_id
+        ON CONFLICT (user_id) DO UPDATE SET log_served = CASE
+            WHEN user_share.log_served IS NULL
+              OR user_share.log_served - (SELECT t FROM now_h) < -1000 THEN EXCLUDED.log_served
+            ELSE ln(power(2::float8, user_share.log_served - (SELECT t FROM now_h))
+                    + power(2::float8, EXCLUDED.log_served - (SELECT t FROM now_h))) / ln(2)
+                 + (SELECT t FROM now_h)
+            END
+        RETURNING user_id, weight, log_served
+    ), x AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:streams AS jsonb))
             AS x(job_id uuid, user_id text, n int, counted int)
     )
     UPDATE queue_stream q
@@ -68,29 +84,9 @@ _STREAMS_SERVED = text(
                  ELSE q.served END,
         served_at = CASE WHEN x.n > 0 THEN now() ELSE q.served_at END,
         waiting_since = CASE WHEN x.n > 0 THEN now() ELSE q.waiting_since END,
-        user_key = coalesce(u.log_served - ln(u.weight) / ln(2), '-Infinity')
-    FROM x LEFT JOIN user_share u ON u.user_id = x.user_id
+        user_key = charged.log_served - ln(charged.weight) / ln(2)
+    FROM x JOIN charged ON charged.user_id = x.user_id
     WHERE q.job_id = x.job_id AND q.user_id = x.user_id
-    """
-)
-
-# Each user's service, in log2 at the epoch's scale (`user_share.log_served`): n clips at
-# time T add 2^(T / half-life) n, so no row is ever brought up to date to compare. In key
-# order, so concurrent claims lock them in one order.
-_USERS_SERVED = text(
-    """
-    WITH now_h AS (SELECT extract(epoch FROM now()) / :half_life AS t)
-    INSERT INTO user_share (user_id, weight, log_served, created_at)
-    SELECT x.user_id, 1, ln(x.n::float8) / ln(2) + now_h.t, now()
-    FROM jsonb_to_recordset(CAST(:taken AS jsonb)) AS x(user_id text, n int), now_h
-    ORDER BY x.user_id
-    ON CONFLICT (user_id) DO UPDATE SET log_served = CASE
-        WHEN user_share.log_served IS NULL
-          OR user_share.log_served - (SELECT t FROM now_h) < -1000 THEN EXCLUDED.log_served
-        ELSE ln(power(2::float8, user_share.log_served - (SELECT t FROM now_h))
-                + power(2::float8, EXCLUDED.log_served - (SELECT t FROM now_h))) / ln(2)
-             + (SELECT t FROM now_h)
-        END
     """
 )
 
@@ -175,9 +171,7 @@ def finish_claim(
             charged[user] = charged.get(user, 0) + n
     if not charged:
         return
-    half = max(half_life_s, 1e-9)
     users = [{"user_id": u, "n": n} for u, n in sorted(charged.items())]
-    conn.execute(_USERS_SERVED, {"taken": json.dumps(users), "half_life": half})
     rows = [
         {
             "job_id": str(job),
@@ -188,4 +182,11 @@ def finish_claim(
         for job, user in sorted(held | set(taken), key=lambda k: (str(k[0]), k[1]))
         if user in charged
     ]
-    conn.execute(_STREAMS_SERVED, {"rows": json.dumps(rows), "half_life": half})
+    conn.execute(
+        _SERVED,
+        {
+            "users": json.dumps(users),
+            "streams": json.dumps(rows),
+            "half_life": max(half_life_s, 1e-9),
+        },
+    )
