@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import typer.main
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stave.cli import app, main
+from stave.cli.lazy import LazyGroup
 from tests.test_cli import STAVE
 from tests.utils.net import free_port
 
@@ -56,7 +58,11 @@ def commands() -> list[tuple[tuple[str, ...], Any]]:
         else:
             found.append((path, command))
 
-    walk(typer.main.get_command(app), ())
+    root = typer.main.get_command(app)
+    assert isinstance(root, LazyGroup)
+    for name in root.list_commands(typer.Context(root)):
+        root.load(name)  # listed lazily: the real commands, to walk their parameters
+    walk(root, ())
     return found
 
 

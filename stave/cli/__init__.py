@@ -15,28 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from stave.cli import (
-    archive,
-    backup,
-    catalog,
-    db,
-    doctor,
-    drain,
-    embeddings,
-    env,
-    generator,
-    jobs,
-    metrics,
-    orchestration,
-    queue,
-    report,
-    store,
-)
+from stave.cli.lazy import LazyGroup
 from stave.infra import stop
-from stave.infra.db import translate_db_error
-from stave.infra.errors import StaveError, first_line
-from stave.infra.logs import FILE_ONLY, configure_logging, is_configured
-from stave.infra.settings import get_settings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -48,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,  # commands imported when used: `stave --help` imports none of them
 )
 
 
@@ -68,40 +49,6 @@ def _root(
 ) -> None:
     """Stave: the data platform behind a text-to-music diffusion model."""
 
-
-app.add_typer(db.app, name="db")
-app.add_typer(backup.app, name="backup")
-app.add_typer(store.app, name="store")
-app.add_typer(archive.app, name="archive")
-app.command("doctor")(doctor.doctor)
-app.command("env")(env.env)
-app.command("train")(generator.train)
-app.command("eval")(generator.evaluate)
-app.command("generate")(jobs.generate)
-app.command("submit")(jobs.submit)
-app.command("run-pending")(drain.run_pending)
-app.command("jobs")(queue.jobs)
-app.command("job")(queue.job)
-app.add_typer(queue.share_app, name="share")
-app.command("task")(jobs.task)
-app.command("retry")(jobs.retry)
-app.command("regenerate")(jobs.regenerate)
-app.command("gc")(jobs.gc)
-app.command("backfill")(embeddings.backfill)
-app.add_typer(embeddings.embeddings_app, name="embeddings")
-app.command("similar")(embeddings.similar)
-app.add_typer(embeddings.index_app, name="index")
-app.command("gallery")(embeddings.gallery)
-app.command("report")(report.report)
-app.command("server")(orchestration.server)
-app.add_typer(orchestration.pools_app, name="pools")
-app.command("worker")(orchestration.worker)
-app.command("deploy")(orchestration.deploy)
-app.command("run")(orchestration.run)
-app.add_typer(orchestration.prompts_app, name="prompts")
-app.add_typer(catalog.templates_app, name="templates")
-app.add_typer(catalog.prefs_app, name="prefs")
-app.add_typer(metrics.app, name="metrics")
 
 log = logging.getLogger("stave.cli")
 
@@ -127,9 +74,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         signum = stop.signal_number() or signal.SIGINT
         _fail(f"stopped by {signal.Signals(signum).name}", _stopped_code(signum))
-    except StaveError as err:
-        _fail(str(err), err.exit_code)
-    except Exception as err:  # the last line of defence: the traceback to the log file only
+    except Exception as err:  # the last line of defence: a traceback goes to the log file only
+        from stave.infra.errors import StaveError, first_line  # not imported for `--help`
+
+        if isinstance(err, StaveError):
+            _fail(str(err), err.exit_code)
         translated = _known_failure(err)
         if translated is not None:
             _log_file_only("command failed", err)
@@ -159,6 +108,9 @@ def _stopped_code(signum: int) -> int:
 def _known_failure(err: Exception) -> str | None:
     """A failure from a library that has a one-line meaning: the database gone, or a
     generator error (one line by construction)."""
+    from stave.infra.db import translate_db_error
+    from stave.infra.errors import first_line
+
     translated = translate_db_error(err)
     if translated is not None:
         return str(translated)
@@ -173,6 +125,9 @@ def _known_failure(err: Exception) -> str | None:
 
 
 def _log_file_only(message: str, err: BaseException) -> None:
+    from stave.infra.logs import FILE_ONLY, configure_logging, is_configured
+    from stave.infra.settings import get_settings
+
     if not is_configured():
         try:
             configure_logging(get_settings())

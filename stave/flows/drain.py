@@ -27,8 +27,9 @@ from prefect.artifacts import (
 from sqlalchemy.exc import DBAPIError
 
 from stave.flows.logs import run_logger
-from stave.flows.steps import generation
+from stave.flows.steps import generation, gpu
 from stave.flows.steps import progress as progress_
+from stave.flows.steps.gpu import OrchestratorUnavailable
 from stave.flows.steps.progress import DrainStats
 from stave.generator.errors import Interrupted
 from stave.infra import stop
@@ -132,8 +133,16 @@ def drain(
             processed += len(claimed)
             batch = _Batch(claimed, model_version_id)
             lap = time.perf_counter()
-            made = batch.generate(worker, stats, log)
-            stats.lap("generate", lap)
+            try:
+                made = batch.generate(worker, stats, log)
+            except OrchestratorUnavailable:
+                stats.batches -= 1
+                processed -= len(claimed)
+                if not gpu.wait_for_api(stop.requested, log):
+                    break
+                continue
+            finally:
+                stats.lap("generate", lap)
             if made is not None:
                 stats.model_s += made.model_s
                 stats.model_cpu_s += made.model_cpu_s
@@ -208,15 +217,21 @@ class _Batch:
             # Stopped mid-batch: the tasks go back to the queue now, not after the lease.
             self.hand_back(worker, stats, log)
             return None
+        except OrchestratorUnavailable as err:
+            # Nothing ran: the batch must not pay an attempt for an outage of Prefect's.
+            self.hand_back(worker, stats, log, reason=str(err))
+            raise
         except Exception as err:
             self.record_failure(*classify(err), worker, stats, log)
             return None
 
-    def hand_back(self, worker: str, stats: DrainStats, log: Any) -> None:
+    def hand_back(
+        self, worker: str, stats: DrainStats, log: Any, reason: str = "stop requested"
+    ) -> None:
         stats.handed_back += _riding_out_a_restart(
-            lambda: queue.release(get_engine(), worker, self.ids, "stop requested"), log
+            lambda: queue.release(get_engine(), worker, self.ids, reason), log
         )
-        log.warning("batch %s handed back: stop requested", self.batch_id)
+        log.warning("batch %s handed back: %s", self.batch_id, reason)
 
     def settle(
         self, result: finishing.BatchResult, worker: str, stats: DrainStats, log: Any

@@ -13,7 +13,9 @@ from prefect.artifacts import update_progress_artifact
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from stave.flows.steps.gpu import unreachable
 from stave.infra.db import translate_db_error
+from stave.infra.errors import first_line
 from stave.infra.settings import get_settings
 from stave.tasks import drain_runs, queue
 from stave.tasks.classify import classify
@@ -119,16 +121,21 @@ def show(
         log.warning("progress not updated: %s", unavailable)
         return
     busy = stats.gpu_busy
-    update_progress_artifact(
-        progress,
-        percent(state, total, job_id, done),
-        description=(
-            f"clips settled (job {job_id}{_place(engine, job_id)})"
-            if job_id
-            else "queued clips processed"
+    try:
+        update_progress_artifact(
+            progress,
+            percent(state, total, job_id, done),
+            description=(
+                f"clips settled (job {job_id}{_place(engine, job_id)})"
+                if job_id
+                else "queued clips processed"
+            )
+            + (f"; GPU busy {busy:.0%} of the run" if busy is not None else ""),
         )
-        + (f"; GPU busy {busy:.0%} of the run" if busy is not None else ""),
-    )
+    except Exception as err:  # the Prefect API away: the next batch's update catches up
+        if not unreachable(err):
+            raise
+        log.warning("progress not updated: the Prefect API is unreachable (%s)", first_line(err))
 
 
 def _place(engine: Engine, job_id: uuid.UUID) -> str:
