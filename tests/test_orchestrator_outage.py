@@ -87,9 +87,7 @@ def test_a_prefect_outage_mid_job_costs_no_attempt(
         drain = start(["run-pending", "--job", job, "--json"], env_api, drain_log)
         wait_until(lambda: published() > 0, 120, "no clip was published", drain_log)
         stop(server)  # the API goes away mid-job
-        wait_until(
-            lambda: released() > 0, 90, "no batch was handed back for the outage", drain_log
-        )
+        wait_until(lambda: released() > 0, 90, "no batch was handed back for the outage", drain_log)
         time.sleep(8)  # far past two attempts' backoffs
         assert drain.poll() is None, drain_log.read_text()[-3000:]
         assert published() < 16
