@@ -75,10 +75,12 @@ def in_process_prefect(current: Settings) -> None:
     # Prefect's temporary server (no API configured) gets 20 s to start by default: too few on
     # a busy machine, where the first `stave generate` then failed.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if current.prefect_api_url:
-        from stave.flows import admin  # prefect, imported after its environment is set
+    from stave.flows import admin  # prefect, imported after its environment is set
 
+    if current.prefect_api_url:
         admin.check_api(current.prefect_api_url)
+    else:
+        admin.ensure_local_database(current.prefect_home)
 
 
 def flow_summary(state: Any) -> dict[str, Any]:

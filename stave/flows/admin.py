@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
@@ -21,6 +20,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectNotFound
 
 from stave.infra.errors import ConfigError, StaveError, first_line
+from stave.infra.filelock import file_lock
 from stave.infra.prefect_env import GPU_POOL, POOLS
 
 # Shipped inside the package: `stave deploy` works from an installed wheel, in any folder.
@@ -50,6 +50,8 @@ class PoolSetup:
 
 def detected_gpus() -> int:
     """GPUs on this host (torch's count, 0 on a CPU-only machine)."""
+    import torch  # seconds to import: only when GPUs are counted
+
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
@@ -88,6 +90,25 @@ def setup_pools(limit_name: str, gpus: int | None) -> PoolSetup:
             limit_name, GlobalConcurrencyLimitUpdate(limit=wanted)
         )
         return PoolSetup(created, existing, limit_name, wanted, "updated")
+
+
+def ensure_local_database(prefect_home: Path) -> None:
+    """Prefect's temporary API (no STAVE_PREFECT_API_URL) keeps its SQLite database in
+    Prefect's home, and each process starts its own server on it. Commands started together in
+    a fresh home would each create it: the losers print SQLite's "database is locked" traces.
+    The first creates it here, under a lock; the others wait, then find it made."""
+    ready = prefect_home / "prefect.db.ready"
+    if ready.exists():
+        return
+    with file_lock(prefect_home / "prefect.db.lock"):
+        if ready.exists():
+            return
+        from prefect.server.database import provide_database_interface
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        # Its migrations to head: a creation cut short is finished, not redone.
+        run_coro_as_sync(provide_database_interface().create_db())
+        ready.touch()
 
 
 def check_api(api_url: str) -> None:

@@ -8,7 +8,6 @@ pgserver's helpers for running as root (postgres then runs as the OS user `pgser
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import logging
@@ -19,13 +18,13 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from stave.infra import wal
 from stave.infra.errors import DatabaseUnavailable
+from stave.infra.filelock import file_lock
 from stave.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,15 +268,9 @@ class EmbeddedPostgres:
             return None
         return pid, port, lines[5].strip(), lines[7].strip()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> AbstractContextManager[None]:
         # Two commands starting at once must not both run initdb or pg_ctl start.
-        with open(self._lock_file, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self._lock_file)
 
 
 def _pid_alive(pid: int) -> bool:

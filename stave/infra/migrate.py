@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from stave.infra.db import one_connection
 from stave.infra.errors import ConfigError, InvalidInput, first_line
@@ -30,13 +33,42 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    with _revision_errors(revision):
-        command.upgrade(alembic_config(url), revision)
+    """Migrate the database at `url` to `revision`, one process at a time (a `stave db
+    upgrade` and a first command's migration started together: the second finds it done)."""
+    with _one_migrator(url), _revision_errors(revision):
+        _riding_out_cluster_races(lambda: command.upgrade(alembic_config(url), revision))
 
 
 def downgrade(url: str, revision: str) -> None:
-    with _revision_errors(revision):
+    with _one_migrator(url), _revision_errors(revision):
         command.downgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _one_migrator(url: str) -> Iterator[None]:
+    with one_connection(url) as conn, advisory_lock(conn, MIGRATION_LOCK):
+        yield
+
+
+# Roles and their memberships are the server's, not a database's: fresh databases of one
+# server migrated at once race to create them, and a database's advisory lock cannot order
+# that. The loser's migration rolls back whole (a transaction per migration) and is tried
+# again, when it finds what the winner made.
+CLUSTER_RACE_RETRY_S = (0.2, 0.5, 1.0, 2.0)
+_CLUSTER_RACES = {"23505", "42710", "40001", "40P01"}  # unique, duplicate object, serialization
+
+
+def _riding_out_cluster_races(migrate: Callable[[], None]) -> None:
+    for pause in (*CLUSTER_RACE_RETRY_S, None):
+        try:
+            migrate()
+            return
+        except DBAPIError as err:
+            code = getattr(err.orig, "sqlstate", None)
+            racing = code in _CLUSTER_RACES or "tuple concurrently updated" in str(err.orig)
+            if pause is None or not racing:
+                raise
+            time.sleep(pause * (1 + random.random()))
 
 
 @contextmanager
@@ -71,11 +103,8 @@ def ensure_at_head(url: str, *, embedded: bool) -> str | None:
         return current
     if embedded:
         # Two workers started together would both migrate: one does, under a lock; the other
-        # waits, then finds the database at head.
-        with one_connection(url) as conn, advisory_lock(conn, MIGRATION_LOCK):
-            if current_revision(conn) != head:
-                conn.commit()
-                upgrade(url)
+        # waits, then finds the database at head (Alembic then has nothing to do).
+        upgrade(url)
         return head
     raise ConfigError(
         f"the database is at revision {current or 'none'}, not head {head}: "
