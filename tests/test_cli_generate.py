@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -100,6 +101,19 @@ def test_generate_then_inspect_regenerate_retry_and_gc(
     assert "re-queued 0 failed task(s)" in retried.stdout
     swept = json.loads(stave("gc", "--json", cwd=tmp_path, env=env).stdout)
     assert swept["orphans"] == [] and swept["scanned"] >= 2
+    assert swept["expired_pages"] == []
+    # The job's listening page, forty days on: past STAVE_GALLERY_KEEP_DAYS (30), gc removes
+    # it (a filesystem store has no lifecycle rules).
+    page = Path(summary["pages"]["gallery"].removeprefix("file://"))
+    files = [f for f in page.parent.rglob("*") if f.is_file()]
+    assert page in files
+    for f in files:
+        long_ago = f.stat().st_mtime - 40 * 86400
+        os.utime(f, (long_ago, long_ago))
+    swept = json.loads(stave("gc", "--delete", "--json", cwd=tmp_path, env=env).stdout)
+    assert swept["orphans"] == [] and len(swept["expired_pages"]) >= len(files) // 2
+    assert all(key.startswith(f"dev/gallery/{job}/") for key in swept["expired_pages"])
+    assert not page.exists()
 
     missing = stave("task", str(uuid.uuid4()), cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "no task" in assert_one_line_error(missing)

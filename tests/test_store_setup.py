@@ -26,6 +26,7 @@ def test_store_setup_applies_lifecycle_and_versioning_idempotently(
         "STAVE_S3_SECRET_KEY": "test-secret",
         "STAVE_BUCKET": bucket_name,
         "STAVE_PROMPTS_EXPIRE_DAYS": "9",
+        "STAVE_GALLERY_KEEP_DAYS": "12",
     }
     client = Minio(s3_endpoint, "test-access", "test-secret", secure=False)
     client.make_bucket(bucket_name)
@@ -42,7 +43,7 @@ def test_store_setup_applies_lifecycle_and_versioning_idempotently(
     assert items["object lock"]["status"] == "refused"
     assert "at creation" in items["object lock"]["detail"]
     rules = {r.rule_id: r for r in client.get_bucket_lifecycle(bucket_name).rules}
-    assert "theirs" in rules and len([r for r in rules if r.startswith("stave-")]) == 8
+    assert "theirs" in rules and len([r for r in rules if r.startswith("stave-")]) == 10
     # Another environment sharing the bucket adds its own rules and keeps these.
     stave(
         "store",
@@ -59,6 +60,11 @@ def test_store_setup_applies_lifecycle_and_versioning_idempotently(
     assert "stave-dev-expire-prompts" in rules and "stave-stage-expire-prompts" in rules
     assert rules["stave-dev-expire-prompts"].expiration.days == 9
     assert rules["stave-dev-expire-prompts"].rule_filter.prefix == "dev/prompts/"
+    # Pages people look at are bounded too: listening pages, and the Data Docs' batch pages.
+    assert rules["stave-dev-expire-gallery"].expiration.days == 12
+    assert rules["stave-dev-expire-gallery"].rule_filter.prefix == "dev/gallery/"
+    pages = rules["stave-dev-expire-data-docs-pages"]
+    assert (pages.rule_filter.prefix, pages.expiration.days) == ("dev/data-docs/validations/", 30)
     abort = rules["stave-abort-incomplete-uploads"].abort_incomplete_multipart_upload
     assert abort.days_after_initiation == 1
     assert client.get_bucket_versioning(bucket_name).status == ENABLED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +76,36 @@ def test_verdict_names_the_failing_clip_and_docs_are_built_incrementally(
     assert {p: now[p] for p in pages} == pages
     index = (docs / "index.html").read_text()
     assert "batch-one" in index and "batch-two" in index
+
+
+def test_results_past_their_days_leave_the_home_and_the_store_with_their_pages(
+    stave_env: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from stave.infra.objectstore import make_object_store
+    from stave.infra.objectstore.keys import data_docs_prefix, site_key
+    from stave.tasks import sites
+
+    settings = stave_env(home=tmp_path / "home", data_docs_keep_days=30)
+    store = make_object_store(settings)
+    validation.validate([_clip()], settings, batch_id="batch-old", sample_rate=16_000)
+    sites.publish_data_docs(store, settings)
+    docs = settings.data_docs_dir
+    (old_page,) = (docs / "validations").rglob("*.html")
+    old_key = site_key(data_docs_prefix(settings.env), old_page.relative_to(docs).as_posix())
+    assert store.exists(old_key)
+    # Forty days pass for that batch's result.
+    (old_result,) = settings.validation_results_dir.rglob("*.json")
+    long_ago = old_result.stat().st_mtime - 40 * 86400
+    os.utime(old_result, (long_ago, long_ago))
+
+    validation.validate([_clip()], settings, batch_id="batch-new", sample_rate=16_000)
+    built = validation.build_data_docs(settings)
+    assert built.rendered == 1 and built.removed == [old_page.relative_to(docs).as_posix()]
+    assert not old_result.exists() and not old_page.exists()
+    assert [p.name for p in settings.validation_results_dir.rglob("*.json")] != []
+    index = (docs / "index.html").read_text()
+    assert "batch-new" in index and "batch-old" not in index
+    # The next put of the Data Docs deletes the pruned page's copy in the store.
+    sites.publish_data_docs(store, settings)
+    assert not store.exists(old_key)
+    assert not validation.removed_pages_file(docs).exists()

@@ -283,6 +283,7 @@ def gc(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Find (and with --delete remove) audio objects that no record points to."""
+    # Listening pages past STAVE_GALLERY_KEEP_DAYS go too (a filesystem store has no rules).
     current = settings()
     result = sweep(
         engine(current),
@@ -290,6 +291,7 @@ def gc(
         env_name=current.env,
         delete=delete,
         grace=timedelta(minutes=grace_minutes),
+        pages_kept=timedelta(days=current.gallery_keep_days),
     )
     if as_json:
         print_json(result.__dict__)
@@ -299,5 +301,11 @@ def gc(
         f"scanned {result.scanned} object(s): {len(result.orphans)} orphan(s), "
         f"{result.orphan_bytes} bytes, {action}; {result.too_young} too young to judge"
     )
+    if result.expired_pages:
+        typer.echo(
+            f"{len(result.expired_pages)} listening-page object(s) older than "
+            f"{current.gallery_keep_days} days (STAVE_GALLERY_KEEP_DAYS), "
+            f"{result.expired_page_bytes} bytes, {action}"
+        )
     for key in result.orphans[:20]:
         typer.echo(f"  {key}")

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from stave.cli.common import JSON_HELP, engine, print_json, settings
 from stave.infra.objectstore import make_object_store
-from stave.infra.objectstore.bucket_setup import setup_bucket
+from stave.infra.objectstore.bucket_setup import Retention, setup_bucket
 from stave.tasks.keymigration import migrate_keys
 
 app = typer.Typer(help="The object store's bucket: lifecycle rules and protection.")
@@ -17,15 +17,19 @@ app = typer.Typer(help="The object store's bucket: lifecycle rules and protectio
 @app.command()
 def setup(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Apply the bucket's lifecycle rules (abort incomplete uploads after a day, expire uploaded
-    prompts), versioning (deleted backups recoverable for a while) and report object lock;
-    idempotent, and says what the server refused."""
+    prompts, listening pages and Data Docs pages), versioning (deleted backups recoverable for
+    a while) and report object lock; idempotent, and says what the server refused."""
     current = settings()
     store = make_object_store(current)
     report = setup_bucket(
         store,
         env=current.env,
-        prompts_expire_days=current.prompts_expire_days,
-        backups_keep_days=current.backup_versions_keep_days,
+        keep=Retention(
+            prompts_expire_days=current.prompts_expire_days,
+            backups_keep_days=current.backup_versions_keep_days,
+            gallery_keep_days=current.gallery_keep_days,
+            data_docs_keep_days=current.data_docs_keep_days,
+        ),
     )
     if as_json:
         print_json({"store": store.describe(), "items": report})

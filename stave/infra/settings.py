@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     publish_pages: bool = True
     gallery_max_clips: int = Field(default=200, ge=1, le=500)
     link_expiry_h: int = Field(default=168, ge=1, le=168)
+    # How long pages stay: a job's listening page (`<env>/gallery/`, by the bucket's rule from
+    # `stave store setup`, or `stave gc` on a filesystem store) and each batch's validation
+    # result with its Data Docs page (in the home when the Data Docs are built, and in the
+    # store with them).
+    gallery_keep_days: int = Field(default=30, ge=1, le=3650)
+    data_docs_keep_days: int = Field(default=30, ge=1, le=3650)
 
     # Publishing checks on every clip (the Great Expectations suite).
     duration_tolerance_s: float = Field(default=0.05, ge=0)

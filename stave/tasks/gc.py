@@ -1,4 +1,6 @@
-"""Garbage collection: audio objects that no record points to.
+"""Garbage collection: audio objects that no record points to, and listening pages past their
+days (`STAVE_GALLERY_KEEP_DAYS`: on S3 the bucket's rule expires them too; a filesystem store
+has no rules, so this is what bounds its `gallery/`).
 
 A batch deletes its own objects when its commit fails, but a process killed between the put and
 the commit leaves its objects behind. `stave gc` lists them (dry run by default) and removes
@@ -30,6 +32,8 @@ class Sweep:
     orphan_bytes: int = 0
     deleted: int = 0
     too_young: int = 0
+    expired_pages: list[str] = field(default_factory=list)
+    expired_page_bytes: int = 0
 
 
 def sweep(
@@ -39,9 +43,18 @@ def sweep(
     env_name: str,
     delete: bool,
     grace: timedelta = timedelta(hours=1),
+    pages_kept: timedelta | None = None,
 ) -> Sweep:
     result = Sweep()
     cutoff = utcnow() - grace
+    if pages_kept is not None:
+        expired = utcnow() - pages_kept
+        for info in store.list(validate_prefix(f"{env_name}/gallery/")):
+            if info.last_modified is not None and info.last_modified < expired:
+                result.expired_pages.append(info.key)
+                result.expired_page_bytes += info.size
+        if delete:
+            store.delete_many(result.expired_pages)
     for pattern in PREFIXES:
         prefix = validate_prefix(pattern.format(env=env_name))
         batch: list[tuple[str, int, bool]] = []

@@ -179,7 +179,22 @@ def publish_data_docs(store: ObjectStore, settings: Settings) -> JobPages:
     )
     marker.touch()
     os.utime(marker, (started, started))  # what changes while putting is put next time
+    _delete_pruned_pages(store, folder, data_docs_prefix(settings.env))
     return JobPages(data_docs=docs.index_url)
+
+
+def _delete_pruned_pages(store: ObjectStore, folder: Path, prefix: str) -> None:
+    """The store's copies of pages pruned from the Data Docs (past STAVE_DATA_DOCS_KEEP_DAYS)
+    deleted. The list is taken by renaming it, so pages pruned meanwhile are listed anew."""
+    listing = validation.removed_pages_file(folder)
+    taken = listing.with_name(f"{listing.name}.{os.getpid()}")
+    try:
+        listing.rename(taken)
+    except FileNotFoundError:
+        return
+    pages = [line for line in taken.read_text(encoding="utf-8").splitlines() if line]
+    store.delete_many(site_key(prefix, page) for page in pages)
+    taken.unlink()
 
 
 def data_docs_link(store: ObjectStore, settings: Settings) -> str:

@@ -10,9 +10,11 @@ renders the results no page shows yet as Data Docs under `STAVE_HOME/<env>/log/d
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +105,7 @@ class _Validator:
         self.context = gx.get_context(project_config=config, mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.docs_dir = settings.data_docs_dir
+        self.results_dir = settings.validation_results_dir
         self.context.add_data_docs_site(
             "local",
             {
@@ -165,29 +168,69 @@ class _Validator:
         )
         return next(iter(result.run_results.values()))
 
-    def build_docs(self) -> int:
-        """Render the stored results that have no page yet, then the index: a build costs
-        what is new, not everything ever validated. How many results were rendered."""
+    def build_docs(self, keep_days: int) -> DocsBuild:
+        """Remove the results older than `keep_days` with their pages, render the stored
+        results that have no page yet, then the index: a build costs what is new, not
+        everything ever validated, and the folder holds `keep_days` of batches."""
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
         )
 
+        removed = self._prune(keep_days)
         fresh: list[Any] = [
             key
             for key in self.context.validation_results_store.list_keys()
             if not self._page(key).is_file()
         ]
-        if not fresh and (self.docs_dir / "index.html").is_file():
-            return 0
+        if not fresh and not removed and (self.docs_dir / "index.html").is_file():
+            return DocsBuild(0, [])
         self.docs_dir.mkdir(parents=True, exist_ok=True)
         suite = ExpectationSuiteIdentifier(name=SUITE)
         self.context.build_data_docs(resource_identifiers=[suite, *fresh])
-        return len(fresh)
+        return DocsBuild(len(fresh), removed)
 
     def _page(self, key: Any) -> Path:
         """Where the site builder writes a result's page (its store key, as a path)."""
         *folders, name = key.to_tuple()
         return self.docs_dir.joinpath("validations", *folders, f"{name}.html")
+
+    def _prune(self, keep_days: int) -> list[str]:
+        """Results last written more than `keep_days` ago, and their pages, removed; the
+        pages' paths within the Data Docs folder (their copies in the store go too)."""
+        results = self.results_dir
+        if not results.is_dir():
+            return []
+        cutoff = time.time() - keep_days * 86400
+        removed = []
+        for path in results.rglob("*.json"):
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # another process pruned it first
+                continue
+            page = Path("validations") / path.relative_to(results).with_suffix(".html")
+            (self.docs_dir / page).unlink(missing_ok=True)
+            removed.append(page.as_posix())
+        for root in (results, self.docs_dir / "validations"):
+            _remove_empty_folders(root)
+        if removed:  # for whichever process next puts the Data Docs in the store
+            with open(removed_pages_file(self.docs_dir), "a", encoding="utf-8") as listing:
+                listing.write("".join(f"{page}\n" for page in removed))
+        return removed
+
+
+def removed_pages_file(docs_dir: Path) -> Path:
+    """Pages pruned from the Data Docs whose copies in the store are still to be deleted."""
+    return docs_dir.parent / "data_docs.removed"
+
+
+def _remove_empty_folders(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):  # not empty, or gone
+            folder.rmdir()
 
 
 def _validator(settings: Settings, sample_rate: int) -> _Validator:
@@ -237,15 +280,22 @@ def validate(
     return Verdict(batch_id, bool(result.success), failures, statistics, failed)
 
 
-def build_data_docs(settings: Settings, sample_rate: int = SAMPLE_RATE) -> int:
+@dataclass(frozen=True)
+class DocsBuild:
+    rendered: int  # results rendered as pages
+    removed: list[str]  # pages removed (older than STAVE_DATA_DOCS_KEEP_DAYS), by path
+
+
+def build_data_docs(settings: Settings, sample_rate: int = SAMPLE_RATE) -> DocsBuild:
     """Render the validation results stored under this home that have no page yet, and the
-    site's index; how many were rendered. Any process can: the results are files."""
+    site's index, after removing those older than STAVE_DATA_DOCS_KEEP_DAYS. Any process can:
+    the results are files."""
     if (
         not settings.validation_results_dir.is_dir()
         and (settings.data_docs_dir / "index.html").is_file()
     ):
-        return 0
-    return _validator(settings, sample_rate).build_docs()
+        return DocsBuild(0, [])
+    return _validator(settings, sample_rate).build_docs(settings.data_docs_keep_days)
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,10 @@ instead of failing.
 
 - Incomplete multipart uploads (a killed backup or upload) are aborted after a day.
 - Uploaded prompt files (`<env>/prompts/`) expire after `prompts_expire_days`.
+- Jobs' listening pages (`<env>/gallery/`) expire after `gallery_keep_days`; Data Docs pages of
+  batches (`<env>/data-docs/validations/`) after `data_docs_keep_days` (Stave deletes those it
+  prunes itself; the rule catches what it missed). The Data Docs' index, suite page and assets
+  are put again whenever they change and carry no rule.
 - Versioning is on, so a deleted or overwritten object stays as a noncurrent version: for
   `backups_keep_days` under `<env>/backups/` (a deleted backup can be brought back that long), a day
   elsewhere (audio that `stave gc` removes is not kept twice for long).
@@ -18,6 +22,7 @@ instead of failing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from stave.infra.objectstore.base import ObjectStore
@@ -28,9 +33,17 @@ ABORT_RULE = f"{RULE_PREFIX}abort-incomplete-uploads"
 SHORT_LIVED_VERSIONS = ("audio/", "archive/", "prompts/", "gallery/", "data-docs/")
 
 
-def setup_bucket(
-    store: ObjectStore, *, env: str, prompts_expire_days: int, backups_keep_days: int
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Retention:
+    """Days each expiring prefix of an environment is kept (settings of the same names)."""
+
+    prompts_expire_days: int
+    backups_keep_days: int
+    gallery_keep_days: int
+    data_docs_keep_days: int
+
+
+def setup_bucket(store: ObjectStore, *, env: str, keep: Retention) -> list[dict[str, Any]]:
     """Apply the rules; one report item per feature."""
     from stave.infra.objectstore.minio_store import MinioStore  # minio, only when used
 
@@ -41,13 +54,13 @@ def setup_bucket(
             for item in ("lifecycle", "versioning", "object lock")
         ]
     return [
-        _lifecycle(store, env, prompts_expire_days, backups_keep_days),
+        _lifecycle(store, env, keep),
         _versioning(store),
         _object_lock(store),
     ]
 
 
-def _rules(env: str, prompts_expire_days: int, backups_keep_days: int) -> list[Any]:
+def _rules(env: str, keep: Retention) -> list[Any]:
     from minio.commonconfig import ENABLED, Filter
     from minio.lifecycleconfig import (
         AbortIncompleteMultipartUpload,
@@ -67,13 +80,25 @@ def _rules(env: str, prompts_expire_days: int, backups_keep_days: int) -> list[A
             ENABLED,
             rule_filter=Filter(prefix=f"{env}/prompts/"),
             rule_id=f"{RULE_PREFIX}{env}-expire-prompts",
-            expiration=Expiration(days=prompts_expire_days),
+            expiration=Expiration(days=keep.prompts_expire_days),
+        ),
+        Rule(
+            ENABLED,
+            rule_filter=Filter(prefix=f"{env}/gallery/"),
+            rule_id=f"{RULE_PREFIX}{env}-expire-gallery",
+            expiration=Expiration(days=keep.gallery_keep_days),
+        ),
+        Rule(
+            ENABLED,
+            rule_filter=Filter(prefix=f"{env}/data-docs/validations/"),
+            rule_id=f"{RULE_PREFIX}{env}-expire-data-docs-pages",
+            expiration=Expiration(days=keep.data_docs_keep_days),
         ),
         Rule(
             ENABLED,
             rule_filter=Filter(prefix=f"{env}/backups/"),
             rule_id=f"{RULE_PREFIX}{env}-keep-deleted-backups",
-            noncurrent_version_expiration=NoncurrentVersionExpiration(backups_keep_days),
+            noncurrent_version_expiration=NoncurrentVersionExpiration(keep.backups_keep_days),
         ),
     ]
     for prefix in SHORT_LIVED_VERSIONS:
@@ -89,9 +114,7 @@ def _rules(env: str, prompts_expire_days: int, backups_keep_days: int) -> list[A
     return rules
 
 
-def _lifecycle(
-    store: Any, env: str, prompts_expire_days: int, backups_keep_days: int
-) -> dict[str, Any]:
+def _lifecycle(store: Any, env: str, keep: Retention) -> dict[str, Any]:
     from minio.error import S3Error
     from minio.lifecycleconfig import LifecycleConfig
 
@@ -100,13 +123,15 @@ def _lifecycle(
     try:
         current = client.get_bucket_lifecycle(bucket)
         kept = [r for r in (current.rules if current else []) if not _ours(r.rule_id, env)]
-        ours = _rules(env, prompts_expire_days, backups_keep_days)
+        ours = _rules(env, keep)
         client.set_bucket_lifecycle(bucket, LifecycleConfig(kept + ours))
     except S3Error as err:
         return {"item": "lifecycle", "status": "refused", "detail": f"{err.code}: {err.message}"}
     detail = (
         f"{len(ours)} rule(s): abort incomplete uploads after 1 day, {env}/prompts/ expire after "
-        f"{prompts_expire_days} days, deleted backups kept {backups_keep_days} days"
+        f"{keep.prompts_expire_days} days, {env}/gallery/ after {keep.gallery_keep_days}, "
+        f"{env}/data-docs/validations/ after {keep.data_docs_keep_days}, deleted backups kept "
+        f"{keep.backups_keep_days} days"
     )
     if kept:
         detail += f"; {len(kept)} other rule(s) kept"
