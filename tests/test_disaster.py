@@ -174,6 +174,30 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         )
         assert max(at_moment) == max(n for n, _ in first)
 
+        # (c) "Now", as an operator types it the day the host died: after the archive's last
+        # commit. Recovered to the end of the archive, saying so and where it got to.
+        now = stave(
+            "backup", "pitr", "--to", datetime.now(UTC).isoformat(), "--into",
+            str(tmp_path / "d"), "--json", cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert now.returncode == 0, now.stderr
+        try:
+            told = json.loads(now.stdout)
+            assert "the archive ends before" in told["short_of_target"], told
+            assert told["reached_at"] is not None
+            assert {n for n, _ in third} <= set(_recovered_markers(told["url"]))
+        finally:
+            _pg_stop(tmp_path / "d" / "data")
+        # (d) Before the oldest base backup: refused, with the oldest time that can be reached.
+        early = stave(
+            "backup", "pitr", "--to", (lost_at - timedelta(days=1)).isoformat(), "--into",
+            str(tmp_path / "e"), cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert early.returncode == 1
+        line = assert_one_line_error(early)
+        assert "before the oldest point that can be recovered" in line and base_id in line
+        assert not (tmp_path / "e" / "data").exists()
+
         # Corruption in the store is named in one line and nothing is served.
         client = Minio(s3_endpoint, "test-access", "test-secret", secure=False)
         base_entry = next(b for b in catalogue["backups"] if b["id"] == base_id)
@@ -207,5 +231,16 @@ def test_recovery_from_the_store_alone_after_losing_the_database_host(
         )  # fmt: skip
         assert restored.returncode == 0, restored.stderr
         assert json.loads(restored.stdout)["rows"]["public.audio_asset"] == 2
+
+        # A backup whose manifest rotted is named as corrupted, not as missing.
+        dump_entry = next(b for b in catalogue["backups"] if b["id"] == dump_id)
+        manifest = f"{dump_entry['object_key']}.manifest.json"
+        client.put_object(bucket_name, manifest, io.BytesIO(b"{not json"), 9)
+        by_id = stave("backup", "restore", dump_id, "--into", "x_db", cwd=tmp_path, env=env)
+        line = assert_one_line_error(by_id)
+        assert f"backup {dump_id} cannot be used" in line and manifest in line, line
+        newest = stave("backup", "verify", "--store-only", cwd=tmp_path, env=env)
+        line = assert_one_line_error(newest)
+        assert "no readable dump backup" in line and "corrupted" in line, line
     finally:
         stave("db", "stop", cwd=tmp_path, env=env)

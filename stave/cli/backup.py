@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from stave.cli.common import JSON_HELP, engine, print_json, settings
 from stave.infra.db import database_url
-from stave.infra.errors import InvalidInput, NotFound
+from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import ObjectStore, make_object_store
 from stave.infra.wal import write_target
 from stave.models.base import parse_id
@@ -180,10 +180,11 @@ def _kind_of(store: ObjectStore, env_name: str, backup_id: str | None) -> str:
     if backup_id is None:
         return "dump"
     ident = parse_id(backup_id, "backup")
-    for b in backup.stored_backups(store, env_name):
-        if b.id == ident:
-            return b.kind
-    raise NotFound(f"no backup {ident} of environment {env_name!r} in {store.describe()}")
+    # Missing, or its manifest corrupted: find_backup says which, in one line.
+    try:
+        return backup.find_backup(store, env_name, str(ident), kind="dump").kind
+    except InvalidInput:  # there, but not a dump
+        return "base"
 
 
 @app.command()
@@ -301,15 +302,22 @@ def pitr(
         "base_backup_id": recovered.base_backup_id,
         "wal_files": recovered.wal_files,
         "last_segment": recovered.last_segment,
+        "reached_at": recovered.reached_at.isoformat() if recovered.reached_at else None,
+        "short_of_target": recovered.short_of_target,
         "url": url,
         "stop": recovery.stop_command(recovered),
     }
     if as_json:
         print_json(report)
         return
+    reached = f"; the last transaction replayed committed at {report['reached_at']}"
+    if recovered.short_of_target:
+        typer.echo(f"recovered to the end of the archive, short of {report['target']}:")
+        typer.echo(f"  {recovered.short_of_target}")
     typer.echo(
-        f"recovered to {report['target']} from base backup {recovered.base_backup_id} and "
-        f"{recovered.wal_files} WAL file(s) (through {recovered.last_segment})"
+        f"recovered to {'its end' if recovered.short_of_target else report['target']} from base "
+        f"backup {recovered.base_backup_id} and {recovered.wal_files} WAL file(s) (through "
+        f"{recovered.last_segment}){reached if report['reached_at'] else ''}"
     )
     typer.echo(f"running at {url}")
     typer.echo(f"stop it with: {report['stop']}")

@@ -178,7 +178,9 @@ class EmbeddedPostgres:
                 timeout=START_TIMEOUT_S + 10,
             )
         except DatabaseUnavailable as err:
-            raise DatabaseUnavailable(f"{err} (see {self.log_file})") from err
+            cause = last_fatal(self.log_file)
+            because = f": {cause}" if cause else ""
+            raise DatabaseUnavailable(f"{err}{because} (see {self.log_file})") from err
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             running = self.status()
@@ -271,6 +273,21 @@ class EmbeddedPostgres:
     def _locked(self) -> AbstractContextManager[None]:
         # Two commands starting at once must not both run initdb or pg_ctl start.
         return file_lock(self._lock_file)
+
+
+def last_fatal(log_file: Path, tail_bytes: int = 64 * 1024) -> str | None:
+    """The server's last FATAL or PANIC message in its log (why it did not start), if any."""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        for level in ("FATAL:", "PANIC:"):
+            if level in line:
+                return line.split(level, 1)[1].strip()
+    return None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import pwd
@@ -30,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from stave.infra.db import embedded_server, libpq_target, one_connection
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer, bin_dir
-from stave.infra.errors import ConfigError, InvalidInput, NotFound
+from stave.infra.errors import ConfigError, DatabaseUnavailable, InvalidInput, NotFound
 from stave.infra.objectstore.base import ObjectStore
 from stave.infra.settings import Settings
 from stave.models.base import utcnow
@@ -52,6 +53,10 @@ class RecoveredServer:
     base_backup_id: str
     wal_files: int
     last_segment: str | None
+    # The last transaction replayed (None: none after the base backup), and why recovery
+    # stopped short of the target, when it did.
+    reached_at: datetime | None = None
+    short_of_target: str | None = None
 
     def url(self, database: str) -> str:
         return self.server.url(database)
@@ -180,16 +185,55 @@ def recover(
         raise InvalidInput(f"{into} is not empty; recover into a new directory")
     base = _choose_base(store, env_name, target)
     wal_plan = _plan(store, env_name, base)
-    data_dir = into / "data"
-    wal_dir = into / "wal"
-    data_dir.mkdir(parents=True, mode=0o700)
     # Everything is checked before a server starts: the tar's sha256 before a file is unpacked,
     # every WAL file's sha256 and completeness before replay.
     store.verify(base.object_key, expected_sha256=base.sha256)
+    wal_dir = into / "wal"
+    walchain.fetch_all(store, wal_plan, wal_dir)
+    # A target after the archive's end (the day the host died, "now"): PostgreSQL refuses to
+    # stop short of it, so recover to the end and say so.
+    short = _past_the_end(store, base, wal_plan, target)
+    cluster = _restore(store, base, into, wal_dir, None if short else target, archive_to)
+    try:
+        server = cluster.ensure_running()
+    except DatabaseUnavailable as err:
+        if target is None or short or RECOVERY_SHORT not in str(err):
+            raise
+        # The target lies after the last commit the archive holds (its last segment was
+        # archived after the target, with no commit past it): to the end, again.
+        short = (
+            f"no transaction archived after {target.isoformat()} (the archive ends at "
+            f"segment {wal_plan.last})"
+        )
+        shutil.rmtree(into / "data")
+        cluster = _restore(store, base, into, wal_dir, None, archive_to)
+        server = cluster.ensure_running()
+    reached = _wait_promoted(server)
+    cluster.wake_checkpointer()  # promoted: archive_timeout applies from now, not in 5 min
+    return RecoveredServer(
+        server, cluster, str(base.id), len(wal_plan.keys), wal_plan.last, reached, short
+    )
+
+
+# PostgreSQL's FATAL when WAL ran out before a recovery target time was reached.
+RECOVERY_SHORT = "recovery ended before configured recovery target was reached"
+
+
+def _restore(
+    store: ObjectStore,
+    base: StoredBackup,
+    into: Path,
+    wal_dir: Path,
+    target: datetime | None,
+    archive_to: Settings | None,
+) -> EmbeddedPostgres:
+    """The base backup unpacked into `into/data`, set to replay `wal_dir` to `target` (None:
+    to its end) and promote; the cluster, not started."""
+    data_dir = into / "data"
+    data_dir.mkdir(parents=True, mode=0o700)
     reader: Any = _ChunkReader(store.iter_chunks(base.object_key, expected_sha256=base.sha256))
     with tarfile.open(fileobj=reader, mode="r|") as archive:
         archive.extractall(data_dir, filter="data")
-    walchain.fetch_all(store, wal_plan, wal_dir)
     (data_dir / "recovery.signal").touch()
     lines = [
         "\n# Point-in-time recovery, written by stave backup pitr",
@@ -208,10 +252,24 @@ def recover(
     cluster = EmbeddedPostgres(data_dir, log_file=into / "postgres.log", archive_to=archive_to)
     if cluster._run_as is not None:
         _chown_tree(into, cluster._run_as)
-    server = cluster.ensure_running()
-    _wait_promoted(server)
-    cluster.wake_checkpointer()  # promoted: archive_timeout applies from now, not in 5 min
-    return RecoveredServer(server, cluster, str(base.id), len(wal_plan.keys), wal_plan.last)
+    return cluster
+
+
+def _past_the_end(
+    store: ObjectStore, base: StoredBackup, plan: walchain.WalPlan, target: datetime | None
+) -> str | None:
+    """Why `target` is past what the archive holds (its last segment, or the base backup when
+    no WAL follows it, was stored before the target), or None."""
+    if target is None:
+        return None
+    if plan.last is not None and plan.last in plan.keys:
+        last = store.stat(plan.keys[plan.last]).last_modified
+        ends = f"its last segment {plan.last} was archived at"
+    else:
+        last, ends = base.finished_at, f"no WAL follows base backup {base.id}, which ended at"
+    if last is None or last > target:
+        return None
+    return f"the archive ends before {target.isoformat()}: {ends} {last.isoformat()}"
 
 
 def verify_base(store: ObjectStore, env_name: str, backup_id: str | None) -> dict[str, Any]:
@@ -246,15 +304,21 @@ def _choose_base(store: ObjectStore, env_name: str, target: datetime | None) -> 
     bases = [
         b for b in stored_backups(store, env_name, "base") if b.manifest.get("system_identifier")
     ]
-    if target is not None:
-        bases = [b for b in bases if b.finished_at <= target]
     if not bases:
-        when = f" finished before {target.isoformat()}" if target else ""
         raise NotFound(
-            f"no base backup of environment {env_name!r}{when} in {store.describe()}: "
-            "stave backup base"
+            f"no base backup of environment {env_name!r} in {store.describe()}: take one with "
+            "`stave backup base`"
         )
-    return bases[0]
+    usable = [b for b in bases if target is None or b.finished_at <= target]
+    if not usable:
+        assert target is not None
+        oldest = bases[-1]
+        raise InvalidInput(
+            f"--to {target.isoformat()} is before the oldest point that can be recovered, "
+            f"{oldest.finished_at.isoformat()} (the end of base backup {oldest.id}): give a "
+            "later --to"
+        )
+    return usable[0]
 
 
 def check_embedded_slot(settings: Settings) -> Path:
@@ -284,9 +348,7 @@ def adopt_as_embedded(recovered: RecoveredServer, settings: Settings) -> Recover
     cluster = embedded_server(settings)
     server = cluster.ensure_running()
     shutil.rmtree(workdir, ignore_errors=True)
-    return RecoveredServer(
-        server, cluster, recovered.base_backup_id, recovered.wal_files, recovered.last_segment
-    )
+    return dataclasses.replace(recovered, server=server, cluster=cluster)
 
 
 class _ChunkReader:
@@ -314,7 +376,9 @@ def _chown_tree(root: Path, user: str) -> None:
         shutil.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def _wait_promoted(server: RunningServer, timeout_s: float = 120) -> None:
+def _wait_promoted(server: RunningServer, timeout_s: float = 120) -> datetime | None:
+    """Until the recovered server is promoted; the time of the last transaction it replayed
+    (which PostgreSQL keeps after recovery ends)."""
     engine = create_engine(server.url("postgres"), poolclass=NullPool)
     deadline = time.monotonic() + timeout_s
     try:
@@ -322,7 +386,10 @@ def _wait_promoted(server: RunningServer, timeout_s: float = 120) -> None:
             try:
                 with engine.connect() as conn:
                     if not conn.execute(text("SELECT pg_is_in_recovery()")).scalar_one():
-                        return
+                        reached: datetime | None = conn.execute(
+                            text("SELECT pg_last_xact_replay_timestamp()")
+                        ).scalar_one()
+                        return reached
             except Exception:
                 pass
             time.sleep(0.2)

@@ -78,35 +78,56 @@ def stored_backups(
     store: ObjectStore, env_name: str, kind: str | None = None
 ) -> list[StoredBackup]:
     """Every backup of the environment in the store, newest first."""
-    found = []
+    found, corrupted = _scan(store, env_name)
+    _warn(corrupted)
+    return [b for b in found if kind is None or b.kind == kind]
+
+
+def _warn(corrupted: list[ObjectCorrupted]) -> None:
+    # One bad manifest must not hide every other backup; `stave backup verify` names it.
+    for err in corrupted:
+        log.warning("%s", err)
+
+
+def _scan(store: ObjectStore, env_name: str) -> tuple[list[StoredBackup], list[ObjectCorrupted]]:
+    """The readable backups, newest first, and what is wrong with each unreadable manifest."""
+    found, corrupted = [], []
     for info in store.list(backups_prefix(env_name)):
         if not info.key.endswith(MANIFEST_SUFFIX):
             continue
         try:
-            backup = _read_manifest(store, info.key)
+            found.append(_read_manifest(store, info.key))
         except ObjectCorrupted as err:
-            # One bad manifest must not hide every other backup; `stave backup verify` names it.
-            log.warning("%s", err)
-            continue
-        if kind is None or backup.kind == kind:
-            found.append(backup)
-    return sorted(found, key=lambda b: b.started_at, reverse=True)
+            corrupted.append(err)
+    return sorted(found, key=lambda b: b.started_at, reverse=True), corrupted
 
 
 def find_backup(
     store: ObjectStore, env_name: str, backup_id: str | None, *, kind: str
 ) -> StoredBackup:
-    """A backup by id, or the newest of `kind`, from the store alone."""
-    backups = stored_backups(store, env_name)
+    """A backup by id, or the newest of `kind`, from the store alone. A backup that is
+    missing only because its manifest is corrupted is named as corrupted, not as absent."""
+    backups, corrupted = _scan(store, env_name)
     if backup_id is None:
         newest = next((b for b in backups if b.kind == kind), None)
         if newest is None:
+            if corrupted:
+                raise ObjectCorrupted(
+                    f"no readable {kind} backup of environment {env_name!r} in "
+                    f"{store.describe()}: {len(corrupted)} manifest(s) corrupted, e.g. "
+                    f"{corrupted[0]}"
+                )
             raise NotFound(f"no {kind} backup of environment {env_name!r} in {store.describe()}")
+        _warn(corrupted)
         return newest
     ident = parse_id(backup_id, "backup")
     match = next((b for b in backups if b.id == ident), None)
     if match is None:
+        named = next((err for err in corrupted if str(ident) in str(err)), None)
+        if named is not None:
+            raise ObjectCorrupted(f"backup {ident} cannot be used: {named}")
         raise NotFound(f"no backup {ident} of environment {env_name!r} in {store.describe()}")
+    _warn(corrupted)
     if match.kind != kind:
         use = "stave backup pitr" if match.kind == "base" else "stave backup restore"
         raise InvalidInput(f"backup {ident} is a {match.kind} backup: use it with {use}")
