@@ -1,5 +1,5 @@
 """The soak in small (bench/soak.py at its default is the 1,000-job run): the same processes,
-calendar and checks over six simulated days, with the rules' days scaled down so each is in
+calendar and checks over seven simulated days, with the rules' days scaled down so each is in
 force for half of them. Fails as the bench fails: a long-lived process that grows, or a
 bounded folder or prefix of the home or the store that outgrows its rule."""
 
@@ -16,19 +16,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(300)
-def test_six_simulated_days_keep_every_resource_bounded(tmp_path: Path) -> None:
+@pytest.mark.timeout(480)
+def test_seven_simulated_days_keep_every_resource_bounded(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(ROOT / "bench" / "soak.py"), "--home", str(tmp_path / "home"),
-            "--jobs", "36", "--days", "6", "--keep-days", "2", "--hot-days", "2", "--week", "3",
+            "--jobs", "42", "--days", "7", "--keep-days", "2", "--hot-days", "2", "--week", "2",
             "--deployment-every", "6",
         ],
-        capture_output=True, text=True, timeout=280,
+        capture_output=True, text=True, timeout=420,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("PASS")
     # Every bounded folder and prefix was judged, not only reported.
-    for name in ("store gallery/", "store data-docs/", "home log: data_docs"):
+    for name in ("store gallery/", "store data-docs/", "home log: data_docs", "store backups/wal/"):
         line = next(row for row in done.stdout.splitlines() if row.startswith(name))
         assert line.rstrip().endswith(": ok"), line
