@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # The generation queue: leases, retries with backoff, batch sizes.
     max_attempts: int = Field(default=3, ge=1, le=20)
     lease_s: float = Field(default=600.0, gt=0)
+    # The `gpu` slot's lease, renewed at three quarters of it while a batch is made. Short:
+    # a slot whose holder is gone (a dead host, or an acquisition the server granted after
+    # the client had given up on it and asked again) blocks the fleet only this long.
+    gpu_slot_lease_s: float = Field(default=60.0, ge=60.0, le=3600.0)
     retry_backoff_s: float = Field(default=5.0, ge=0)
     # 0: as many clips per batch as the device takes (8 on the CPU, from free memory on CUDA,
     # up to 512); set, it is both the claim's size and the generator's largest batch.

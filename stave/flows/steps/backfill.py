@@ -46,7 +46,7 @@ def backfill_batch(
         refs,
         expected_cursor,
         settings.backfill_fetch_threads,
-        device_slot=gpu_slot(settings.gpu_concurrency_limit, settings.lease_s),
+        device_slot=gpu_slot(settings.gpu_concurrency_limit, settings.gpu_slot_lease_s),
         window=settings.backfill_window,
     )
 

@@ -109,7 +109,7 @@ def generate_batch(
     pool = finishing.finishers(settings)
     requests = inference.requests_for(claimed)
     # One slot per GPU: a worker waits here rather than oversubscribing a device.
-    with gpu_slot(settings.gpu_concurrency_limit, settings.lease_s):
+    with gpu_slot(settings.gpu_concurrency_limit, settings.gpu_slot_lease_s):
         # Where and when the slot was held: kept with each clip's provenance and on its
         # published event, so a fleet's concurrency can be checked after the fact.
         slot = {"host": socket.gethostname(), "pid": os.getpid()}

@@ -48,16 +48,17 @@ def unreachable(err: BaseException) -> bool:
 
 
 @contextmanager
-def gpu_slot(name: str, lease_s: float) -> Iterator[None]:
+def gpu_slot(name: str, lease_s: float) -> Iterator[None]:  # lease_s: STAVE_GPU_SLOT_LEASE_S
     """One slot of the global concurrency limit `name`, or nothing if no such limit exists.
 
     Looked up once per process: without `stave pools setup` (the embedded default) inference is
     not throttled, and that is said once, not on every batch.
 
-    The slot is leased like the tasks it generates (`STAVE_LEASE_S`, at least 60 s: the
-    server's floor, which also lets renewals ride out a Prefect server restart; Prefect's
-    default is 300 s): a GPU host that dies holding it frees it about with its tasks, not
-    five minutes later.
+    The slot is leased for `STAVE_GPU_SLOT_LEASE_S` (60 s, the server's floor; Prefect's
+    default is 300 s) and renewed at three quarters of that while the work goes on. A holder
+    that is gone frees it within the lease: a dead host, or a grant the client never saw (a
+    server too busy to answer in time grants the slot after the client gave up and asked
+    again; the soak met one, which kept the fleet waiting for its 600-s lease).
 
     The API away when the slot is taken: `OrchestratorUnavailable` (the caller hands the batch
     back). Away when it is given back, after the work is done: the work stands, the slot's
@@ -88,7 +89,7 @@ def gpu_slot(name: str, lease_s: float) -> Iterator[None]:
             name,
             occupy=1,
             strict=True,
-            lease_duration=max(60.0, lease_s),
+            lease_duration=max(60.0, lease_s),  # the server's floor
             raise_on_lease_renewal_failure=False,
         ):
             held = True
