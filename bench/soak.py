@@ -159,7 +159,7 @@ class Soak:
         settings = get_settings()
         engine = get_engine(settings)
         probe = Probe(self.home, self.processes, lambda sql: _sql(engine, sql))
-        per_day = max(1, args.jobs // args.days)
+        per_day = -(-args.jobs // args.days)  # at least --jobs in all
         samples: list[Sample] = []
         began = time.monotonic()
         for day in range(1, args.days + 1):
