@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(660)
 def test_seven_simulated_days_keep_every_resource_bounded(tmp_path: Path) -> None:
     done = subprocess.run(
         [
@@ -24,7 +24,7 @@ def test_seven_simulated_days_keep_every_resource_bounded(tmp_path: Path) -> Non
             "--jobs", "42", "--days", "7", "--keep-days", "2", "--hot-days", "2", "--week", "2",
             "--deployment-every", "6",
         ],
-        capture_output=True, text=True, timeout=420,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("PASS")
