@@ -58,11 +58,14 @@ def test_four_commands_started_at_once_in_a_fresh_home(tmp_path: Path) -> None:
         ["report", "models"],
         ["db", "upgrade"],
     ]
-    for argv, code, output in _run_together(commands, env, tmp_path):
-        assert code == 0, (argv, output[-3000:])
-        assert "Traceback" not in output and "database is locked" not in output, (argv, output)
-    prefect_home = tmp_path / "home" / "dev" / "data" / "prefect"
-    assert (prefect_home / "prefect.db.ready").is_file()
+    try:
+        for argv, code, output in _run_together(commands, env, tmp_path):
+            assert code == 0, (argv, output[-3000:])
+            assert "Traceback" not in output and "database is locked" not in output, (argv, output)
+        prefect_home = tmp_path / "home" / "dev" / "data" / "prefect"
+        assert (prefect_home / "prefect.db.ready").is_file()
+    finally:  # the embedded server the commands started outlives them
+        subprocess.run([STAVE, "db", "stop"], env=env, cwd=tmp_path, capture_output=True)
 
 
 @pytest.mark.timeout(300)
