@@ -110,7 +110,11 @@ class Soak:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.jobs = 0
         self.deployment_runs: list[str] = []
-        os.environ.update(self.env)  # this process submits and asks the database too
+        # This process submits and asks the database too: the soak's settings only (a
+        # STAVE_DATABASE_URL inherited from a caller would send its jobs elsewhere).
+        for key in [k for k in os.environ if k.startswith(("STAVE_", "PREFECT_"))]:
+            del os.environ[key]
+        os.environ.update(self.env)
 
     # -- the long-lived processes --------------------------------------------------------------
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
