@@ -21,10 +21,13 @@ DAY_S = 86400
 MB = 1024 * 1024
 # Long-lived process RSS may grow less than this per 1,000 jobs (the issue's bound); threads
 # and open files are flat (less than FLAT per 1,000 jobs). Growth under NOISE over the judged
-# days is noise whatever its slope (a short run's slope is an extrapolation).
+# days is noise whatever its slope (a short run's slope is an extrapolation). A server's open
+# files and threads come and go with its clients' keep-alive connections and its pools: the
+# Prefect server's ranged 34-44 files and 13-16 threads over a 30-day run with no trend, and a
+# 7-day run once ended 6 files above its start.
 RSS_MB_PER_1000 = 20.0
 FLAT_PER_1000 = 2.0
-NOISE = {"rss_mb": 16.0, "threads": 3.0, "open_files": 3.0}
+NOISE = {"rss_mb": 16.0, "threads": 6.0, "open_files": 10.0}
 # A bounded folder's largest size over the last week is at most this far above its largest
 # over the first week its rule holds (a week: rules that keep the newest of a week cycle).
 BOUND_SLACK = 1.25

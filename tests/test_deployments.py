@@ -1,6 +1,6 @@
 """prefect.yaml and the operator's path: server, pools, deploy, worker, a run through the API.
 
-The end-to-end test runs what the README's operator guide runs, as subprocesses: `stave
+The end-to-end test runs what docs/production.md's operator path runs, as subprocesses: `stave
 server` (SQLite, with an API auth string), `stave pools setup`, `stave deploy`, `stave worker
 --gpu 0`, `stave prompts upload`, then triggers the bulk-generation deployment over HTTP with a
 file key and with rows, and checks the clips are published in the session's database.
@@ -238,6 +238,22 @@ def test_server_pools_deploy_worker_and_a_bulk_generation_run(
         again = run_json(["pools", "setup", "--gpus", "2"], env, tmp_path)
         assert again["created_pools"] == [] and sorted(again["existing_pools"]) == ["cpu", "gpu"]
         assert again["concurrency_limit"] == {"name": "gpu", "limit": 2, "action": "updated"}
+        # Doctor compares the limit with the gpu pool's online workers (their heartbeats, as
+        # three hosts' workers send them): a limit below them is a warning, not a failure.
+        with_api = {**env, "STAVE_PREFECT_API_URL": api}
+        for host in ("gpu-host-a", "gpu-host-b"):
+            http.post("/work_pools/gpu/workers/heartbeat", json={"name": host}).raise_for_status()
+        sized = {c["name"]: c for c in run_json(["doctor"], with_api, tmp_path)}["gpu-limit"]
+        assert sized["outcome"] == "ok", sized
+        http.post("/work_pools/gpu/workers/heartbeat", json={"name": "gpu-host-c"})
+        short = stave("doctor", cwd=tmp_path, env=with_api)
+        assert short.returncode == 0, short.stdout + short.stderr
+        (warned,) = [line for line in short.stdout.splitlines() if line.startswith("WARN")]
+        assert warned.split(None, 2)[1:] == [
+            "gpu-limit",
+            "2 slot(s) of limit gpu, 3 online worker(s) in pool gpu: at most 2 batch(es) at a "
+            "time across the fleet (fix: stave pools setup --gpus <GPUs in the fleet>)",
+        ]
 
         applied = run_json(["deploy"], env, tmp_path)
         deployed = {f"{d['flow']}/{d['name']}": d for d in applied["deployments"]}

@@ -245,3 +245,39 @@ def test_the_fair_queue_migration_queues_existing_work_without_rewriting_tasks(
         assert priority == "standard" and tuple(stream) == ("standard", 2)
     finally:
         engine.dispose()
+
+
+def test_a_createrole_owner_is_told_the_grants_a_dba_runs_then_migrates(
+    pg_server: RunningServer, database_url: str
+) -> None:
+    # The roles exist already (the session database made them, as a second environment on
+    # one server finds them); the owner login may create roles but is not a superuser, so
+    # PostgreSQL 16 lets it grant only the roles it made. It once failed deep in the first
+    # migration: "permission denied to grant role", exit 4.
+    suffix = uuid.uuid4().hex[:8]
+    owner, name = f"owner_{suffix}", f"fresh_{suffix}"
+    admin_url = pg_server.url("postgres")
+    with psycopg.connect(psycopg_dsn(admin_url), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE")
+        conn.execute(f"CREATE DATABASE {name} OWNER {owner}")
+    url = make_url(pg_server.url(name)).set(username=owner).render_as_string(hide_password=False)
+
+    with pytest.raises(ConfigError) as refused:
+        migrate.upgrade(url)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"the login {owner} may not migrate this fresh database" in message
+    assert f"CREATE EXTENSION vector; (in database {name}" in message
+    assert f"GRANT stave_migrator TO {owner};" in message
+    assert migrate.current_revision_at(url) is None  # nothing half-done
+
+    with psycopg.connect(psycopg_dsn(pg_server.url(name)), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        conn.execute(f"GRANT stave_migrator TO {owner}")
+    migrate.upgrade(url)
+    assert migrate.current_revision_at(url) == migrate.head_revision()
+    with psycopg.connect(psycopg_dsn(pg_server.url(name))) as conn:
+        tables_owner = conn.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    assert tables_owner == [("stave_migrator",)]

@@ -1,6 +1,6 @@
 """The `stave` command line. Every failure ends in one line on stderr, never a traceback.
 
-Exit codes (README "Exit codes"): 0 done; 1 an error Stave reports (bad input, a service
+Exit codes (the README's "Exit codes"): 0 done; 1 an error Stave reports (bad input, a service
 down, a refused setting); 2 a usage error (an unknown option, a bad value: Click's
 convention); 3 a run whose clips failed or were quarantined (`ClipsFailed`); 4 an internal
 error (a bug: the traceback is in the log file); 130 and 143 stopped by SIGINT or SIGTERM.

@@ -10,7 +10,7 @@ from stave.infra.logs import configure_logging
 from stave.infra.settings import get_settings
 from stave.tasks.doctor import Check, run_checks
 
-MARK = {"ok": "ok  ", "fail": "FAIL", "skip": "skip"}
+MARK = {"ok": "ok  ", "fail": "FAIL", "skip": "skip", "warn": "WARN"}
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
@@ -30,7 +30,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     else:
         width = max(len(c.name) for c in checks)
         for c in checks:
-            fix = f" (fix: {c.fix})" if c.outcome == "fail" and c.fix else ""
+            fix = f" (fix: {c.fix})" if c.outcome in ("fail", "warn") and c.fix else ""
             typer.echo(f"{MARK[c.outcome]}  {c.name:<{width}}  {c.detail}{fix}")
     failed = [c.name for c in checks if c.outcome == "fail"]
     if failed:

@@ -36,7 +36,7 @@ class StaveError(Exception):
 
     error_class: ErrorClass = "internal"
     retryable: bool = False
-    # The CLI's exit code for it (README "Exit codes"): 1, or 3 for runs whose clips failed.
+    # The CLI's exit code for it (the README's "Exit codes"): 1, or 3 for runs whose clips failed.
     exit_code: int = 1
 
 

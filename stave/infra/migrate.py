@@ -13,9 +13,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from stave.infra import roles
 from stave.infra.db import one_connection
 from stave.infra.errors import ConfigError, InvalidInput, first_line
 from stave.infra.locks import advisory_lock
@@ -36,7 +38,24 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` to `revision`, one process at a time (a `stave db
     upgrade` and a first command's migration started together: the second finds it done)."""
     with _one_migrator(url), _revision_errors(revision):
+        _check_privileges(url)
         _riding_out_cluster_races(lambda: command.upgrade(alembic_config(url), revision))
+
+
+def _check_privileges(url: str) -> None:
+    """A fresh database: refuse, in one line, a login that may not migrate it, naming what a
+    DBA runs (docs/production.md lists why each is needed)."""
+    with one_connection(url) as conn:
+        if current_revision(conn) is not None:
+            return
+        fixes = roles.missing_privileges(conn)
+        login = conn.execute(text("SELECT session_user")).scalar()
+    if fixes:
+        raise ConfigError(
+            f"the login {login} may not migrate this fresh database: a DBA runs "
+            + " ".join(fixes)
+            + ' (docs/production.md, "The database")'
+        )
 
 
 def downgrade(url: str, revision: str) -> None:

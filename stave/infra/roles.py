@@ -56,7 +56,7 @@ def ensure_cluster_roles(connection: Connection) -> None:
                 f"THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
             )
         )
-    connection.execute(text(f"GRANT {MIGRATOR} TO SESSION_USER"))
+    grant_migrator_to_session_user(connection)
     superuser = connection.execute(
         text("SELECT rolsuper FROM pg_roles WHERE rolname = session_user")
     ).scalar()
@@ -90,3 +90,74 @@ def has_own_triggers(conn: Connection, tables: Sequence[str]) -> bool:
             {"t": list(tables)},
         ).scalar()
     )
+
+
+# PostgreSQL 16 split membership into INHERIT, SET and ADMIN: a login must have SET on the
+# migrator to run migrations as it. Before 16, any membership allowed SET ROLE.
+CAN_SET_MIGRATOR = (
+    "pg_has_role(session_user, 'stave_migrator', CASE WHEN "
+    "current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END)"
+)
+
+
+def grant_migrator_to_session_user(connection: Connection) -> None:
+    """Make the connecting login a member of the migrator, unless it already may act as it: a
+    login that a DBA made a member need not (and, without ADMIN on the role, may not) grant it
+    again."""
+    connection.execute(
+        text(
+            f"DO $$ BEGIN IF NOT {CAN_SET_MIGRATOR} THEN "
+            f"EXECUTE format('GRANT {MIGRATOR} TO %I', session_user); END IF; END $$"
+        )
+    )
+
+
+def missing_privileges(conn: Connection) -> list[str]:
+    """What the connecting login lacks to migrate this database from nothing, each as what a
+    DBA runs (empty: it may). Checked before the first migration, whose failure would
+    otherwise be a permission error from the middle of it."""
+    me, superuser, createrole, owner, database = conn.execute(
+        text(
+            "SELECT r.rolname, r.rolsuper, r.rolcreaterole, "
+            "pg_has_role(session_user, d.datdba, 'MEMBER'), d.datname "
+            "FROM pg_roles r, pg_database d "
+            "WHERE r.rolname = session_user AND d.datname = current_database()"
+        )
+    ).one()
+    if superuser:
+        return []
+    fixes = []
+    if not owner:
+        fixes.append(f"ALTER DATABASE {database} OWNER TO {me};")
+    vector = conn.execute(
+        text(
+            "SELECT installed_version IS NOT NULL FROM pg_available_extensions "
+            "WHERE name = 'vector'"
+        )
+    ).scalar()
+    if vector is None:
+        fixes.append("install pgvector (>= 0.6) on the database server")
+    elif not vector:
+        fixes.append(f"CREATE EXTENSION vector; (in database {database}: not a trusted extension)")
+    existing = set(
+        conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:r)"), {"r": list(ALL_ROLES)}
+        ).scalars()
+    )
+    absent = [role for role in ALL_ROLES if role not in existing]
+    if absent and not createrole:
+        fixes += [f"CREATE ROLE {role} NOLOGIN;" for role in absent]
+        fixes.append(f"GRANT {MIGRATOR} TO {me};")
+    elif MIGRATOR in existing:
+        may_set = conn.execute(text(f"SELECT {CAN_SET_MIGRATOR}")).scalar()
+        admin = conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = "
+                "m.roleid JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = :g "
+                "AND u.rolname = session_user AND m.admin_option)"
+            ),
+            {"g": MIGRATOR},
+        ).scalar()
+        if not may_set and not admin:
+            fixes.append(f"GRANT {MIGRATOR} TO {me};")
+    return fixes

@@ -11,11 +11,13 @@ from stave.infra import migrate
 from stave.infra.db import check_connection, database_url, describe_url, make_engine
 from stave.infra.errors import StaveError, first_line
 from stave.infra.objectstore import make_object_store
+from stave.infra.prefect_env import GPU_POOL
 from stave.infra.replica import read_route
 from stave.infra.settings import Settings
 from stave.tasks.db_status import database_status
 
-Outcome = Literal["ok", "fail", "skip"]
+# warn: works, but not as the operator likely meant (the exit code stays 0).
+Outcome = Literal["ok", "fail", "skip", "warn"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,60 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(_replica(settings))
     if settings.prefect_api_url:
         auth = settings.prefect_api_auth_string
-        checks.append(_prefect(settings.prefect_api_url, auth.get_secret_value() if auth else None))
+        headers = _auth_headers(auth.get_secret_value() if auth else None)
+        checks.append(_prefect(settings.prefect_api_url, headers))
+        if checks[-1].outcome == "ok":
+            checks.append(_gpu_limit(settings.prefect_api_url, headers, settings))
     return checks
+
+
+def _auth_headers(auth_string: str | None) -> dict[str, str]:
+    if not auth_string:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
+def _gpu_limit(api_url: str, headers: dict[str, str], settings: Settings) -> Check:
+    """The `gpu` limit against the gpu pool's online workers: a limit sized from a CPU-only
+    host (`stave pools setup` without --gpus) lets the whole fleet make one batch at a time."""
+    import httpx
+
+    api = api_url.rstrip("/")
+    name = settings.gpu_concurrency_limit
+    fix = "stave pools setup --gpus <GPUs in the fleet>"
+    try:
+        limit = httpx.get(f"{api}/v2/concurrency_limits/{name}", timeout=5.0, headers=headers)
+        workers = httpx.post(
+            f"{api}/work_pools/{GPU_POOL}/workers/filter",
+            json={"workers": {"status": {"any_": ["ONLINE"]}}},
+            timeout=5.0,
+            headers=headers,
+        )
+    except httpx.HTTPError as err:
+        return Check("gpu-limit", "fail", f"cannot read it: {type(err).__name__}: {err}", fix)
+    if limit.status_code == 404 or workers.status_code == 404:
+        missing = f"limit {name}" if limit.status_code == 404 else f"work pool {GPU_POOL}"
+        return Check("gpu-limit", "warn", f"no {missing} on the server", fix)
+    if limit.status_code != 200 or workers.status_code != 200:
+        return Check(
+            "gpu-limit",
+            "fail",
+            f"the server answered HTTP {limit.status_code} / {workers.status_code}",
+            "check the Prefect server's logs",
+        )
+    slots, active = int(limit.json()["limit"]), bool(limit.json().get("active", True))
+    online = len(workers.json())
+    said = f"{slots} slot(s) of limit {name}, {online} online worker(s) in pool {GPU_POOL}"
+    if not active:
+        return Check("gpu-limit", "warn", f"{said}; the limit is inactive", fix)
+    if slots < online:
+        return Check(
+            "gpu-limit",
+            "warn",
+            f"{said}: at most {slots} batch(es) at a time across the fleet",
+            fix,
+        )
+    return Check("gpu-limit", "ok", said)
 
 
 def _replica(settings: Settings) -> Check:
@@ -141,13 +195,10 @@ def _object_store(settings: Settings) -> Check:
     return Check("object store", "ok", f"{store.describe()} is readable and writable")
 
 
-def _prefect(api_url: str, auth_string: str | None = None) -> Check:
+def _prefect(api_url: str, headers: dict[str, str]) -> Check:
     import httpx  # lazy: only doctor speaks HTTP itself; off the CLI's start-up path
 
     url = api_url.rstrip("/") + "/health"
-    headers = {}
-    if auth_string:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
     try:
         response = httpx.get(url, timeout=5.0, headers=headers)
         # /health answers anyone; an API call shows whether the server takes our auth string.

@@ -52,7 +52,14 @@ def _create_roles() -> None:
             f"THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
         )
     # The user running migrations acts as the migrator from now on (sql/env.py SETs ROLE).
-    op.execute(f"GRANT {MIGRATOR} TO SESSION_USER")
+    # Unless it already may act as the migrator: a login a DBA made a member may not grant
+    # the role again without ADMIN on it (PostgreSQL 16 gives a CREATEROLE login ADMIN only
+    # over the roles it created). Before 16 any membership allows SET ROLE.
+    op.execute(
+        "DO $$ BEGIN IF NOT pg_has_role(session_user, 'stave_migrator', CASE WHEN "
+        "current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END) "
+        f"THEN EXECUTE format('GRANT {MIGRATOR} TO %I', session_user); END IF; END $$"
+    )
     op.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     op.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {MIGRATOR}")
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP}, {REPORTING}")
