@@ -22,9 +22,9 @@ DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").gl
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 SPAN = re.compile(r"`([^`\n]+)`")
-# `stave` as a command: at the start, or after a path or a shell word; not `stave_app`,
-# `stave/cli`, `stave.flows` or `stave[acestep]`.
-INVOCATION = re.compile(r"(?:^|(?<=[\s/(=$]))stave(?= [a-z-])")
+# `stave` as a command: at the start, after a shell word or a `bin/`; not `stave_app`,
+# `stave/cli`, `stave.flows`, `stave[acestep]` or a folder (`/var/lib/stave stave`).
+INVOCATION = re.compile(r"(?:^|(?<=[\s(=$])|(?<=bin/))stave(?= [a-z-])")
 SHELL_END = {"&&", "||", "|", ";", "#", ">", "2>&1", ")", "&"}
 
 
@@ -127,7 +127,7 @@ def test_the_docs_test_finds_a_wrong_command_and_a_wrong_option() -> None:
     assert _problems(["gc", "[--delete]", "[--nosuch", "N]"]) == [
         "`stave gc` has no option --nosuch"
     ]
-    calls = _invocations("KEY=$(.venv/bin/stave prompts upload f.csv) && stave_app stave/x")
+    calls = _invocations("KEY=$(.venv/bin/stave prompts upload f.csv) && stave_app /lib/stave x")
     assert calls == [["prompts", "upload", "f.csv)"]]
 
 

@@ -95,7 +95,9 @@ def test_the_training_flow_publishes_checkpoint_and_card(
 ) -> None:
     from stave.flows.train import train_generator
     from stave.generator.checkpoint import load_checkpoint
+    from stave.infra.errors import NotFound, ObjectCorrupted
     from stave.infra.objectstore import make_object_store
+    from stave.tasks.checkpoints import fetch_model, stored_models
 
     settings = stave_env(home=tmp_path / "home")
     toy = {
@@ -121,6 +123,22 @@ def test_the_training_flow_publishes_checkpoint_and_card(
     card = json.loads(store.get_bytes(result["model_card_key"]))
     assert card["sha256"] == result["sha256"] and card["corpus"]["clips"] == TOY.corpus_clips
     assert load_checkpoint(local, expected_sha256=result["sha256"]) is not None
+
+    # A worker host fetches it by its sha256's first characters, card beside it; loading it
+    # checks it against the card. A corrupted object is never put where loading would look.
+    assert result["object_key"].startswith(f"{settings.env}/models/stave-small-")
+    (listed,) = stored_models(store, settings.env)
+    assert listed.sha256 == result["sha256"] and listed.bytes == local.stat().st_size
+    fetched = fetch_model(store, settings.env, result["sha256"][:12], tmp_path / "fetched")
+    assert fetched.read_bytes() == local.read_bytes()
+    assert load_checkpoint(fetched) is not None  # found its card, sha256 matched
+    with pytest.raises(NotFound, match="no checkpoint abcdef12"):
+        fetch_model(store, settings.env, "abcdef12", tmp_path / "other")
+    rotten = store.base / result["object_key"]  # type: ignore[attr-defined]
+    rotten.write_bytes(rotten.read_bytes()[:-1] + b"x")
+    with pytest.raises(ObjectCorrupted):
+        fetch_model(store, settings.env, result["sha256"], tmp_path / "rotten")
+    assert list((tmp_path / "rotten").iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -111,3 +111,46 @@ def evaluate(
         return
     for key, value in report.items():
         typer.echo(f"{key:<30} {value}")
+
+
+models_app = typer.Typer(help="Trained checkpoints in the object store: list them, fetch one.")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """The checkpoints the training flow put under `<env>/models/`, with their encoder version
+    and final losses."""
+    from stave.infra.objectstore import make_object_store
+    from stave.tasks.checkpoints import stored_models
+
+    current = settings()
+    models = [m.summary() for m in stored_models(make_object_store(current), current.env)]
+    if as_json:
+        print_json(models)
+        return
+    if not models:
+        typer.echo(f"no checkpoints under {current.env}/models/ (`stave run train/train`)")
+    for model in models:
+        typer.echo(
+            f"{model['sha256'][:16]}  {model['bytes'] / 1e6:6.1f} MB  "
+            f"encoder {model['encoder_version']}  {model['checkpoint_key']}"
+        )
+
+
+@models_app.command("fetch")
+def models_fetch(
+    sha256: str = typer.Argument(..., help="The checkpoint's sha256, or its first characters."),
+    out: Path = typer.Option(..., "--out", help="Folder to put the checkpoint and its card in."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Fetch a trained checkpoint and its model card onto this host (checked by sha256 before
+    it is put in place); point STAVE_CHECKPOINT at the path printed."""
+    from stave.infra.objectstore import make_object_store
+    from stave.tasks.checkpoints import fetch_model
+
+    current = settings()
+    path = fetch_model(make_object_store(current), current.env, sha256, out.expanduser())
+    if as_json:
+        print_json({"checkpoint": str(path), "model_card": str(path.with_suffix(".json"))})
+        return
+    typer.echo(f"{path} (and its card); set STAVE_CHECKPOINT={path}")

@@ -149,6 +149,11 @@ COMMANDS = _entries(
     ),
     ("store", "stave.cli.store:app", "The object store's bucket: lifecycle rules and protection."),
     (
+        "models",
+        "stave.cli.generator:models_app",
+        "Trained checkpoints in the object store: list them, fetch one.",
+    ),
+    (
         "archive",
         "stave.cli.archive:app",
         "Archival: old rows to Parquet in the object store; list, restore, query in place.",

@@ -25,6 +25,7 @@ from stave.generator.train import autoencoder_source_path, train
 from stave.generator.train_config import TrainConfig
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore import make_object_store
+from stave.infra.objectstore.keys import model_key
 from stave.infra.settings import get_settings
 
 RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -95,20 +96,24 @@ def train_model(out_dir: Path, cfg: Any, device: str, autoencoder_from: Path | N
 
 @task(name="publish-checkpoint", cache_policy=NO_CACHE)
 def publish_checkpoint(checkpoint: Path) -> dict[str, Any]:
-    """Copy the checkpoint and its card to `models/` (named by content, never by user text)."""
+    """Copy the checkpoint and its card to `<env>/models/` (named by content, never by user
+    text), where `stave models fetch` finds them."""
     card_path = model_card_path(checkpoint)
     card = json.loads(card_path.read_text())
     sha256 = str(card["sha256"])
-    store = make_object_store(get_settings())
-    stem = f"models/stave-small-{sha256[:16]}"
+    settings = get_settings()
+    store = make_object_store(settings)
+    checkpoint_key = model_key(settings.env, sha256, "pt")
+    card_key = model_key(settings.env, sha256, "json")
     with open(checkpoint, "rb") as handle:
-        stored = store.put_stream(f"{stem}.pt", handle)
+        stored = store.put_stream(checkpoint_key, handle)
+    # The card last: a listed card always has its checkpoint beside it.
     with open(card_path, "rb") as handle:
-        store.put_stream(f"{stem}.json", handle, content_type="application/json")
+        store.put_stream(card_key, handle, content_type="application/json")
     return {
         "checkpoint": str(checkpoint),
-        "object_key": f"{stem}.pt",
-        "model_card_key": f"{stem}.json",
+        "object_key": checkpoint_key,
+        "model_card_key": card_key,
         "sha256": sha256,
         "bytes": stored.size,
         "final_losses": card.get("final_losses", {}),

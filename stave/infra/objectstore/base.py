@@ -57,6 +57,25 @@ def check_sha256(key: str, actual: str, expected: str | None) -> None:
         )
 
 
+class ChunkReader:
+    """A file-like view of an iterator of byte chunks: an object's `iter_chunks` read by
+    something that wants a stream (tarfile's streaming mode, another store's `put_stream`)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks, self.buffer = iter(chunks), b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.buffer) < size:
+            try:
+                self.buffer += next(self.chunks)
+            except StopIteration:
+                break
+        if size < 0:
+            size = len(self.buffer)
+        out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+
 class ObjectStore(ABC):
     """Put, get, stat, list, copy, delete by key; every read can be checked against a sha256.
 

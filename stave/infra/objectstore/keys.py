@@ -79,6 +79,18 @@ def backups_prefix(env: str) -> str:
     return validate_prefix(f"{env}/backups/")
 
 
+def models_prefix(env: str) -> str:
+    """<env>/models/: trained checkpoints, each with its model card."""
+    return validate_prefix(f"{env}/models/")
+
+
+def model_key(env: str, sha256: str, suffix: str) -> str:
+    """<env>/models/stave-small-<sha256[:16]>.<pt|json>: named by content, never by user text."""
+    if suffix not in ("pt", "json") or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise InvalidKey(f"model key: a sha256 and pt or json, not {sha256[:16]!r} {suffix!r}")
+    return validate_key(f"{models_prefix(env)}stave-small-{sha256[:16]}.{suffix}")
+
+
 def backup_key(env: str, kind: str, backup_id: uuid.UUID, started_at: datetime) -> str:
     """<env>/backups/<kind>/<yyyy>/<mm>/<dd>/<backup id>.<ext>."""
     ext = {"dump": "dump", "base": "tar"}.get(kind)

@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 from stave.infra.db import embedded_server
 from stave.infra.embedded_pg import EmbeddedPostgres, RunningServer, bin_dir
 from stave.infra.errors import DatabaseUnavailable, InvalidInput, NotFound
-from stave.infra.objectstore.base import ObjectStore
+from stave.infra.objectstore.base import ChunkReader, ObjectStore
 from stave.infra.settings import Settings
 from stave.tasks import walchain
 from stave.tasks.backup import BackupFailed
@@ -112,7 +112,7 @@ def _restore(
     to its end) and promote; the cluster, not started."""
     data_dir = into / "data"
     data_dir.mkdir(parents=True, mode=0o700)
-    reader: Any = _ChunkReader(store.iter_chunks(base.object_key, expected_sha256=base.sha256))
+    reader: Any = ChunkReader(store.iter_chunks(base.object_key, expected_sha256=base.sha256))
     with tarfile.open(fileobj=reader, mode="r|") as archive:
         archive.extractall(data_dir, filter="data")
     (data_dir / "recovery.signal").touch()
@@ -230,24 +230,6 @@ def adopt_as_embedded(recovered: RecoveredServer, settings: Settings) -> Recover
     server = cluster.ensure_running()
     shutil.rmtree(workdir, ignore_errors=True)
     return dataclasses.replace(recovered, server=server, cluster=cluster)
-
-
-class _ChunkReader:
-    """A file-like view of an iterator of byte chunks, for tarfile's streaming mode."""
-
-    def __init__(self, chunks: Any) -> None:
-        self.chunks, self.buffer = iter(chunks), b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self.buffer) < size:
-            try:
-                self.buffer += next(self.chunks)
-            except StopIteration:
-                break
-        if size < 0:
-            size = len(self.buffer)
-        out, self.buffer = self.buffer[:size], self.buffer[size:]
-        return out
 
 
 def _chown_tree(root: Path, user: str) -> None:
