@@ -63,6 +63,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.25, help="share of days not judged")
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the samples here")
+    parser.add_argument(
+        "--prefect-pg-bin",
+        type=Path,
+        default=None,
+        help="run Prefect's server on a PostgreSQL (production's) from these binaries (with "
+        "pg_trgm, e.g. /usr/lib/postgresql/15/bin) instead of SQLite",
+    )
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="stave-soak-"))
     soak = Soak(home, args)
@@ -124,6 +131,21 @@ class Soak:
                 start_new_session=True,
             )  # fmt: skip
 
+    def prefect_database(self) -> dict[str, str]:
+        """Prefect's own PostgreSQL, when asked for: a cluster of those binaries in the home."""
+        if self.args.prefect_pg_bin is None:
+            return {}
+        from stave.infra import embedded_pg
+        from stave.infra.db import ensure_database
+
+        embedded_pg.bin_dir = lambda: self.args.prefect_pg_bin  # type: ignore[assignment]
+        self.prefect_pg = embedded_pg.EmbeddedPostgres(
+            self.home / "prefect-pg", log_file=self.logs / "prefect-pg.log"
+        )
+        server = self.prefect_pg.ensure_running()
+        ensure_database(server.url("postgres"), "prefect")
+        return {"STAVE_PREFECT_DATABASE_URL": server.url("prefect")}
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
@@ -135,6 +157,8 @@ class Soak:
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     continue
         self.stave("db", "stop", check=False)
+        if getattr(self, "prefect_pg", None) is not None:
+            self.prefect_pg.stop()
 
     def stave(self, *argv: str, check: bool = True, api: bool = False) -> str:
         done = subprocess.run(
@@ -149,7 +173,7 @@ class Soak:
     def run(self) -> list[Sample]:
         args = self.args
         self.stave("db", "upgrade")
-        self.start("server", ["server"], self.env)
+        self.start("server", ["server"], {**self.env, **self.prefect_database()})
         http = httpx.Client(base_url=self.api, timeout=60)
         _wait(lambda: _healthy(http), 120, "the Prefect server did not start")
         self.stave("pools", "setup", api=True)

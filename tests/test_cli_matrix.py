@@ -102,6 +102,8 @@ class Samples:
             "target_file": str(self.root / "wal-target.json"),
             "deployment": "backup/nightly-backup",
             "weight": "2",
+            "from_home": str(self.root / "pilot-home"),
+            "sha256": "5f339b33",
         }
         if name not in fixed:
             pytest.fail(f"stave {' '.join(path)}: no sample value for {name!r}; add one")
