@@ -65,6 +65,15 @@ def ensure_cluster_roles(connection: Connection) -> None:
             connection.execute(text(f"GRANT SET ON PARAMETER session_replication_role TO {role}"))
 
 
+def grant_schema_to_migrator(connection: Connection) -> None:
+    """Let the migrator own objects in `public` of a database about to be restored into, as
+    the first migration does: the dump makes each table as the connecting login, then hands it
+    to stave_migrator, which PostgreSQL refuses unless the new owner may create in the schema
+    (a superuser's restore skips the check; the owner login's nightly drill does not)."""
+    connection.execute(text(f"GRANT USAGE, CREATE ON SCHEMA public TO {MIGRATOR}"))
+    connection.commit()
+
+
 def may_skip_triggers(conn: Connection, tables: Sequence[str] = ()) -> bool:
     """Whether this role may set `session_replication_role = replica` (a superuser, or a role
     granted it: migrations 0007 and 0011), and `tables` have no triggers of their own, which

@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 from stave.infra.db import libpq_target, one_connection
 from stave.infra.errors import InvalidInput
 from stave.infra.objectstore.base import ObjectStore
-from stave.infra.roles import ensure_cluster_roles
+from stave.infra.roles import ensure_cluster_roles, grant_schema_to_migrator
 from stave.models.base import utcnow
 from stave.tasks.backup.catalogue import mark_verified
 from stave.tasks.backup.tools import BackupFailed, Drain, count_rows, tool, user_tables
@@ -36,8 +36,13 @@ def restore(
             ensure_cluster_roles(conn)  # a new server has none of them
     finally:
         admin.dispose()
+    with one_connection(str(make_url(url).set(database=database))) as conn:
+        grant_schema_to_migrator(conn)
     target, env = libpq_target(str(make_url(url).set(database=database)))
-    args = [tool("pg_restore"), "--exit-on-error", f"--dbname={target}"]
+    # No comments: Stave's schema has none, and the one a dump holds is the vector extension's
+    # own (CREATE EXTENSION sets it again), which only the extension's owner may set: a
+    # non-superuser owner login's restore (the nightly drill) would stop on it.
+    args = [tool("pg_restore"), "--exit-on-error", "--no-comments", f"--dbname={target}"]
     if force:
         args[1:1] = ["--clean", "--if-exists"]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
