@@ -157,3 +157,32 @@ def test_relative_links_point_at_files_that_exist(doc: Path) -> None:
         if "://" not in target and not (doc.parent / target).exists()
     ]
     assert not broken, f"{doc.relative_to(ROOT)}: links to missing files: {broken}"
+
+
+def _leaf_commands() -> list[str]:
+    found: list[str] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        if _is_group(command):
+            for name in command.list_commands(typer.Context(command)):
+                walk(_subcommand(command, name), [*path, name])
+        else:
+            found.append(" ".join(path))
+
+    walk(_root(), [])
+    return found
+
+
+def test_every_command_is_in_the_readme_table() -> None:
+    table = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    shown = {" ".join(words[:2]) for line in table for words in _table_invocations(line)}
+    missing = [c for c in _leaf_commands() if c not in shown and c.split()[0] not in shown]
+    assert not missing, f"commands missing from the README's table: {missing}"
+
+
+def _table_invocations(line: str) -> list[list[str]]:
+    return [
+        [w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)]
+        for span in SPAN.findall(line.replace("\\|", "|"))
+        for words in _invocations(span)
+    ]
