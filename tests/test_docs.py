@@ -186,3 +186,26 @@ def _table_invocations(line: str) -> list[list[str]]:
         for span in SPAN.findall(line.replace("\\|", "|"))
         for words in _invocations(span)
     ]
+
+
+def test_every_option_is_in_its_commands_readme_row() -> None:
+    table = [
+        line.replace("\\|", "|")
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
+    missing = []
+    for path in _leaf_commands():
+        command: Any = _root()
+        for word in path.split():
+            command = _subcommand(command, word)
+        rows = " ".join(line for line in table if f"stave {path}" in line)
+        if not rows:  # a group's commands shown together (`stave report models|failures|…`)
+            rows = " ".join(line for line in table if f"stave {path.split()[0]} " in line)
+        for param in command.params:
+            names = [*param.opts, *param.secondary_opts]
+            if param.param_type_name != "option" or "--help" in names:
+                continue
+            if not any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", rows) for n in names):
+                missing.append(f"stave {path} {names[-1]}")
+    assert not missing, f"options missing from the README's table: {missing}"
