@@ -41,6 +41,8 @@ class Sample:
     processes: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> figures
     sizes_mb: dict[str, float] = field(default_factory=dict)  # folder or prefix -> MB
     database: dict[str, float] = field(default_factory=dict)
+    # Archived WAL segments older than the oldest kept base backup's start (the WAL rule: 0).
+    wal_before_oldest_base: int = 0
 
     def headline(self) -> str:
         drain = self.processes.get("drain", {})
@@ -65,7 +67,6 @@ def rules(keep_days: int, week: int) -> dict[str, tuple[str, int]]:
         # the hot period), and base retention keeps the newest of the last ISO week too.
         "store backups/dump/": ("STAVE_BACKUP_KEEP_DAILY/WEEKLY/MONTHLY", 2 * week + 1),
         "store backups/base/": ("STAVE_BASE_KEEP_DAILY/WEEKLY", 2 * week + 1),
-        "store backups/wal/": ("the oldest kept base backup", 2 * week + 1),
     }
 
 
@@ -123,6 +124,24 @@ class Probe:
             record.update(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
             meta.write_text(json.dumps(record))
 
+    def _wal_before_oldest_base(self) -> int:
+        """WAL's bound is a time, not a size (a day of archival writes more than a quiet
+        week): every archived segment a kept base backup no longer needs must be gone."""
+        backups = self.store / self.env / "backups"
+        oldest: dict[str, str] = {}  # system identifier -> the oldest kept base's first segment
+        for manifest in (backups / "base").rglob("*.manifest.json"):
+            body = json.loads(manifest.read_text())
+            system, start = str(body["system_identifier"]), str(body["start_wal"])
+            oldest[system] = min(start, oldest.get(system, start))
+        stale = 0
+        for system, start in oldest.items():
+            for segment in (backups / "wal" / system).glob("*"):
+                name = segment.name.split(".")[0]
+                # Segment names sort by position (the timeline's own prefix first).
+                if len(name) == 24 and name[8:] < start[8:]:
+                    stale += 1
+        return stale
+
     # -- a sample --------------------------------------------------------------------------------
     def sample(self, day: int, jobs: int) -> Sample:
         sample = Sample(day, jobs)
@@ -143,6 +162,7 @@ class Probe:
             sizes[f"store backups/{kind}/"] = _size(self.store / self.env / "backups" / kind)
         sizes["store .meta"] = _size(self.store / ".meta")
         sample.sizes_mb = {k: v / MB for k, v in sizes.items()}
+        sample.wal_before_oldest_base = self._wal_before_oldest_base()
         ((size, live, dead),) = self.sql(
             "SELECT pg_database_size(current_database()), "
             "coalesce(sum(n_live_tup), 0), coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables"
@@ -272,6 +292,14 @@ def judge(samples: list[Sample], *, warmup: float, keep_days: int, week: int) ->
         verdicts.append(Verdict(name, ok, said))
         verdict = "ok" if ok else f"GROWS: {said}"
         print(f"{name:<36}{slope:>+14.1f}{end:>9.1f}  {rule[0]}: {verdict}")
+    stale = [(s.day, s.wal_before_oldest_base) for s in samples if s.wal_before_oldest_base]
+    said = (
+        "every archived segment after the oldest kept base backup's start"
+        if not stale
+        else f"segments older than the oldest kept base backup on days {stale}"
+    )
+    verdicts.append(Verdict("store backups/wal/", not stale, said))
+    print(f"WAL rule (store backups/wal/): {'ok' if not stale else 'BROKEN'}: {said}")
     db = [(s.jobs, s.database["size_mb"]) for s in judged]
     dead = [(s.jobs, s.database["dead_rows"]) for s in judged]
     print(
