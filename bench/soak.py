@@ -1,19 +1,22 @@
 """Months unattended: a soak run that proves every long-lived resource stays bounded.
 
-One `stave server` (Prefect, SQLite), one long-lived `stave run-pending --follow` (the warm
-drain) and one `stave worker --pool gpu` (serving the bulk-generation deployment) run for the
-whole soak, on the embedded PostgreSQL (archiving its WAL) and the filesystem store, as an
-operator runs them. Small jobs (`--clips` one-second clips each) arrive day by day: most
-queued by a submission (the warm drain takes them), every `--deployment-every`th triggered
-through the deployment over the API (the worker runs it). The calendar moves one day at the
-end of each simulated day: every timestamp in Stave's database and every file's time under the
-home and the store goes back a day, and the backups' manifests with them, so each day's
-operations see the age things would have. Each day runs what the schedules run, through their
-deployments on a `stave worker --pool cpu`: the nightly backup (a dump, its drill, a base
-backup, then retention of dumps, base backups and the WAL before the oldest kept one), every
-`--week`th day the weekly archive past `--hot-days`; and `stave gc --delete`.
+One `stave server` (Prefect's, on PostgreSQL as in production when Debian's postgresql-15 is
+installed; on SQLite without it or with --prefect-sqlite), one long-lived `stave run-pending
+--follow` (the warm drain) and one `stave worker --pool gpu` (serving the bulk-generation
+deployment) run for the whole soak, on the embedded PostgreSQL (archiving its WAL) and the
+filesystem store, as an operator runs them. Small jobs (`--clips` one-second clips each) arrive
+day by day: most queued by a submission (the warm drain takes them), every
+`--deployment-every`th triggered through the deployment over the API (the worker runs it). The
+calendar moves one day at the end of each simulated day: every timestamp in Stave's database and
+every file's time under the home and the store goes back a day, and the backups' manifests with
+them, so each day's operations see the age things would have. Each day runs what the schedules
+run, through their deployments on a `stave worker --pool cpu`: the nightly backup (a dump, its
+drill, a base backup, then retention of dumps, base backups and the WAL before the oldest kept
+one), every `--week`th day the weekly archive past `--hot-days`; and `stave gc --delete`.
 Prefect's own retention (its vacuum service, STAVE_PREFECT_RETENTION_DAYS) keeps real time and
-is not moved: its database is reported, not judged.
+is not moved: its database is reported, not judged. (On SQLite that database then grows all run
+long, ~1.5 MB a simulated day, and the server's memory with it; in real time the vacuum bounds
+both.)
 
 Sampled at the end of each day: each long-lived process's RSS, threads and open files; the
 home by folder; the store by prefix; the database's size and dead tuples; Prefect's database.
@@ -21,7 +24,8 @@ Printed: the table of samples, and each figure's slope after warm-up, per 1,000 
 when: a long-lived process's RSS grows 20 MB or more per 1,000 jobs, or its threads or open
 files grow (more than 2 per 1,000 jobs); a bounded folder or prefix (its rule stated in the
 table) is, at its largest over the last week, more than 25% above its largest over the first
-week its rule holds.
+week its rule holds; an archived WAL segment older than the oldest kept base backup's start
+(WAL is bounded by time, not size: a week of archival writes more than a quiet one).
 
 Run: .venv/bin/python bench/soak.py [--jobs 1000] [--days 30] [--clips 2] [--keep-days 7]
      [--hot-days 7] [--deployment-every 25]
@@ -64,13 +68,33 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the samples here")
     parser.add_argument(
+        "--report-only",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="a long-lived process to report but not judge (a short run: Prefect's own server "
+        "fills its caches over its first week, the 30-day run judges it after that)",
+    )
+    parser.add_argument(
         "--prefect-pg-bin",
         type=Path,
-        default=None,
-        help="run Prefect's server on a PostgreSQL (production's) from these binaries (with "
-        "pg_trgm, e.g. /usr/lib/postgresql/15/bin) instead of SQLite",
+        default=_debian_postgres(),
+        help="Prefect's server on a PostgreSQL (production's) from these binaries, which need "
+        "pg_trgm (default: Debian's postgresql-15 when installed, as .ci/run installs it)",
+    )
+    parser.add_argument(
+        "--prefect-sqlite",
+        action="store_true",
+        help="Prefect's server on SQLite (the one-machine default) instead",
     )
     args = parser.parse_args()
+    if args.prefect_sqlite:
+        args.prefect_pg_bin = None
+    print(
+        "Prefect's server on "
+        + (f"PostgreSQL ({args.prefect_pg_bin})" if args.prefect_pg_bin else "SQLite"),
+        flush=True,
+    )
     home = args.home or Path(tempfile.mkdtemp(prefix="stave-soak-"))
     soak = Soak(home, args)
     try:
@@ -78,7 +102,13 @@ def main() -> None:
     finally:
         soak.stop()
     print_table(samples)
-    verdicts = judge(samples, warmup=args.warmup, keep_days=args.keep_days, week=args.week)
+    verdicts = judge(
+        samples,
+        warmup=args.warmup,
+        keep_days=args.keep_days,
+        week=args.week,
+        report_only=set(args.report_only),
+    )
     if args.json:
         args.json.write_text(json.dumps([s.__dict__ for s in samples], indent=1, default=str))
     if any(not v.ok for v in verdicts):
@@ -310,6 +340,14 @@ def _wait(check: Any, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise SystemExit(f"{what} within {timeout_s:.0f} s")
+
+
+def _debian_postgres() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        trgm = Path("/usr/share/postgresql") / candidate.parent.name
+        if (candidate / "pg_ctl").is_file() and (trgm / "extension" / "pg_trgm.control").is_file():
+            return candidate
+    return None
 
 
 def _free_port() -> int:

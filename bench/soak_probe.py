@@ -252,7 +252,14 @@ def slope_per_1000(points: list[tuple[float, float]]) -> float:
     )
 
 
-def judge(samples: list[Sample], *, warmup: float, keep_days: int, week: int) -> list[Verdict]:
+def judge(
+    samples: list[Sample],
+    *,
+    warmup: float,
+    keep_days: int,
+    week: int,
+    report_only: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Verdict]:
     judged = samples[int(len(samples) * warmup) :]
     verdicts = []
     print(f"\nafter warm-up (days {judged[0].day}-{judged[-1].day}), per 1,000 jobs:")
@@ -271,11 +278,12 @@ def judge(samples: list[Sample], *, warmup: float, keep_days: int, week: int) ->
             if slope >= bound and growth >= NOISE[metric]:
                 fails.append(f"{metric} +{slope:.1f} per 1,000 jobs (+{growth:.1f} in all)")
         ok = not fails
-        verdicts.append(Verdict(role, ok, "; ".join(fails)))
-        print(
-            f"{role:<28}{cells[0]:>+10.1f}{cells[1]:>+10.1f}{cells[2]:>+12.1f}  "
-            + ("ok" if ok else "GROWS: " + "; ".join(fails))
-        )
+        if role in report_only:
+            said = "reported (--report-only)" + (": grows, " + "; ".join(fails) if fails else "")
+        else:
+            verdicts.append(Verdict(role, ok, "; ".join(fails)))
+            said = "ok" if ok else "GROWS: " + "; ".join(fails)
+        print(f"{role:<28}{cells[0]:>+10.1f}{cells[1]:>+10.1f}{cells[2]:>+12.1f}  {said}")
     print(f"\n{'folder or prefix':<36}{'MB/1,000 jobs':>14}{'end MB':>9}  bound")
     bounded = rules(keep_days, week)
     for name in samples[-1].sizes_mb:

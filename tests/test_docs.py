@@ -134,11 +134,11 @@ def test_the_docs_test_finds_a_wrong_command_and_a_wrong_option() -> None:
 def test_the_configuration_page_is_generated_from_the_settings_class() -> None:
     documented = settings_docs.documented_fields()
     duplicated = sorted({name for name in documented if documented.count(name) > 1})
-    assert not duplicated, f"documented twice in stave/infra/settings_docs.py: {duplicated}"
+    assert not duplicated, f"documented twice in stave/infra/settings_docs/groups.py: {duplicated}"
     unknown = sorted(set(documented) - set(Settings.model_fields))
-    assert not unknown, f"stave/infra/settings_docs.py documents no such setting: {unknown}"
+    assert not unknown, f"stave/infra/settings_docs/groups.py documents no such setting: {unknown}"
     missing = sorted(set(Settings.model_fields) - set(documented))
-    assert not missing, f"settings missing from stave/infra/settings_docs.py: {missing}"
+    assert not missing, f"settings missing from stave/infra/settings_docs/groups.py: {missing}"
     page = (ROOT / "docs" / "configuration.md").read_text()
     assert page == settings_docs.render(), (
         "docs/configuration.md is stale: python -m stave.infra.settings_docs "
