@@ -10,7 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
+from stave.infra import migrate
 from stave.infra.db import ensure_database, psycopg_dsn
 from stave.infra.embedded_pg import RunningServer
 from stave.infra.errors import ObjectCorrupted
@@ -97,6 +100,16 @@ def test_a_pilot_moves_into_production_with_its_clips_and_records(
     verified = stave("regenerate", task["id"], "--verify", cwd=tmp_path, env=prod)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
+    # Production's own backups go on beside the pilot's: its dump's record (still `running` in
+    # the dump it is in) was rebuilt from the store, not kept, so nothing takes it for an
+    # interrupted backup, and the copied dumps' ids are not recorded twice.
+    own = _json(stave("backup", "run", "--no-drill", "--json", cwd=tmp_path, env=prod))
+    listed = _json(stave("backup", "list", "--json", cwd=tmp_path, env=prod))
+    assert {dump["id"], own["id"]} <= {b["id"] for b in listed["backups"]}
+    with psycopg.connect(psycopg_dsn(pg_server.url(name))) as conn:
+        records = dict(conn.execute("SELECT id::text, env FROM backup_record").fetchall())
+    assert records[dump["id"]] == "prod" and set(records.values()) == {"prod"}
+
     missing = stave(
         "store", "copy", "--from-home", str(tmp_path / "nowhere"), cwd=tmp_path, env=prod
     )
@@ -120,3 +133,42 @@ def test_a_corrupted_pilot_object_is_not_copied(tmp_path: Path, s3_endpoint: str
         pilot.copy_objects(source, target, from_env="dev", to_env="prod")
     assert target.get_bytes("prod/audio/a.flac") == b"fine"
     assert not target.exists("prod/audio/b.flac")
+
+
+def test_archived_moves_are_repointed_in_order(
+    pg_server: RunningServer, database_url: str, tmp_path: Path
+) -> None:
+    name = f"repoint_{uuid.uuid4().hex[:8]}"
+    ensure_database(pg_server.url("postgres"), name)
+    url = pg_server.url(name)
+    migrate.upgrade(url)
+    moved = [
+        {
+            "asset_id": str(uuid.uuid4()),
+            "from": f"dev/audio/{i}.flac",
+            "to": f"dev/archive/audio/{i}.flac",
+        }
+        for i in range(5)
+    ] + [{"asset_id": str(uuid.uuid4()), "from": "stage/audio/x.flac", "to": "stage/x.flac"}]
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO archive_batch (id, table_name, object_key, row_count, checksum, "
+                "time_from, time_to, moved_objects) VALUES (gen_random_uuid(), 'audio_asset', "
+                "'dev/archive/audio_asset/x.parquet', 6, 'c', now(), now(), CAST(:m AS jsonb))"
+            ),
+            {"m": json.dumps(moved)},
+        )
+    store = FilesystemStore(tmp_path / "objects", "stave")
+    assert pilot.repoint_rows(engine, store, from_env="dev", to_env="prod") == 1
+    with engine.connect() as conn:
+        key, after = conn.execute(text("SELECT object_key, moved_objects FROM archive_batch")).one()
+    engine.dispose()
+    assert key == "prod/archive/audio_asset/x.parquet"
+    assert [m["to"] for m in after] == [
+        *(f"prod/archive/audio/{i}.flac" for i in range(5)),
+        "stage/x.flac",
+    ]
+    assert [m["from"] for m in after][:2] == ["prod/audio/0.flac", "prod/audio/1.flac"]
+    assert [m["asset_id"] for m in after] == [m["asset_id"] for m in moved]

@@ -83,6 +83,8 @@ def copy_(
     from its dump (`stave backup restore`) at the copies. Resumable: run it again after an
     interruption, and again after the restore."""
     current = settings()
+    if from_env not in pilot.ENVIRONMENTS:
+        raise InvalidInput(f"--from-env {from_env!r}: one of {', '.join(pilot.ENVIRONMENTS)}")
     source_root = from_home.expanduser().resolve() / from_env / "data" / "objects"
     if not (source_root / from_bucket / from_env).is_dir():
         raise InvalidInput(
@@ -100,7 +102,9 @@ def copy_(
     # records are repointed by the run after the restore.
     schema = migrate.current_revision_at(database_url(current)) is not None
     if schema:
-        done.rows = pilot.repoint_rows(engine(current), from_env=from_env, to_env=current.env)
+        done.rows = pilot.repoint_rows(
+            engine(current), target, from_env=from_env, to_env=current.env
+        )
     if as_json:
         print_json(
             {"from": source.describe(), "to": target.describe(), "repointed": schema}
@@ -110,7 +114,9 @@ def copy_(
     typer.echo(
         f"copied {done.objects} object(s) ({done.bytes / 1e6:.1f} MB) from {source.describe()} "
         f"to {target.describe()} under {current.env}/ ({done.already} already there, "
-        f"{done.left_behind} base-backup and WAL object(s) left behind); "
+        f"{done.left_behind} base-backup and WAL object(s) left behind"
+        + (f", {done.unchecked} with no sha256 recorded to check" if done.unchecked else "")
+        + "); "
         + (
             f"{done.rows} record(s) repointed"
             if schema

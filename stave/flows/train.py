@@ -134,7 +134,7 @@ def train_generator(
     autoencoder_from: str | None = None,
 ) -> dict[str, Any]:
     """Train the built-in generator (autoencoder, embedding head, then denoiser) and publish
-    its checkpoint and model card to the object store under models/.
+    its checkpoint and model card to the object store under <env>/models/.
 
     Args:
         run_name: Folder of this training run under the data folder's models/; running again

@@ -9,14 +9,19 @@ into place, and points `STAVE_CHECKPOINT` at it (docs/runbooks.md, "A new encode
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stave.infra.errors import InvalidInput, NotFound, ObjectCorrupted
+from stave.infra.errors import InvalidInput, NotFound, ObjectCorrupted, ObjectNotFound, first_line
 from stave.infra.objectstore.base import ObjectStore
 from stave.infra.objectstore.keys import model_key, models_prefix
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,15 @@ def stored_models(store: ObjectStore, env: str) -> list[StoredModel]:
     for info in store.list(models_prefix(env)):
         if not info.key.endswith(".json"):
             continue
+        # One bad card must not hide every other checkpoint: it is logged and left out.
         try:
             card = json.loads(store.get_bytes(info.key))
             sha256 = str(card["sha256"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ObjectCorrupted(f"model card {info.key} is unreadable: {err}") from None
-        checkpoint_key = model_key(env, sha256, "pt")
-        size = store.stat(checkpoint_key).size
+            checkpoint_key = model_key(env, sha256, "pt")
+            size = store.stat(checkpoint_key).size
+        except (ValueError, KeyError, TypeError, ObjectCorrupted, ObjectNotFound) as err:
+            log.warning("model card %s left out: %s", info.key, first_line(err))
+            continue
         found.append(StoredModel(sha256, checkpoint_key, info.key, size, card))
     return found
 
@@ -75,17 +82,31 @@ def fetch_model(store: ObjectStore, env: str, sha_prefix: str, out_dir: Path) ->
     (model,) = matches
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"stave-small-{model.sha256[:16]}.pt"
-    partial = target.with_name(f".{target.name}.partial")
+    # The card beside the checkpoint is what loading checks the checkpoint against: both are
+    # written under names of their own and renamed into place only once checked.
+    card = _fetched(out_dir, [store.get_bytes(model.card_key)])
+    weights = _fetched(
+        out_dir, store.iter_chunks(model.checkpoint_key, expected_sha256=model.sha256), card
+    )
+    os.replace(card, target.with_suffix(".json"))
+    os.replace(weights, target)
+    return target
+
+
+def _fetched(out_dir: Path, chunks: Iterable[bytes], *also: Path) -> Path:
+    """`chunks` in a new hidden file of `out_dir`, synced; on any failure it (and `also`) is
+    removed."""
+    descriptor, name = tempfile.mkstemp(dir=out_dir, prefix=".fetch-")
+    partial = Path(name)
     try:
-        with open(partial, "wb") as handle:
-            for chunk in store.iter_chunks(model.checkpoint_key, expected_sha256=model.sha256):
+        with os.fdopen(descriptor, "wb") as handle:
+            for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        partial.chmod(0o644)  # not a secret: other users of the host may load it
     except BaseException:
-        partial.unlink(missing_ok=True)
+        for path in (partial, *also):
+            path.unlink(missing_ok=True)
         raise
-    # The card beside the checkpoint is what loading checks the checkpoint against.
-    target.with_suffix(".json").write_bytes(store.get_bytes(model.card_key))
-    os.replace(partial, target)
-    return target
+    return partial

@@ -81,8 +81,16 @@ def _gpu_limit(api_url: str, headers: dict[str, str], settings: Settings) -> Che
             f"the server answered HTTP {limit.status_code} / {workers.status_code}",
             "check the Prefect server's logs",
         )
-    slots, active = int(limit.json()["limit"]), bool(limit.json().get("active", True))
-    online = len(workers.json())
+    try:
+        slots, active = int(limit.json()["limit"]), bool(limit.json().get("active", True))
+        online = len(list(workers.json()))
+    except (ValueError, KeyError, TypeError):  # a proxy's page, or an API URL without /api
+        return Check(
+            "gpu-limit",
+            "fail",
+            f"{api} did not answer as Prefect's API",
+            "check STAVE_PREFECT_API_URL (it ends in /api)",
+        )
     said = f"{slots} slot(s) of limit {name}, {online} online worker(s) in pool {GPU_POOL}"
     if not active:
         return Check("gpu-limit", "warn", f"{said}; the limit is inactive", fix)

@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from stave.infra.db import libpq_target, one_connection
-from stave.infra.errors import InvalidInput
+from stave.infra.errors import ConfigError, InvalidInput, first_line
 from stave.infra.objectstore.base import ObjectStore
 from stave.infra.roles import ensure_cluster_roles, grant_schema_to_migrator
 from stave.models.base import utcnow
@@ -37,7 +38,15 @@ def restore(
     finally:
         admin.dispose()
     with one_connection(str(make_url(url).set(database=database))) as conn:
-        grant_schema_to_migrator(conn)
+        try:
+            grant_schema_to_migrator(conn)
+        except ProgrammingError as err:
+            login = make_url(url).username
+            raise ConfigError(
+                f"the login {login} may not let stave_migrator own tables in database "
+                f"{database} ({first_line(err.orig or err)}): a DBA runs GRANT USAGE, CREATE ON "
+                f"SCHEMA public TO stave_migrator; in it, or restore as the database's owner"
+            ) from None
     target, env = libpq_target(str(make_url(url).set(database=database)))
     # No comments: Stave's schema has none, and the one a dump holds is the vector extension's
     # own (CREATE EXTENSION sets it again), which only the extension's owner may set: a
