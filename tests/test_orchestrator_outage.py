@@ -85,8 +85,16 @@ def test_a_prefect_outage_mid_job_costs_no_attempt(
                 )
 
         drain = start(["run-pending", "--job", job, "--json"], env_api, drain_log)
-        wait_until(lambda: published() > 0, 120, "no clip was published", drain_log)
-        stop(server)  # the API goes away mid-job
+
+        def holding_the_slot() -> bool:
+            slots = http.get("/v2/concurrency_limits/gpu").json().get("active_slots", 0)
+            return published() > 0 and slots > 0
+
+        # The API goes away mid-job, while a batch holds the `gpu` slot: the restarted server
+        # must give the slot back when its lease runs out (it once forgot the lease, kept in
+        # its memory, and never freed the slot).
+        wait_until(holding_the_slot, 120, "no batch held the gpu slot after a publish", drain_log)
+        stop(server)
         wait_until(lambda: released() > 0, 90, "no batch was handed back for the outage", drain_log)
         time.sleep(8)  # far past two attempts' backoffs
         assert drain.poll() is None, drain_log.read_text()[-3000:]

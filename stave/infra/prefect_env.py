@@ -67,6 +67,13 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(
         settings.prefect_retention_days * 86400
     )
+    # The `gpu` slots' leases on disk under Prefect's home, not in the server's memory: a
+    # server restarted while a batch held a slot otherwise forgets the lease but not the slot,
+    # which then never comes back and the whole fleet waits on it. Kept, the lease expires
+    # (STAVE_GPU_SLOT_LEASE_S) and Prefect's repossessor frees the slot.
+    env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = (
+        "prefect.server.concurrency.lease_storage.filesystem"
+    )
     if settings.prefect_api_auth_string is not None:
         env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
     return env
