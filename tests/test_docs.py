@@ -16,6 +16,7 @@ from stave.cli import app
 from stave.cli.lazy import LazyGroup
 from stave.infra import settings_docs
 from stave.infra.settings import Settings
+from tests.test_cli_matrix import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -160,17 +161,7 @@ def test_relative_links_point_at_files_that_exist(doc: Path) -> None:
 
 
 def _leaf_commands() -> list[str]:
-    found: list[str] = []
-
-    def walk(command: Any, path: list[str]) -> None:
-        if _is_group(command):
-            for name in command.list_commands(typer.Context(command)):
-                walk(_subcommand(command, name), [*path, name])
-        else:
-            found.append(" ".join(path))
-
-    walk(_root(), [])
-    return found
+    return [" ".join(path) for path, _ in commands()]
 
 
 def test_every_command_is_in_the_readme_table() -> None:
@@ -195,10 +186,8 @@ def test_every_option_is_in_its_commands_readme_row() -> None:
         if line.startswith("|")
     ]
     missing = []
-    for path in _leaf_commands():
-        command: Any = _root()
-        for word in path.split():
-            command = _subcommand(command, word)
+    for words, command in commands():
+        path = " ".join(words)
         rows = " ".join(line for line in table if f"stave {path}" in line)
         if not rows:  # a group's commands shown together (`stave report models|failures|…`)
             rows = " ".join(line for line in table if f"stave {path.split()[0]} " in line)

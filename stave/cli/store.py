@@ -83,8 +83,7 @@ def copy_(
     from its dump (`stave backup restore`) at the copies. Resumable: run it again after an
     interruption, and again after the restore."""
     current = settings()
-    if from_env not in pilot.ENVIRONMENTS:
-        raise InvalidInput(f"--from-env {from_env!r}: one of {', '.join(pilot.ENVIRONMENTS)}")
+    pilot.check_environment(from_env, "--from-env")
     source_root = from_home.expanduser().resolve() / from_env / "data" / "objects"
     if not (source_root / from_bucket / from_env).is_dir():
         raise InvalidInput(

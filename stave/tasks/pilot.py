@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import get_args
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -26,9 +27,10 @@ from sqlalchemy.engine import Engine
 from stave.infra.errors import InvalidInput, ObjectCorrupted, ObjectNotFound
 from stave.infra.objectstore.base import ChunkReader, ObjectStore
 from stave.infra.objectstore.keys import env_root
+from stave.infra.settings import Env
 from stave.tasks.backup.catalogue import sync_records
 
-ENVIRONMENTS = ("dev", "stage", "prod")
+ENVIRONMENTS: tuple[str, ...] = get_args(Env)
 # The pilot server's physical backups: useless to another cluster, dangerous beside its own.
 LEFT_BEHIND = ("backups/base/", "backups/wal/")
 # Rows that hold one object key each (backup_record is rebuilt from the store instead).
@@ -50,6 +52,12 @@ class Carried:
         return asdict(self)
 
 
+def check_environment(env: str, named: str) -> None:
+    """Refuse what is not an environment before it names a folder or a key prefix."""
+    if env not in ENVIRONMENTS:
+        raise InvalidInput(f"{named} {env!r}: one of {', '.join(ENVIRONMENTS)}")
+
+
 def copy_objects(
     source: ObjectStore,
     target: ObjectStore,
@@ -60,9 +68,8 @@ def copy_objects(
 ) -> Carried:
     """Copy the pilot's objects (see the module's docstring); `progress` gets bytes. A rotten
     object is skipped and the rest copied; the copy then fails naming how many and the first."""
-    for env in (from_env, to_env):
-        if env not in ENVIRONMENTS:
-            raise InvalidInput(f"environment {env!r}: one of {', '.join(ENVIRONMENTS)}")
+    check_environment(from_env, "--from-env")
+    check_environment(to_env, "STAVE_ENV")
     if source.describe() == target.describe() and from_env == to_env:
         raise InvalidInput(f"{source.describe()} is the configured store itself: nothing to copy")
     tick = progress or (lambda _n: None)
